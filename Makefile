@@ -1,0 +1,45 @@
+# The two commands of the README: `make run` and `make test`. Each sets everything up itself on a
+# fresh machine: a virtualenv in .venv, the package and its dev tools, and a regtest-capable
+# bitcoind (found on the machine or fetched from Debian's archive into .cache/bitcoind).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: run test lint typecheck unit integration bitcoind bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+bitcoind: $(STAMP)
+	$(BIN)/python -m pool.node.binaries ensure
+
+run: $(STAMP) bitcoind
+	$(BIN)/stratum-pool run $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check pool stratum tests benchmarks
+	$(BIN)/ruff format --check pool stratum tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: $(STAMP) bitcoind lint typecheck
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+integration: $(STAMP) bitcoind
+	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

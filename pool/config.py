@@ -1,0 +1,285 @@
+"""Configuration: TOML (tomllib) -> frozen dataclasses.
+
+Unknown keys and wrong types are rejected with an error naming the file and the dotted key.
+Every scalar key can be overridden from the environment as ``POOL_<SECTION>_<KEY>`` (upper
+case, e.g. ``POOL_NODE_RPC_URL``, ``POOL_STRATUM_HOST``), the value parsed as a TOML value
+when it parses, else taken as a string. The RPC password is never written in a config file:
+it comes from the environment variable named by ``node.rpc_password_env`` or from bitcoind's
+cookie file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "regtest.toml"
+ENV_PREFIX = "POOL_"
+
+
+class ConfigError(ValueError):
+    """The message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    mode: str = "managed"  # "managed": start our own regtest bitcoind; "external": connect
+    rpc_url: str = "http://127.0.0.1:18443/"
+    rpc_user: str = ""
+    rpc_password_env: str = "POOL_RPC_PASSWORD"
+    cookie_file: str = ""
+    wallet: str = "pool"
+    rpc_max_concurrency: int = 8
+    rpc_timeout_seconds: float = 30.0
+    rpc_give_up_seconds: float = 60.0
+    template_refresh_seconds: float = 30.0
+    poll_interval_seconds: float = 1.0
+    longpoll: bool = True
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    payout_address: str = ""  # empty with a managed node: a fresh address of the node's wallet
+    pool_tag: str = "/stratum-pool/"
+    data_dir: str = ".data"
+    extranonce1_size: int = 4
+    extranonce2_size: int = 4
+    max_jobs: int = 16
+
+
+@dataclass(frozen=True)
+class PortConfig:
+    port: int = 3333
+    start_difficulty: float = 0.001
+    min_difficulty: float = 0.00001
+    max_difficulty: float = 1e15
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class StratumConfig:
+    host: str = "127.0.0.1"
+    ports: tuple[PortConfig, ...] = (PortConfig(),)
+    version_rolling_mask: str = "1fffe000"
+    max_ntime_ahead_seconds: int = 7200
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_line_bytes: int = 16384
+    handshake_timeout_seconds: float = 30.0  # time allowed to subscribe and authorize
+    idle_timeout_seconds: float = 600.0  # no message at all for this long: disconnect
+    max_connections: int = 10000
+    max_connections_per_ip: int = 256
+    max_workers_per_connection: int = 64
+    send_queue_bytes: int = 1 << 20  # a reader this far behind is dropped
+    max_invalid_shares_in_row: int = 1000
+
+
+@dataclass(frozen=True)
+class VardiffSettings:
+    enabled: bool = True
+    target_interval_seconds: float = 5.0
+    retarget_shares: int = 30
+    retarget_seconds: float = 60.0
+    tolerance: float = 0.5
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "info"
+    format: str = "auto"  # auto (console on a TTY, JSON lines otherwise) | json | console
+
+
+@dataclass(frozen=True)
+class Config:
+    node: NodeConfig = field(default_factory=NodeConfig)
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    stratum: StratumConfig = field(default_factory=StratumConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    vardiff: VardiffSettings = field(default_factory=VardiffSettings)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    source: str = "<defaults>"
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "node.mode": ("managed", "external"),
+    "logging.level": ("debug", "info", "warning", "error"),
+    "logging.format": ("auto", "json", "console"),
+}
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: [{key}] must be a table, got {type(value).__name__}")
+        return _build(tp, value, key, where)
+    if origin is tuple:
+        (inner, _ellipsis) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: {key} must be a list, got {type(value).__name__}")
+        return tuple(_convert(v, inner, f"{key}[{i}]", where) for i, v in enumerate(value))
+    if origin in (types.UnionType, typing.Union):
+        raise ConfigError(f"{where}: {key}: unsupported type")  # not used by the schema
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: {key} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: {key} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: {key} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: {key} must be finite, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: {key} must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: {key}: unsupported type {_type_name(tp)}")
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str, where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.name != "source"}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        dotted = ", ".join(f"{prefix}.{k}" if prefix else k for k in unknown)
+        raise ConfigError(f"{where}: unknown key {dotted}")
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        converted = _convert(value, hints[name], key, where)
+        if key in CHOICES and converted not in CHOICES[key]:
+            raise ConfigError(f"{where}: {key} must be one of {', '.join(CHOICES[key])}")
+        kwargs[name] = converted
+    return cls(**kwargs)
+
+
+def _env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> list[str]:
+    """Merge ``POOL_SECTION_KEY`` variables into ``data``; returns the keys overridden."""
+    applied = []
+    for section in dataclasses.fields(Config):
+        if section.name == "source":
+            continue
+        section_cls = typing.get_type_hints(Config)[section.name]
+        for f in dataclasses.fields(section_cls):
+            var = f"{ENV_PREFIX}{section.name}_{f.name}".upper()
+            if var in env:
+                data.setdefault(section.name, {})[f.name] = _env_value(env[var])
+                applied.append(f"{section.name}.{f.name}")
+    return applied
+
+
+def load(path: Path | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Load ``path`` (default: configs/regtest.toml) with environment overrides, validated."""
+    path = path or DEFAULT_CONFIG
+    where = str(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{where}: no such config file") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where}: not valid TOML: {exc}") from exc
+    overridden = _apply_env(data, os.environ if env is None else env)
+    if overridden:
+        where = f"{where} (with environment overrides of {', '.join(overridden)})"
+    config: Config = _build(Config, data, "", where)
+    validate(config, where)
+    return dataclasses.replace(config, source=str(path))
+
+
+def validate(config: Config, where: str) -> None:
+    """Cross-field checks the types alone cannot express."""
+
+    def fail(key: str, why: str) -> None:
+        raise ConfigError(f"{where}: {key} {why}")
+
+    if not 2 <= config.pool.extranonce1_size <= 8:
+        fail("pool.extranonce1_size", "must be 2..8 bytes")
+    if not 2 <= config.pool.extranonce2_size <= 16:
+        fail("pool.extranonce2_size", "must be 2..16 bytes")
+    if len(config.pool.pool_tag.encode()) > 60:
+        fail("pool.pool_tag", "must be at most 60 bytes (the coinbase scriptSig holds 100)")
+    if config.pool.max_jobs < 2:
+        fail("pool.max_jobs", "must be at least 2")
+    if not config.stratum.ports:
+        fail("stratum.ports", "must list at least one port")
+    seen = set()
+    for i, port in enumerate(config.stratum.ports):
+        key = f"stratum.ports[{i}]"
+        if not 0 <= port.port <= 65535:
+            fail(f"{key}.port", "must be 0..65535")
+        if port.port and port.port in seen:
+            fail(f"{key}.port", f"{port.port} is listed twice")
+        seen.add(port.port)
+        if not 0 < port.min_difficulty <= port.start_difficulty <= port.max_difficulty:
+            fail(key, "needs 0 < min_difficulty <= start_difficulty <= max_difficulty")
+    try:
+        mask = int(config.stratum.version_rolling_mask, 16)
+    except ValueError:
+        mask = -1
+    if not 0 <= mask <= 0xFFFFFFFF:
+        fail("stratum.version_rolling_mask", "must be 8 hex digits")
+    limits = config.limits
+    for name in (
+        "max_line_bytes",
+        "max_connections",
+        "max_connections_per_ip",
+        "max_workers_per_connection",
+        "send_queue_bytes",
+        "max_invalid_shares_in_row",
+    ):
+        if getattr(limits, name) < 1:
+            fail(f"limits.{name}", "must be at least 1")
+    if limits.max_line_bytes < 512:
+        fail("limits.max_line_bytes", "must be at least 512 (a submit line is ~200 bytes)")
+    for name in ("handshake_timeout_seconds", "idle_timeout_seconds"):
+        if getattr(limits, name) <= 0:
+            fail(f"limits.{name}", "must be positive")
+    if config.vardiff.target_interval_seconds <= 0:
+        fail("vardiff.target_interval_seconds", "must be positive")
+    if config.vardiff.retarget_shares < 1 or config.vardiff.retarget_seconds <= 0:
+        fail("vardiff", "retarget_shares and retarget_seconds must be positive")
+    if config.node.template_refresh_seconds <= 0 or config.node.template_refresh_seconds > 110:
+        fail("node.template_refresh_seconds", "must be in (0, 110]: miners stop after 120 s")
+
+
+def limits_summary(config: Config) -> dict[str, Any]:
+    """The limits as one flat dict, logged at start-up."""
+    return dataclasses.asdict(config.limits) | {
+        "stratum.max_ntime_ahead_seconds": config.stratum.max_ntime_ahead_seconds,
+        "pool.max_jobs": config.pool.max_jobs,
+        "node.rpc_max_concurrency": config.node.rpc_max_concurrency,
+    }

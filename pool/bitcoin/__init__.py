@@ -1,0 +1,88 @@
+"""Pure Bitcoin chain maths for the pool: hashing, serialization, addresses, targets,
+merkle trees, coinbase and header construction. Standard library only, no I/O."""
+
+from .address import (
+    AddressError,
+    Encoding,
+    address_to_script,
+    base58check_decode,
+    base58check_encode,
+    bech32_decode,
+    bech32_encode,
+    decode_segwit,
+    encode_segwit,
+    witness_script,
+)
+from .hashing import display_to_hash, hash_to_display, sha256, sha256d
+from .header import HEADER_SIZE, block_hash, serialize_block, serialize_header
+from .merkle import merkle_branch, merkle_root, root_from_branch
+from .network import (
+    MAINNET,
+    NETWORKS,
+    REGTEST,
+    SIGNET,
+    TESTNET,
+    TESTNET4,
+    Network,
+    network_for_chain,
+)
+from .serialize import bip34_height_script, compact_size, push_data, script_number
+from .target import (
+    DIFF1_TARGET,
+    MAX_TARGET,
+    bits_to_difficulty,
+    bits_to_target,
+    difficulty_to_target,
+    hash_to_int,
+    target_to_bits,
+    target_to_difficulty,
+)
+from .tx import MAX_MONEY, CoinbaseTemplate, TxOut, build_coinbase
+
+__all__ = [
+    "DIFF1_TARGET",
+    "HEADER_SIZE",
+    "MAINNET",
+    "MAX_MONEY",
+    "MAX_TARGET",
+    "NETWORKS",
+    "REGTEST",
+    "SIGNET",
+    "TESTNET",
+    "TESTNET4",
+    "AddressError",
+    "CoinbaseTemplate",
+    "Encoding",
+    "Network",
+    "TxOut",
+    "address_to_script",
+    "base58check_decode",
+    "base58check_encode",
+    "bech32_decode",
+    "bech32_encode",
+    "bip34_height_script",
+    "bits_to_difficulty",
+    "bits_to_target",
+    "block_hash",
+    "build_coinbase",
+    "compact_size",
+    "decode_segwit",
+    "difficulty_to_target",
+    "display_to_hash",
+    "encode_segwit",
+    "hash_to_display",
+    "hash_to_int",
+    "merkle_branch",
+    "merkle_root",
+    "network_for_chain",
+    "push_data",
+    "root_from_branch",
+    "script_number",
+    "serialize_block",
+    "serialize_header",
+    "sha256",
+    "sha256d",
+    "target_to_bits",
+    "target_to_difficulty",
+    "witness_script",
+]

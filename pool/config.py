@@ -94,6 +94,21 @@ class VardiffSettings:
 
 
 @dataclass(frozen=True)
+class SimulationConfig:
+    """Regtest accepts half of all hashes as blocks; with ``enabled`` the pool uses its own
+    network difficulty instead: only shares meeting it become blocks (they are valid on
+    regtest too). Retargeting of the simulated difficulty belongs to the scenarios."""
+
+    enabled: bool = False
+    initial_difficulty: float = 1.0
+
+
+@dataclass(frozen=True)
+class ChainConfig:
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
+
+
+@dataclass(frozen=True)
 class ApiConfig:
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -113,6 +128,7 @@ class Config:
     stratum: StratumConfig = field(default_factory=StratumConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     vardiff: VardiffSettings = field(default_factory=VardiffSettings)
+    chain: ChainConfig = field(default_factory=ChainConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     source: str = "<defaults>"
@@ -272,6 +288,8 @@ def validate(config: Config, where: str) -> None:
         fail("vardiff.target_interval_seconds", "must be positive")
     if config.vardiff.retarget_shares < 1 or config.vardiff.retarget_seconds <= 0:
         fail("vardiff", "retarget_shares and retarget_seconds must be positive")
+    if config.chain.simulation.initial_difficulty <= 0:
+        fail("chain.simulation.initial_difficulty", "must be positive")
     if config.node.template_refresh_seconds <= 0 or config.node.template_refresh_seconds > 110:
         fail("node.template_refresh_seconds", "must be in (0, 110]: miners stop after 120 s")
 

@@ -1,0 +1,113 @@
+"""Config loading: defaults, every key type-checked by name, env overrides, cross checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+
+import pytest
+
+from pool import config as cfg
+from pool.config import Config, ConfigError, load
+
+
+def leaf_keys(cls: type = Config, prefix: str = "") -> list[tuple[str, type]]:
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name == "source":
+            continue
+        tp = hints[f.name]
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(tp):
+            keys += leaf_keys(tp, key + ".")  # type: ignore[arg-type]
+        elif typing.get_origin(tp) is not tuple:
+            keys.append((key, tp))
+    return keys
+
+
+def toml_for(key: str, value: str) -> str:
+    *tables, name = key.split(".")
+    return (f"[{'.'.join(tables)}]\n" if tables else "") + f"{name} = {value}\n"
+
+
+def test_default_config_loads_and_matches_the_dataclass_defaults() -> None:
+    loaded = load(cfg.DEFAULT_CONFIG, env={})
+    assert dataclasses.replace(loaded, source="<defaults>") == Config()
+
+
+@pytest.mark.parametrize(("key", "tp"), leaf_keys())
+def test_every_key_rejects_a_wrong_type_by_name(key: str, tp: type, tmp_path: Path) -> None:
+    wrong = '"text"' if tp is not str else "12"
+    path = tmp_path / "c.toml"
+    path.write_text(toml_for(key, wrong))
+    with pytest.raises(ConfigError) as info:
+        load(path, env={})
+    assert key in str(info.value) and str(path) in str(info.value)
+
+
+def test_unknown_keys_are_named(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[stratum]\nhots = '0.0.0.0'\n")
+    with pytest.raises(ConfigError, match=r"unknown key stratum\.hots"):
+        load(path, env={})
+    path.write_text("[nonsense]\n")
+    with pytest.raises(ConfigError, match="unknown key nonsense"):
+        load(path, env={})
+    path.write_text("[[stratum.ports]]\nport = 1\nstart_dificulty = 1\n")
+    with pytest.raises(ConfigError, match=r"stratum\.ports\[0\]\.start_dificulty"):
+        load(path, env={})
+
+
+def test_environment_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[stratum]\nhost = '127.0.0.1'\n")
+    loaded = load(
+        path,
+        env={
+            "POOL_STRATUM_HOST": "0.0.0.0",
+            "POOL_LIMITS_MAX_LINE_BYTES": "4096",
+            "POOL_NODE_LONGPOLL": "false",
+        },
+    )
+    assert loaded.stratum.host == "0.0.0.0"
+    assert loaded.limits.max_line_bytes == 4096
+    assert loaded.node.longpoll is False
+    with pytest.raises(
+        ConfigError, match=r"environment overrides of limits\.max_line_bytes\): limits"
+    ):
+        load(path, env={"POOL_LIMITS_MAX_LINE_BYTES": "lots"})
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[node]\nmode = 'cloud'\n", "node.mode"),
+        ("[pool]\nextranonce2_size = 1\n", "pool.extranonce2_size"),
+        ("[limits]\nmax_line_bytes = 100\n", "limits.max_line_bytes"),
+        ("[limits]\nmax_connections_per_ip = 0\n", "limits.max_connections_per_ip"),
+        (
+            "[[stratum.ports]]\nport = 1\nstart_difficulty = 0.1\nmin_difficulty = 1.0\n",
+            "stratum.ports[0]",
+        ),
+        ("[stratum]\nversion_rolling_mask = 'xyz'\n", "stratum.version_rolling_mask"),
+        ("[node]\ntemplate_refresh_seconds = 150\n", "node.template_refresh_seconds"),
+        ("[stratum]\nports = []\n", "stratum.ports"),
+    ],
+)
+def test_cross_checks_name_the_key(text: str, key: str, tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load(path, env={})
+    assert key in str(info.value)
+
+
+def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such config file"):
+        load(tmp_path / "absent.toml", env={})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[pool\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load(bad, env={})

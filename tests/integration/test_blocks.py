@@ -187,7 +187,10 @@ async def test_broken_blocks_are_refused_with_bitcoinds_reason(regtest_node: Man
     assert tpl.witness_commitment is not None
     wrong = tpl.witness_commitment[:-1] + bytes([tpl.witness_commitment[-1] ^ 1])
     bad_commit = build_job(
-        dataclasses.replace(tpl, witness_commitment=wrong), config, job_id="3", now=0.0,
+        dataclasses.replace(tpl, witness_commitment=wrong),
+        config,
+        job_id="3",
+        now=0.0,
         clean=True,
     )
     nonce = solve(bad_commit)

@@ -1,0 +1,3 @@
+from pool.cli import main
+
+raise SystemExit(main())

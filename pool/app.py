@@ -1,0 +1,211 @@
+"""Wiring: build everything, start-up checks, run, ordered shutdown.
+
+Start-up order: bitcoind (managed or external) -> chain and payout address checks -> first
+template -> Stratum listeners. Shutdown is the reverse: stop accepting and ask miners to
+reconnect, stop the template watcher, stop the managed bitcoind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import signal
+import time
+from pathlib import Path
+
+import structlog
+
+from pool.bitcoin import (
+    AddressError,
+    Network,
+    address_to_script,
+    difficulty_to_target,
+    network_for_chain,
+)
+from pool.config import Config, limits_summary
+from pool.jobs import JobConfig, Template, build_job
+from pool.node.managed import ManagedNode, prepare_regtest_wallet
+from pool.node.rpc import BitcoinRpc, RetryPolicy
+from pool.node.submit import BlockSubmission, submit_block
+from pool.node.templates import TemplateWatcher
+from pool.server.server import StratumServer
+from pool.shares import ShareResult
+
+log = structlog.get_logger("pool.app")
+
+
+class StartupError(RuntimeError):
+    """The pool refuses to start; the message says why and what to change."""
+
+
+def payout_script_for(address: str, network: Network) -> bytes:
+    try:
+        return address_to_script(address, network)
+    except AddressError as exc:
+        raise StartupError(
+            f"payout address {address} cannot be used on chain {network.name}: {exc}"
+        ) from exc
+
+
+class PoolApp:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.data_dir = Path(config.pool.data_dir).resolve()
+        self.node: ManagedNode | None = None
+        self.rpc: BitcoinRpc | None = None
+        self.network: Network | None = None
+        self.server: StratumServer | None = None
+        self.watcher: TemplateWatcher | None = None
+        self.job_config: JobConfig | None = None
+        self.payout_address = ""
+        self._watch_task: asyncio.Task[None] | None = None
+        self.first_job = asyncio.Event()
+
+    # -- start-up -------------------------------------------------------------------------------
+    async def _connect_node(self) -> BitcoinRpc:
+        node_cfg = self.config.node
+        retry = RetryPolicy(give_up_after=node_cfg.rpc_give_up_seconds)
+        if node_cfg.mode == "managed":
+            self.node = ManagedNode(self.data_dir / "bitcoind")
+            rpc = await self.node.start()
+            rpc.retry = retry
+            return rpc
+        return self._external_rpc(retry)
+
+    def _external_rpc(self, retry: RetryPolicy) -> BitcoinRpc:
+        node_cfg = self.config.node
+        password = os.environ.get(node_cfg.rpc_password_env) if node_cfg.rpc_user else None
+        if node_cfg.rpc_user and password is None:
+            raise StartupError(
+                f"node.rpc_user is set but the environment variable {node_cfg.rpc_password_env} "
+                "(node.rpc_password_env) holding the RPC password is not"
+            )
+        cookie = Path(node_cfg.cookie_file).expanduser() if node_cfg.cookie_file else None
+        if not node_cfg.rpc_user and cookie is None:
+            raise StartupError(
+                "external node: set node.rpc_user (+ password env) or node.cookie_file"
+            )
+        return BitcoinRpc(
+            node_cfg.rpc_url,
+            user=node_cfg.rpc_user or None,
+            password=password,
+            cookie_file=cookie,
+            max_concurrency=node_cfg.rpc_max_concurrency,
+            timeout=node_cfg.rpc_timeout_seconds,
+            retry=retry,
+        )
+
+    async def start(self) -> None:
+        cfg = self.config
+        log.info("limits", **limits_summary(cfg))
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.rpc = rpc = await self._connect_node()
+        info = await rpc.call("getblockchaininfo")
+        self.network = network = network_for_chain(info["chain"])
+        address = cfg.pool.payout_address
+        if not address:
+            if self.node is None:
+                raise StartupError("pool.payout_address must be set when node.mode = external")
+            address = await prepare_regtest_wallet(self.node, cfg.node.wallet)
+        script = payout_script_for(address, network)
+        self.payout_address = address
+        log.info("payout_address", address=address, chain=network.name)
+        self.job_config = JobConfig(
+            payout_script=script,
+            extranonce1_size=cfg.pool.extranonce1_size,
+            extranonce2_size=cfg.pool.extranonce2_size,
+            pool_tag=cfg.pool.pool_tag.encode(),
+        )
+        self.server = StratumServer(cfg, network, submit_block=self.submit)
+        self.watcher = TemplateWatcher(
+            rpc,
+            self.on_template,
+            refresh_interval=cfg.node.template_refresh_seconds,
+            poll_interval=cfg.node.poll_interval_seconds,
+            longpoll=cfg.node.longpoll,
+        )
+        await self.watcher.update(force=True)  # a job exists before the first miner arrives
+        await self.server.start()
+        self._watch_task = asyncio.create_task(self.watcher.run(), name="template-watcher")
+        log.info(
+            "pool_started",
+            chain=network.name,
+            height=info["blocks"],
+            stratum_ports=self.server.bound_ports,
+        )
+
+    async def on_template(self, template: Template, new_block: bool) -> None:
+        assert self.server is not None and self.job_config is not None
+        sim = self.config.chain.simulation
+        job = build_job(
+            template,
+            self.job_config,
+            job_id=self.server.jobs.next_id(),
+            now=time.time(),
+            clean=new_block,
+            block_target=difficulty_to_target(sim.initial_difficulty) if sim.enabled else None,
+        )
+        self.server.publish(job)
+        self.first_job.set()
+
+    async def submit(self, result: ShareResult) -> BlockSubmission:
+        """A block candidate: assemble and submit it at once (before the miner is answered)."""
+        assert self.rpc is not None and result.job is not None
+        job = result.job
+        block = job.block(result.extranonce, result.ntime, result.nonce, result.version)
+        submission = await submit_block(
+            self.rpc, block, block_hash=result.hash_hex, height=job.height
+        )
+        if submission.accepted and self.watcher is not None:
+            self.watcher.poke()  # new tip: clean jobs go out without waiting for a poll
+        return submission
+
+    # -- shutdown ---------------------------------------------------------------------------------
+    async def stop(self) -> None:
+        log.info("pool_stopping")
+        if self.server is not None:
+            await self.server.stop(reconnect=True)
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+        if self.node is not None:
+            await self.node.stop()
+        elif self.rpc is not None:
+            await self.rpc.close()
+        log.info("pool_stopped")
+
+    async def run_until_signalled(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await self.start()
+            await stop.wait()
+        finally:
+            await self.stop()
+
+
+def with_overrides(
+    config: Config,
+    *,
+    data_dir: str | None = None,
+    stratum_port: int | None = None,
+    api_port: int | None = None,
+) -> Config:
+    if data_dir is not None:
+        config = dataclasses.replace(
+            config, pool=dataclasses.replace(config.pool, data_dir=data_dir)
+        )
+    if stratum_port is not None:
+        ports = list(config.stratum.ports)
+        ports[0] = dataclasses.replace(ports[0], port=stratum_port)
+        config = dataclasses.replace(
+            config, stratum=dataclasses.replace(config.stratum, ports=tuple(ports))
+        )
+    if api_port is not None:
+        config = dataclasses.replace(config, api=dataclasses.replace(config.api, port=api_port))
+    return config

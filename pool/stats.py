@@ -1,0 +1,84 @@
+"""Share and block counters per worker and for the pool (pure; the clock is passed in)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from pool.shares import ShareResult
+
+
+@dataclass
+class WorkerStats:
+    name: str
+    address: str
+    accepted: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    accepted_work: float = 0.0  # sum of the difficulty of accepted shares
+    blocks: int = 0
+    last_share: float | None = None
+    difficulty: float = 0.0
+    connections: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "address": self.address,
+            "accepted": self.accepted,
+            "rejected": dict(self.rejected),
+            "accepted_work": self.accepted_work,
+            "blocks": self.blocks,
+            "last_share": self.last_share,
+            "difficulty": self.difficulty,
+            "connections": self.connections,
+        }
+
+
+@dataclass
+class FoundBlock:
+    height: int
+    hash: str
+    worker: str
+    status: str
+    reason: str | None
+    time: float
+
+
+@dataclass
+class PoolStats:
+    workers: dict[str, WorkerStats] = field(default_factory=dict)
+    accepted: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    accepted_work: float = 0.0
+    blocks: list[FoundBlock] = field(default_factory=list)
+
+    def worker(self, name: str, address: str) -> WorkerStats:
+        stats = self.workers.get(name)
+        if stats is None:
+            stats = self.workers[name] = WorkerStats(name=name, address=address)
+        return stats
+
+    def record(self, name: str, address: str, result: ShareResult, now: float) -> None:
+        stats = self.worker(name, address)
+        if result.accepted:
+            stats.accepted += 1
+            stats.accepted_work += result.difficulty
+            stats.last_share = now
+            self.accepted += 1
+            self.accepted_work += result.difficulty
+        else:
+            key = result.reject.key if result.reject else "other"
+            stats.rejected[key] += 1
+            self.rejected[key] += 1
+
+    def record_block(self, block: FoundBlock) -> None:
+        self.blocks.append(block)
+        if (
+            block.status in ("accepted", "duplicate", "inconclusive")
+            and block.worker in self.workers
+        ):
+            self.workers[block.worker].blocks += 1
+
+    @property
+    def blocks_accepted(self) -> int:
+        return sum(1 for b in self.blocks if b.status == "accepted")

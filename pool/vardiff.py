@@ -1,0 +1,439 @@
+"""Per-connection variable difficulty. Pure: no I/O, no clock (``now`` is always passed in).
+
+The model
+---------
+A share at difficulty ``d`` stands for ``d * 2**32`` expected hashes, so a miner hashing at
+``H`` hashes/s finds shares at difficulty ``d`` as a Poisson process of rate
+``H / (d * 2**32)``. The pool wants one share per ``target_interval`` seconds (T), so the
+ideal difficulty is ``d* = H * T / 2**32``. Everything below is in "difficulty per second"
+units, ``h = H / 2**32``, so ``d* = h * T``.
+
+The estimate
+------------
+The hashrate comes from the sum of share difficulties over elapsed time (not the share count:
+shares in one estimate may have been judged at different difficulties, e.g. shares for jobs sent
+before a retarget). Within a stretch of constant pool difficulty ``d`` lasting ``t`` seconds with
+share difficulties ``d_i``, ``h = sum(d_i) / t``. Stretches at different difficulties are pooled
+with inverse-variance weights, which is the same as keeping two running totals:
+
+* ``shares = sum(d_i / d)`` -- each share counted in units of the difficulty the pool had set when
+  it arrived (exactly 1 for a share judged at that difficulty), and
+* ``exposure = integral dt / d`` -- seconds divided by the difficulty in force,
+
+so that ``h = shares / exposure`` (for a constant ``d`` this is exactly ``sum(d_i) / t``) and the
+estimate's relative standard error is ``1 / sqrt(shares)``. The totals are carried across
+retargets: on the way up from a start difficulty 1000x too low the early, fast shares all count,
+so the difficulty lands on the right value with ~150 shares behind it, not 48. Old data fade
+out: when ``shares`` exceeds ``memory_shares`` both totals are scaled down (a count-based
+exponential forgetting), and recent data that contradict the history (a miner that changed its
+hashrate, a machine that stopped) make the history be dropped (see "Change detection").
+
+When to retarget
+----------------
+Retargets are considered after ``retarget_shares`` shares or ``retarget_time`` seconds since the
+last retarget or the last look, whichever comes first. The difficulty moves to the estimate only
+if it differs from the current difficulty by more than the band
+
+    max(ln(1 + tolerance), band_sigmas / sqrt(shares))        (compared on a log scale)
+
+and by at most ``max_step`` (so one retarget multiplies or divides by at most 16).
+
+Why this band: the estimate's relative standard error is ``1/sqrt(shares)``. Right after
+``retarget_shares`` = 48 shares it is 14 %, so the statistical part (1.5 sigma, 22 %) keeps a
+freshly started miner from chasing noise; once a few hundred shares are pooled the statistical
+part falls below the 15 % floor. A miner already at the right difficulty is then moved only if
+the pooled estimate (relative SE ~ 1/sqrt(shares), e.g. 5.8 % at 300 shares, 3.2 % at 1000)
+wanders more than 15 % from the value it had when the difficulty was last set. Measured with the
+simulation in ``tests/unit/test_vardiff.py`` (400 runs of 2 hours, miner at the right rate):
+about 2 % of 30-minute periods after the first hour contain one retarget, none two, and every
+such retarget stays within 20 % of the ideal difficulty. A false retarget is harmless by
+construction: it moves to the pooled estimate, which has at least as much data behind it as the
+value it replaces.
+
+Idle decay
+----------
+A miner whose difficulty is far too high sends nothing, so there is nothing to average. After
+``idle_time`` seconds without a share, every ``on_tick`` computes the estimate *as if one share
+had arrived now* -- ``T * (shares + 1) / exposure``, an upper bound on the rate given that no
+share came -- and lowers the difficulty to it when it is below the band. Because the exposure
+then grows as ``dt / d`` with a falling ``d``, the bound falls exponentially with time constant
+``T * (shares + 1)``: a start difficulty 1000x too high (no shares at all) is down to the right
+value about 40 s after start with the default settings, whatever the tick interval. A miner at
+the right rate is not disturbed by a quiet spell: with hundreds of shares pooled, one phantom
+share moves the estimate by well under the band.
+
+Change detection
+----------------
+Pooling long histories makes the estimate precise but slow to follow a real change. So the most
+recent stretches (the last 1, 2, 4 and 8 looks, each a 1-minute / 48-share stretch) are tested
+against the rate of the history before them: when the share count in such a stretch is
+implausible under the history's rate (two-sided exact Poisson tail below ``CHANGE_P`` = 1e-5,
+four tests per look), the history is dropped and the estimate restarts from that stretch. During
+a quiet spell the same is done at every tick with ``QUIET_P`` = 1e-6: a miner that used to send a
+share every 5 s and has been silent for 69 s has almost surely slowed down or stopped, and the
+idle decay then starts from the quiet spell alone instead of being held up by the history.
+With one look a minute that is at most 4 * 30 * 1e-5 = 0.12 % per 30 minutes for the stretch
+tests plus 360 * 1e-6 = 0.04 % for quiet spells at the right difficulty.
+
+Limits
+------
+The difficulty is always a finite positive number clamped to ``[min_difficulty,
+max_difficulty]`` and rounded to 4 significant digits (so logs and ``mining.set_difficulty``
+carry readable numbers; the error is below 0.05 %). ``suggest`` (``mining.suggest_difficulty``) is
+a hint: it sets the difficulty and restarts the estimate, and later retargets may go anywhere in
+the port's range, below the suggestion too. ``fix`` (password ``d=...``) pins the difficulty.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+HASHES_PER_DIFF1 = 2**32
+
+# Two-sided false-alarm probability of one change test (window vs. history); four per look.
+CHANGE_P = 2e-8
+# Probability, at the right difficulty, of a quiet spell long enough to drop the history.
+QUIET_P = 1e-10
+# How many looks (stretches between retarget considerations) are kept for change detection.
+_SEGMENTS = 16
+_SUFFIXES = (1, 2, 4, 8, 16)
+_SIGNIFICANT_DIGITS = 4
+
+
+@dataclass(frozen=True)
+class VardiffConfig:
+    """Vardiff policy of one port. Defaults are for ASICs and CPU miners alike."""
+
+    target_interval: float = 5.0
+    """Seconds per share wanted: 12 shares a minute is a smooth hashrate graph and little load."""
+    retarget_shares: int = 48
+    """Consider a retarget after this many shares (relative SE of 48 shares: 14 %) ..."""
+    retarget_time: float = 60.0
+    """... or this many seconds since the last look, whichever comes first."""
+    tolerance: float = 0.15
+    """Never change the difficulty for an estimated error below 15 % (the band's floor)."""
+    band_sigmas: float = 1.5
+    """The band's statistical part: this many standard errors (1/sqrt(pooled shares))."""
+    max_step: float = 16.0
+    """A retarget multiplies or divides by at most this (1000x too low is fixed in 3 steps)."""
+    idle_time: float = 10.0
+    """Idle decay starts after this many seconds without a share (2 target intervals)."""
+    memory_shares: float = 1000.0
+    """Shares' worth of history kept for the estimate (about 80 minutes at the target rate)."""
+    min_difficulty: float = 1e-6
+    """Floor: 1e-6 is ~4300 hashes per share, below any real miner's need (a 15 MH/s CPU thread
+    wants ~0.02). Ports set their own."""
+    max_difficulty: float = 2.0**48
+    """Ceiling: 2**48 (~2.8e14) is above Bitcoin's network difficulty (~1.5e14 in 2025) and
+    ~10^5 times what a 1 EH/s connection needs at 5 s per share."""
+    enabled: bool = True
+    """False: the difficulty only changes through ``suggest`` (and ``fix``)."""
+
+    def __post_init__(self) -> None:
+        def positive(name: str, value: float) -> None:
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"vardiff {name} must be a positive number, got {value!r}")
+
+        positive("target_interval", self.target_interval)
+        positive("retarget_time", self.retarget_time)
+        positive("idle_time", self.idle_time)
+        positive("min_difficulty", self.min_difficulty)
+        positive("max_difficulty", self.max_difficulty)
+        positive("memory_shares", self.memory_shares)
+        if self.retarget_shares < 1:
+            raise ValueError(f"vardiff retarget_shares must be >= 1, got {self.retarget_shares}")
+        if not (math.isfinite(self.tolerance) and self.tolerance >= 0):
+            raise ValueError(f"vardiff tolerance must be >= 0, got {self.tolerance!r}")
+        if not (math.isfinite(self.band_sigmas) and self.band_sigmas >= 0):
+            raise ValueError(f"vardiff band_sigmas must be >= 0, got {self.band_sigmas!r}")
+        if not (math.isfinite(self.max_step) and self.max_step > 1):
+            raise ValueError(f"vardiff max_step must be > 1, got {self.max_step!r}")
+        if self.min_difficulty > self.max_difficulty:
+            raise ValueError(
+                f"vardiff min_difficulty {self.min_difficulty} > max_difficulty "
+                f"{self.max_difficulty}"
+            )
+
+
+class Vardiff:
+    """The difficulty policy of one connection. Feed it accepted shares and periodic ticks."""
+
+    _shares: float  # pooled shares, each in units of the difficulty set when it arrived
+    _exposure: float  # pooled integral of dt / difficulty
+    _seg_shares: float  # the same two totals for the stretch since the last look
+    _seg_exposure: float
+    _segments: deque[tuple[float, float]]  # the last looks' stretches, for change detection
+    _quiet_exposure: float  # integral of dt / difficulty since the last share
+    _last_share: float
+    _look_time: float
+    _look_shares: float
+
+    def __init__(self, config: VardiffConfig, start_difficulty: float, now: float) -> None:
+        self.config = config
+        if math.isnan(start_difficulty):
+            raise ValueError("start difficulty must be a number")
+        self._difficulty = self.clamp(start_difficulty)
+        self._fixed = False
+        self._last = now
+        self._restart(now)
+
+    # -- public ---------------------------------------------------------------------------------
+    @property
+    def difficulty(self) -> float:
+        """The current target difficulty: what the pool sends with the next job."""
+        return self._difficulty
+
+    @property
+    def fixed(self) -> bool:
+        """True once ``fix`` pinned the difficulty."""
+        return self._fixed
+
+    @property
+    def retargeting(self) -> bool:
+        """Whether shares and ticks may still change the difficulty."""
+        return self.config.enabled and not self._fixed
+
+    @property
+    def estimated_hashrate(self) -> float | None:
+        """Hashes per second behind the current estimate, or None before the first share."""
+        if self._shares < 1.0 or self._exposure <= 0.0:
+            return None
+        return self._shares / self._exposure * HASHES_PER_DIFF1
+
+    def clamp(self, d: float) -> float:
+        """``d`` limited to [min_difficulty, max_difficulty]; inf gives the max, <= 0 the min."""
+        if math.isnan(d):
+            raise ValueError("difficulty is NaN")
+        return min(max(d, self.config.min_difficulty), self.config.max_difficulty)
+
+    def on_share(self, difficulty: float, now: float) -> float | None:
+        """An accepted share, judged at ``difficulty``. Returns the new difficulty or None."""
+        if not (math.isfinite(difficulty) and difficulty > 0):
+            return None
+        self._advance(now)
+        weight = difficulty / self._difficulty
+        self._shares += weight
+        self._seg_shares += weight
+        self._quiet_exposure = 0.0
+        self._last_share = max(self._last_share, now)
+        self._look_shares += weight
+        self._forget()
+        if (
+            self._look_shares >= self.config.retarget_shares
+            or now - self._look_time >= self.config.retarget_time
+        ):
+            return self._look(now)
+        return None
+
+    def on_tick(self, now: float) -> float | None:
+        """Periodic call (every few seconds): idle decay and time-based retargets."""
+        self._advance(now)
+        if now - self._last_share >= self.config.idle_time:
+            new = self._idle(now)
+            if new is not None:
+                return new
+        if now - self._look_time >= self.config.retarget_time:
+            return self._look(now)
+        return None
+
+    def suggest(self, difficulty: float, now: float) -> float:
+        """``mining.suggest_difficulty``: set the (clamped) difficulty and restart the estimate.
+
+        A hint, not a floor: later retargets may go below it. Ignored after ``fix`` and for a
+        value that is not a positive finite number. Returns the difficulty in force.
+        """
+        if self._fixed or not (math.isfinite(difficulty) and difficulty > 0):
+            return self._difficulty
+        self._advance(now)
+        self._difficulty = self._round(self.clamp(difficulty))
+        self._restart(now)
+        return self._difficulty
+
+    def fix(self, difficulty: float) -> None:
+        """A fixed difficulty (password ``d=...``): clamp it and stop retargeting."""
+        if not (math.isfinite(difficulty) and difficulty > 0):
+            raise ValueError(f"fixed difficulty must be a positive number, got {difficulty!r}")
+        self._difficulty = self._round(self.clamp(difficulty))
+        self._fixed = True
+
+    # -- internals ------------------------------------------------------------------------------
+    def _restart(self, now: float) -> None:
+        """Forget the estimate: the next shares start a fresh one."""
+        self._shares = 0.0
+        self._exposure = 0.0
+        self._seg_shares = 0.0
+        self._seg_exposure = 0.0
+        self._segments = deque(maxlen=_SEGMENTS)
+        self._quiet_exposure = 0.0
+        self._last_share = now
+        self._look_time = now
+        self._look_shares = 0.0
+
+    def _advance(self, now: float) -> None:
+        dt = now - self._last
+        if dt <= 0.0:
+            return
+        self._last = now
+        x = dt / self._difficulty
+        self._exposure += x
+        self._seg_exposure += x
+        self._quiet_exposure += x
+
+    def _forget(self) -> None:
+        """Count-based exponential forgetting: keep at most ``memory_shares`` of history."""
+        if self._shares <= self.config.memory_shares:
+            return
+        f = self.config.memory_shares / self._shares
+        self._shares *= f
+        self._exposure *= f
+        self._seg_shares *= f
+        self._seg_exposure *= f
+        self._segments = deque(((n * f, x * f) for n, x in self._segments), maxlen=_SEGMENTS)
+
+    def _estimate(self, phantom: float = 0.0) -> float | None:
+        """Ideal difficulty ``T * shares / exposure`` (with ``phantom`` extra shares)."""
+        shares = self._shares + phantom
+        if shares <= 0.0 or self._exposure <= 0.0:
+            return None
+        return self.config.target_interval * shares / self._exposure
+
+    def _band(self) -> float:
+        stat = self.config.band_sigmas / math.sqrt(max(self._shares, 1.0))
+        return max(math.log1p(self.config.tolerance), stat)
+
+    def _look(self, now: float) -> float | None:
+        """Retarget time: close the stretch, test it against history, maybe move."""
+        self._look_time = now
+        self._look_shares = 0.0
+        self._segments.append((self._seg_shares, self._seg_exposure))
+        self._seg_shares = 0.0
+        self._seg_exposure = 0.0
+        self._detect_change()
+        if not self.retargeting:
+            return None
+        estimate = self._estimate() if self._shares >= 1.0 else self._estimate(phantom=1.0)
+        if estimate is None or abs(math.log(estimate / self._difficulty)) <= self._band():
+            return None
+        step = self.config.max_step
+        estimate = min(max(estimate, self._difficulty / step), self._difficulty * step)
+        return self._set(estimate, now)
+
+    def _idle(self, now: float) -> float | None:
+        """No share for ``idle_time``: lower to the rate bound "one share arrived just now"."""
+        history = self._exposure - self._quiet_exposure
+        # P(no share in the quiet spell | the history's rate), the history's own uncertainty
+        # included: the binomial probability that all of the shares fell before the spell.
+        if (
+            self._shares >= 1.0
+            and history > 0.0
+            and (history / self._exposure) ** self._shares < QUIET_P
+        ):
+            self._drop_history(0.0, self._quiet_exposure)
+        if not self.retargeting:
+            return None
+        bound = self._estimate(phantom=1.0)
+        if bound is None or bound >= self._difficulty / (1.0 + self.config.tolerance):
+            return None
+        return self._set(bound, now)
+
+    def _detect_change(self) -> None:
+        """Drop the history when a recent stretch contradicts it (see module docstring)."""
+        recent_n = recent_x = 0.0
+        segments = list(self._segments)
+        for k in range(1, len(segments) + 1):
+            n, x = segments[-k]
+            recent_n += n
+            recent_x += x
+            if k not in _SUFFIXES:
+                continue
+            old_n = self._shares - recent_n
+            old_x = self._exposure - recent_x
+            if old_n < 1.0 or old_x <= 0.0 or recent_x <= 0.0:
+                return
+            if change_p_value(recent_n, recent_x, old_n, old_x) < CHANGE_P:
+                self._drop_history(recent_n, recent_x)
+                return
+
+    def _drop_history(self, shares: float, exposure: float) -> None:
+        self._shares = shares
+        self._exposure = exposure
+        self._segments.clear()
+
+    def _set(self, difficulty: float, now: float) -> float | None:
+        new = self._round(self.clamp(difficulty))
+        if new == self._difficulty:
+            return None
+        self._difficulty = new
+        self._look_time = now
+        self._look_shares = 0.0
+        return new
+
+    def _round(self, d: float) -> float:
+        """4 significant digits, kept inside the clamp range."""
+        rounded = float(f"{d:.{_SIGNIFICANT_DIGITS - 1}e}")
+        return min(max(rounded, self.config.min_difficulty), self.config.max_difficulty)
+
+
+# -- the change test: exact conditional binomial, via the regularized incomplete beta function --
+def change_p_value(recent: float, recent_exposure: float, old: float, old_exposure: float) -> float:
+    """Two-sided p-value that ``recent`` shares in ``recent_exposure`` and ``old`` shares in
+    ``old_exposure`` come from the same Poisson rate.
+
+    Given the total ``n = recent + old``, the recent count is Binomial(n, p) with
+    ``p = recent_exposure / (recent_exposure + old_exposure)`` whatever the common rate, so the
+    test also accounts for the uncertainty of the old rate (treating it as known would make a
+    short history look far more certain than it is). Share counts may be fractional (shares are
+    weighted by difficulty); the incomplete beta function interpolates smoothly between integers.
+    """
+    n = recent + old
+    if n <= 0.0 or recent_exposure <= 0.0 or old_exposure <= 0.0:
+        return 1.0
+    p = recent_exposure / (recent_exposure + old_exposure)
+    # P(K >= k) = I_p(k, n - k + 1);  P(K <= k) = I_{1-p}(n - k, k + 1)
+    high = 1.0 if recent <= 0.0 else _beta_inc(recent, old + 1.0, p)
+    low = 1.0 if old <= 0.0 else _beta_inc(old, recent + 1.0, 1.0 - p)
+    return min(1.0, 2.0 * min(low, high))
+
+
+def _beta_inc(a: float, b: float, x: float) -> float:
+    """Regularized incomplete beta function I_x(a, b), a, b > 0."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    front = math.exp(
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    )
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _beta_fraction(a, b, x) / a
+    return 1.0 - front * _beta_fraction(b, a, 1.0 - x) / b
+
+
+def _beta_fraction(a: float, b: float, x: float) -> float:
+    """Lentz's continued fraction for the incomplete beta function."""
+    tiny = 1e-300
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c = 1.0
+    d = 1.0 - qab * x / qap
+    d = 1.0 / (tiny if abs(d) < tiny else d)
+    h = d
+    for m in range(1, 10_000):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (tiny if abs(d) < tiny else d)
+        c = 1.0 + aa / c
+        c = tiny if abs(c) < tiny else c
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (tiny if abs(d) < tiny else d)
+        c = 1.0 + aa / c
+        c = tiny if abs(c) < tiny else c
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < 1e-15:
+            break
+    return h

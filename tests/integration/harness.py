@@ -1,0 +1,193 @@
+"""Test harness: an in-process pool on the session's real bitcoind, and a raw Stratum client."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import struct
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pool.app import PoolApp
+from pool.bitcoin import difficulty_to_target, sha256d
+from pool.config import (
+    Config,
+    LimitsConfig,
+    NodeConfig,
+    PoolConfig,
+    PortConfig,
+    StratumConfig,
+    VardiffSettings,
+)
+from pool.miner import scan, stratum_prevhash_to_internal
+from pool.node.managed import ManagedNode
+
+
+async def wallet_address(node: ManagedNode, wallet: str = "pool", kind: str = "bech32") -> str:
+    assert node.rpc is not None
+    address: str = await node.rpc.call("getnewaddress", "", kind, wallet=wallet)
+    return address
+
+
+def pool_config(
+    node: ManagedNode,
+    data_dir: Path,
+    payout_address: str,
+    *,
+    ports: tuple[PortConfig, ...] = (
+        PortConfig(port=0, start_difficulty=1e-5, min_difficulty=1e-8, max_difficulty=1e6),
+    ),
+    vardiff: VardiffSettings | None = None,
+    limits: LimitsConfig | None = None,
+) -> Config:
+    """A pool on ``node`` (external mode, cookie auth), Stratum on a free port."""
+    return Config(
+        node=NodeConfig(
+            mode="external",
+            rpc_url=node.rpc_url,
+            cookie_file=str(node.cookie_file),
+            template_refresh_seconds=30.0,
+            poll_interval_seconds=0.5,
+        ),
+        pool=PoolConfig(payout_address=payout_address, data_dir=str(data_dir)),
+        stratum=StratumConfig(ports=ports),
+        limits=limits or LimitsConfig(),
+        vardiff=vardiff or VardiffSettings(enabled=False),
+    )
+
+
+async def start_pool(config: Config) -> PoolApp:
+    app = PoolApp(config)
+    await app.start()
+    return app
+
+
+async def wait_for(
+    predicate: Callable[[], bool],
+    timeout: float,
+    what: str,
+    seen: Callable[[], object] = lambda: None,
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}; saw {seen()!r}")
+        await asyncio.sleep(0.05)
+
+
+class RawClient:
+    """A line-level Stratum client: sends exactly what a test says, records every message."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.messages: list[dict[str, Any]] = []
+        self._next = 0
+        self.extranonce1 = b""
+        self.extranonce2_size = 0
+
+    @classmethod
+    async def connect(cls, port: int) -> RawClient:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return cls(reader, writer)
+
+    async def close(self) -> None:
+        self.writer.close()
+
+    def send_raw(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    def send(self, id: Any, method: str, params: list[Any]) -> None:
+        line = json.dumps({"id": id, "method": method, "params": params}) + "\n"
+        self.writer.write(line.encode())
+
+    async def next_message(self, timeout: float = 10.0) -> dict[str, Any]:
+        while self._next >= len(self.messages):
+            line = await asyncio.wait_for(self.reader.readline(), timeout)
+            if not line:
+                raise ConnectionError("pool closed the connection")
+            self.messages.append(json.loads(line))
+        msg = self.messages[self._next]
+        self._next += 1
+        return msg
+
+    async def response(self, id: Any, timeout: float = 10.0) -> dict[str, Any]:
+        """The next response with this id (notifications before it are kept in messages)."""
+        while True:
+            msg = await self.next_message(timeout)
+            if msg.get("method") is None and msg.get("id") == id:
+                return msg
+
+    async def notification(self, method: str, timeout: float = 10.0) -> dict[str, Any]:
+        while True:
+            msg = await self.next_message(timeout)
+            if msg.get("method") == method:
+                return msg
+
+    async def handshake(self, user: str, password: str = "x") -> tuple[float, dict[str, Any]]:
+        """subscribe + authorize; returns the difficulty set and the first notify."""
+        self.send(1, "mining.subscribe", ["test-client/1"])
+        sub = await self.response(1)
+        self.extranonce1 = bytes.fromhex(sub["result"][1])
+        self.extranonce2_size = sub["result"][2]
+        self.send(2, "mining.authorize", [user, password])
+        auth = await self.response(2)
+        assert auth["result"] is True, auth
+        diff = await self.notification("mining.set_difficulty")
+        notify = await self.notification("mining.notify")
+        return float(diff["params"][0]), notify
+
+
+@dataclasses.dataclass
+class Solution:
+    job_id: str
+    extranonce2: str
+    ntime: str
+    nonce: str
+    hash_int: int
+
+    def params(self, worker: str) -> list[str]:
+        return [worker, self.job_id, self.extranonce2, self.ntime, self.nonce]
+
+
+def header_prefix(notify_params: list[Any], extranonce: bytes, version: int | None = None) -> bytes:
+    _job_id, prevhash, coinb1, coinb2, branch, ver, nbits, ntime, _clean = notify_params
+    root = sha256d(bytes.fromhex(coinb1) + extranonce + bytes.fromhex(coinb2))
+    for h in branch:
+        root = sha256d(root + bytes.fromhex(h))
+    return (
+        struct.pack("<I", int(ver, 16) if version is None else version)
+        + stratum_prevhash_to_internal(prevhash)
+        + root
+        + struct.pack("<I", int(ntime, 16))
+        + struct.pack("<I", int(nbits, 16))
+    )
+
+
+def solve(
+    notify_params: list[Any],
+    extranonce1: bytes,
+    extranonce2: bytes,
+    difficulty: float,
+    *,
+    max_difficulty: float | None = None,
+    version: int | None = None,
+    start: int = 0,
+) -> Solution:
+    """A nonce meeting ``difficulty`` (and, if given, NOT meeting ``max_difficulty``)."""
+    target = difficulty_to_target(difficulty)
+    prefix = header_prefix(notify_params, extranonce1 + extranonce2, version)
+    too_good = difficulty_to_target(max_difficulty) if max_difficulty else -1
+    nonce = start
+    while nonce < 1 << 32:
+        for n in scan(prefix, nonce, 50000, target):
+            h = int.from_bytes(sha256d(prefix + struct.pack("<I", n)), "little")
+            if h > too_good:
+                return Solution(
+                    notify_params[0], extranonce2.hex(), notify_params[7], f"{n:08x}", h
+                )
+        nonce += 50000
+    raise AssertionError("no solution found")

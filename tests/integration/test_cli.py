@@ -1,0 +1,140 @@
+"""``stratum-pool run`` as a subprocess: start-up checks, a managed node, clean shutdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pool.node.managed import ManagedNode, free_port
+from tests.integration.harness import wallet_address
+
+pytestmark = pytest.mark.integration
+
+MAINNET_ADDR = "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq"
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pool", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+def external_config(tmp_path: Path, node: ManagedNode, payout: str) -> Path:
+    path = tmp_path / "pool.toml"
+    path.write_text(
+        f'[node]\nmode = "external"\nrpc_url = "{node.rpc_url}"\n'
+        f'cookie_file = "{node.cookie_file}"\n'
+        f'[pool]\npayout_address = "{payout}"\ndata_dir = "{tmp_path / "data"}"\n'
+        f"[[stratum.ports]]\nport = {free_port()}\n"
+    )
+    return path
+
+
+async def test_payout_address_of_another_chain_refuses_to_start(
+    regtest_node: ManagedNode, tmp_path: Path
+) -> None:
+    result = run_cli("run", "--config", str(external_config(tmp_path, regtest_node, MAINNET_ADDR)))
+    assert result.returncode == 2, result.stderr
+    assert MAINNET_ADDR in result.stderr and "regtest" in result.stderr
+    assert "refusing to start" in result.stderr
+
+
+async def test_wrong_rpc_credentials_fail_with_clear_message(
+    regtest_node: ManagedNode, tmp_path: Path
+) -> None:
+    payout = await wallet_address(regtest_node)
+    path = tmp_path / "pool.toml"
+    path.write_text(
+        f'[node]\nmode = "external"\nrpc_url = "{regtest_node.rpc_url}"\nrpc_user = "nobody"\n'
+        f'[pool]\npayout_address = "{payout}"\n'
+    )
+    started = time.monotonic()
+    result = run_cli("run", "--config", str(path), env={"POOL_RPC_PASSWORD": "hunter2-secret"})
+    assert result.returncode == 1
+    assert "rejected the RPC credentials" in result.stderr
+    assert "hunter2-secret" not in result.stderr + result.stdout
+    assert time.monotonic() - started < 30  # not retried forever
+
+
+def test_config_check_reports_bad_key(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("[stratum]\nport = 3333\n")
+    result = run_cli("config", "check", str(path))
+    assert result.returncode == 2
+    assert "stratum.port" in result.stderr and str(path) in result.stderr
+    ok = run_cli("config", "check", "configs/regtest.toml")
+    assert ok.returncode == 0
+    assert json.loads(ok.stdout)["stratum"]["ports"][0]["port"] == 3333
+
+
+def test_run_with_managed_node_mines_and_shuts_down_cleanly(tmp_path: Path) -> None:
+    """What `make run` does: the default config, a managed regtest bitcoind, miners welcome."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pool",
+            "run",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--stratum-port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "POOL_LOGGING_FORMAT": '"json"'},
+    )
+    try:
+        deadline = time.monotonic() + 90
+        events: list[dict[str, object]] = []
+        assert proc.stderr is not None
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                continue
+            if events[-1].get("event") == "pool_started":
+                break
+        names = [e.get("event") for e in events]
+        assert "pool_started" in names, names
+        limits = next(e for e in events if e.get("event") == "limits")
+        assert limits["max_line_bytes"] == 16384
+        payout = next(e for e in events if e.get("event") == "payout_address")["address"]
+        miner = run_cli(
+            "miner",
+            "-o",
+            f"stratum+tcp://127.0.0.1:{port}",
+            "-u",
+            f"{payout}.cli",
+            "--max-shares",
+            "3",
+            "--duration",
+            "60",
+            timeout=90,
+        )
+        summary = json.loads(miner.stdout.strip().splitlines()[-1])
+        assert summary["accepted"] >= 3 and summary["rejected"] == 0, miner.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-2000:]
+    assert "bitcoind_stopped" in err and "pool_stopped" in err

@@ -1,0 +1,129 @@
+"""Real miners on the pool: the bundled miner mining against a real regtest bitcoind."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+
+import pytest
+
+from pool.config import ChainConfig, PortConfig, SimulationConfig, VardiffSettings
+from pool.miner import Miner, MinerOptions
+from pool.node.managed import ManagedNode
+from tests.integration.harness import pool_config, start_pool, wallet_address
+
+pytestmark = pytest.mark.integration
+
+
+async def test_two_miners_sixty_seconds_every_share_and_block_accepted(
+    regtest_node: ManagedNode, tmp_path: Path
+) -> None:
+    """Two bundled miners for 60 s. The simulated network difficulty makes about one share in
+    20 a block: many blocks, and shares keep flowing between them."""
+    rpc = regtest_node.rpc
+    assert rpc is not None
+    address = await wallet_address(regtest_node)
+    share_diff = 2e-4
+    config = dataclasses.replace(
+        pool_config(
+            regtest_node,
+            tmp_path,
+            address,
+            ports=(
+                PortConfig(
+                    port=0, start_difficulty=share_diff, min_difficulty=1e-8, max_difficulty=1e6
+                ),
+            ),
+        ),
+        chain=ChainConfig(
+            simulation=SimulationConfig(enabled=True, initial_difficulty=share_diff * 20)
+        ),
+    )
+    height_before = await rpc.call("getblockcount")
+    app = await start_pool(config)
+    assert app.server is not None
+    try:
+        miners = [
+            Miner(
+                MinerOptions(
+                    host="127.0.0.1",
+                    port=app.server.bound_ports[0],
+                    user=f"{address}.m{i}",
+                    duration=60.0,
+                    version_rolling=i == 1,
+                )
+            )
+            for i in range(2)
+        ]
+        import asyncio
+
+        summaries = await asyncio.gather(*(m.run() for m in miners))
+    finally:
+        await app.stop()
+    stats = app.server.stats
+    total_accepted = sum(s["accepted"] for s in summaries)
+    assert total_accepted >= 20, summaries  # enough shares for the test to mean something
+    for summary in summaries:
+        assert summary["rejected"] == 0, summary
+    assert stats.accepted == total_accepted
+    assert sum(stats.rejected.values()) == 0
+    found = [b for b in stats.blocks]
+    assert found, "no block found in 60 s"
+    assert all(b.status == "accepted" for b in found), found
+    assert await rpc.call("getblockcount") - height_before == len(found)
+    for block in found:
+        info = await rpc.call("getblock", block.hash)
+        assert info["height"] == block.height
+
+
+async def test_throttled_miner_hashrate_within_three_standard_errors(
+    regtest_node: ManagedNode, tmp_path: Path
+) -> None:
+    """A miner throttled to a known rate: the pool's estimate must lie within 3 standard errors
+    (1/sqrt(shares)) of the true rate for the number of shares seen."""
+    address = await wallet_address(regtest_node)
+    rate = 100_000.0  # H/s, well below what one core does
+    share_diff = 2e-6  # ~8600 hashes per share: ~12 shares/s
+    config = dataclasses.replace(
+        pool_config(
+            regtest_node,
+            tmp_path,
+            address,
+            ports=(
+                PortConfig(
+                    port=0, start_difficulty=share_diff, min_difficulty=1e-9, max_difficulty=1e6
+                ),
+            ),
+            vardiff=VardiffSettings(enabled=False),
+        ),
+        chain=ChainConfig(simulation=SimulationConfig(enabled=True, initial_difficulty=1e9)),
+    )
+    app = await start_pool(config)
+    assert app.server is not None
+    worker = f"{address}.throttled"
+    try:
+        miner = Miner(
+            MinerOptions(
+                host="127.0.0.1",
+                port=app.server.bound_ports[0],
+                user=worker,
+                hashrate=rate,
+                duration=30.0,
+                batch=5000,
+            )
+        )
+        summary = await miner.run()
+        now = time.time()
+    finally:
+        await app.stop()
+    shares = summary["accepted"]
+    assert shares >= 200, summary
+    # The miner really hashed at the throttled rate (its own count, not the pool's).
+    assert summary["hashrate"] == pytest.approx(rate, rel=0.05)
+    meter = app.server.hashrate.worker(worker)
+    assert meter is not None
+    estimate = meter.hashrate(60, now)
+    sigma = rate / math.sqrt(shares)
+    assert abs(estimate - rate) < 3 * sigma, (estimate, rate, shares)

@@ -58,18 +58,22 @@ class PoolStats:
             stats = self.workers[name] = WorkerStats(name=name, address=address)
         return stats
 
-    def record(self, name: str, address: str, result: ShareResult, now: float) -> None:
-        stats = self.worker(name, address)
+    def record(self, name: str | None, address: str, result: ShareResult, now: float) -> None:
+        """Count a judged share; ``name`` None (a worker never authorized on the connection)
+        counts for the pool only, so made-up worker names cannot grow memory."""
+        stats = self.worker(name, address) if name is not None else None
         if result.accepted:
-            stats.accepted += 1
-            stats.accepted_work += result.difficulty
-            stats.last_share = now
             self.accepted += 1
             self.accepted_work += result.difficulty
+            if stats is not None:
+                stats.accepted += 1
+                stats.accepted_work += result.difficulty
+                stats.last_share = now
         else:
             key = result.reject.key if result.reject else "other"
-            stats.rejected[key] += 1
             self.rejected[key] += 1
+            if stats is not None:
+                stats.rejected[key] += 1
 
     def record_block(self, block: FoundBlock) -> None:
         self.blocks.append(block)

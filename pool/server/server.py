@@ -35,6 +35,7 @@ BlockSubmitter = Callable[[ShareResult], Awaitable[BlockSubmission]]
 ShareListener = Callable[[ShareResult, Credentials | None, float], Awaitable[None]]
 
 TICK_SECONDS = 2.0
+PRUNE_SECONDS = 300.0
 RESUMABLE_SESSIONS = 4096
 
 
@@ -240,7 +241,7 @@ class StratumServer:
     async def on_share(
         self, session: Session, creds: Credentials | None, result: ShareResult, now: float
     ) -> None:
-        name = creds.name if creds else result.worker[:128]
+        name = creds.name if creds else None
         address = creds.address if creds else ""
         if result.accepted and result.block_candidate:
             submission = await self.submit_block(result)
@@ -248,7 +249,7 @@ class StratumServer:
                 FoundBlock(
                     height=submission.height,
                     hash=submission.block_hash,
-                    worker=name,
+                    worker=name or "",
                     status=submission.status.value,
                     reason=submission.reason,
                     time=now,
@@ -262,7 +263,7 @@ class StratumServer:
         else:
             session.log.info(
                 "share_rejected",
-                worker=name,
+                worker=name or result.worker[:128],
                 code=result.code,
                 reason=result.message,
                 job_id=result.job.job_id if result.job else None,
@@ -271,8 +272,12 @@ class StratumServer:
             await listener(result, creds, now)
 
     async def _tick_loop(self) -> None:
+        last_prune = time.time()
         while True:
             await asyncio.sleep(TICK_SECONDS)
             now = time.time()
             for session in list(self.sessions.values()):
                 session.tick(now)
+            if now - last_prune >= PRUNE_SECONDS:
+                last_prune = now
+                self.hashrate.prune(now)  # meters idle longer than their largest window

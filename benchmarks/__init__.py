@@ -1,0 +1,1 @@
+"""Speed benchmarks of the hot paths (run with ``make bench``; results are in the README)."""

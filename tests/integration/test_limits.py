@@ -1,0 +1,136 @@
+"""Every limit is a named config key, enforced: each test starts a pool with one limit low."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from pool.app import PoolApp
+from pool.config import LimitsConfig
+from pool.node.managed import ManagedNode
+from tests.integration.harness import RawClient, pool_config, start_pool, wallet_address
+
+pytestmark = pytest.mark.integration
+
+
+@asynccontextmanager
+async def pool_with(
+    node: ManagedNode, tmp_path: Path, **limits: object
+) -> AsyncIterator[tuple[PoolApp, int, str]]:
+    address = await wallet_address(node)
+    config = pool_config(node, tmp_path, address, limits=LimitsConfig(**limits))  # type: ignore[arg-type]
+    app = await start_pool(config)
+    assert app.server is not None
+    try:
+        yield app, app.server.bound_ports[0], address
+    finally:
+        await app.stop()
+
+
+async def closed_by_pool(client: RawClient, timeout: float = 10.0) -> bool:
+    """True when the pool closes the connection (EOF or reset) within the timeout."""
+    try:
+        async with asyncio.timeout(timeout):
+            while await client.reader.read(65536):
+                pass
+    except ConnectionError:
+        return True  # reset
+    except TimeoutError:
+        return False
+    return True  # EOF
+
+
+async def test_connections_per_ip(regtest_node: ManagedNode, tmp_path: Path) -> None:
+    async with pool_with(regtest_node, tmp_path, max_connections_per_ip=2) as (_app, port, _):
+        first, second = await RawClient.connect(port), await RawClient.connect(port)
+        third = await RawClient.connect(port)
+        assert await closed_by_pool(third, 5)
+        second.send(1, "mining.subscribe", [])
+        assert (await second.response(1))["result"] is not None  # the first two still work
+        await first.close()
+        await asyncio.sleep(0.2)
+        fourth = await RawClient.connect(port)
+        fourth.send(1, "mining.subscribe", [])
+        assert (await fourth.response(1))["result"] is not None  # a slot was freed
+        for c in (second, fourth):
+            await c.close()
+
+
+async def test_max_connections(regtest_node: ManagedNode, tmp_path: Path) -> None:
+    async with pool_with(regtest_node, tmp_path, max_connections=1) as (_app, port, _):
+        first = await RawClient.connect(port)
+        first.send(1, "mining.subscribe", [])
+        await first.response(1)
+        second = await RawClient.connect(port)
+        assert await closed_by_pool(second, 5)
+        await first.close()
+
+
+async def test_handshake_timeout(regtest_node: ManagedNode, tmp_path: Path) -> None:
+    async with pool_with(regtest_node, tmp_path, handshake_timeout_seconds=0.5) as (_, port, _a):
+        silent = await RawClient.connect(port)
+        assert await closed_by_pool(silent, 5)
+
+
+async def test_idle_timeout_after_authorize(regtest_node: ManagedNode, tmp_path: Path) -> None:
+    async with pool_with(regtest_node, tmp_path, idle_timeout_seconds=1.0) as (_, port, address):
+        client = await RawClient.connect(port)
+        await client.handshake(f"{address}.idle")
+        assert await closed_by_pool(client, 5)
+
+
+async def test_workers_per_connection(regtest_node: ManagedNode, tmp_path: Path) -> None:
+    async with pool_with(regtest_node, tmp_path, max_workers_per_connection=1) as (_, port, addr):
+        client = await RawClient.connect(port)
+        await client.handshake(f"{addr}.one")
+        client.send(3, "mining.authorize", [f"{addr}.two", "x"])
+        reply = await client.response(3)
+        assert reply["error"][0] == 24 and "max_workers_per_connection" in reply["error"][1]
+        await client.close()
+
+
+async def test_invalid_shares_in_a_row(regtest_node: ManagedNode, tmp_path: Path) -> None:
+    async with pool_with(regtest_node, tmp_path, max_invalid_shares_in_row=3) as (_, port, addr):
+        client = await RawClient.connect(port)
+        await client.handshake(f"{addr}.bad")
+        for i in range(3):
+            client.send(10 + i, "mining.submit", [f"{addr}.bad", "nope", "00", "00", "00"])
+        for i in range(3):
+            assert (await client.response(10 + i))["error"][0] == 21
+        assert await closed_by_pool(client, 5)
+
+
+async def test_slow_reader_is_dropped(regtest_node: ManagedNode, tmp_path: Path) -> None:
+    async with pool_with(regtest_node, tmp_path, send_queue_bytes=4096) as (app, port, _):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", port))
+        sock.setblocking(False)
+        _reader, writer = await asyncio.open_connection(sock=sock)
+        request = b'{"id": 1, "method": "mining.extranonce.subscribe", "params": []}\n'
+        assert app.server is not None
+
+        def sessions() -> int:
+            return len(app.server.sessions)  # type: ignore[union-attr]
+
+        await asyncio.sleep(0.2)
+        assert sessions() == 1
+        try:
+            for _ in range(200):  # answers pile up in the pool because we never read
+                writer.write(request * 500)
+                await asyncio.wait_for(writer.drain(), 5)
+                if sessions() == 0:
+                    break
+        except (ConnectionError, TimeoutError):
+            pass
+        for _ in range(50):
+            if sessions() == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert sessions() == 0, "the pool kept a connection that does not read its answers"
+        writer.close()

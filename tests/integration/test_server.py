@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections.abc import AsyncIterator
@@ -280,3 +281,74 @@ async def test_line_too_long_disconnects(pool: PoolApp) -> None:
             await client.next_message(timeout=5)
     finally:
         await client.close()
+
+
+async def test_suggest_difficulty_before_authorize_is_clamped(
+    pool: PoolApp, miner_address: str
+) -> None:
+    client = await RawClient.connect(port_of(pool))
+    try:
+        client.send(1, "mining.suggest_difficulty", [0.0001])  # before subscribe/authorize
+        assert (await client.response(1))["result"] is True
+        diff, _ = await client.handshake(f"{miner_address}.bitaxe")
+        assert diff == pytest.approx(0.0001)
+    finally:
+        await client.close()
+    high = await RawClient.connect(port_of(pool))
+    try:
+        high.send(1, "mining.suggest_difficulty", ["1e12"])  # above the port's max (1e6)
+        await high.response(1)
+        diff, _ = await high.handshake(f"{miner_address}.big")
+        assert diff == pytest.approx(1e6)
+    finally:
+        await high.close()
+
+
+async def test_session_resume_gives_back_extranonce1(pool: PoolApp) -> None:
+    first = await RawClient.connect(port_of(pool))
+    first.send(1, "mining.subscribe", ["cpuminer/2.5.1"])
+    result = (await first.response(1))["result"]
+    session_id, extranonce1 = result[0][1][1], result[1]
+    await first.close()
+    await asyncio.sleep(0.2)
+    again = await RawClient.connect(port_of(pool))
+    try:
+        again.send(1, "mining.subscribe", ["cpuminer/2.5.1", session_id])
+        assert (await again.response(1))["result"][1] == extranonce1
+    finally:
+        await again.close()
+
+
+async def test_several_workers_and_get_transactions(pool: PoolApp, miner_address: str) -> None:
+    client = await RawClient.connect(port_of(pool))
+    try:
+        diff, notify = await client.handshake(f"{miner_address}.a")
+        client.send(3, "mining.authorize", [f"{miner_address}.b", "x"])
+        assert (await client.response(3))["result"] is True
+        params = notify["params"]
+        for i, worker in enumerate(("a", "b")):
+            share = solve(params, client.extranonce1, (100 + i).to_bytes(4, "big"), diff)
+            client.send(10 + i, "mining.submit", share.params(f"{miner_address}.{worker}"))
+            assert (await client.response(10 + i))["result"] is True
+        client.send(20, "mining.get_transactions", [params[0]])
+        txs = (await client.response(20))["result"]
+        assert isinstance(txs, list)
+    finally:
+        await client.close()
+    assert pool.server is not None
+    for worker in ("a", "b"):
+        assert pool.server.stats.workers[f"{miner_address}.{worker}"].accepted == 1
+
+
+async def test_shutdown_asks_miners_to_reconnect(
+    regtest_node: ManagedNode, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    address = await wallet_address(regtest_node)
+    app = await start_pool(pool_config(regtest_node, tmp_path_factory.mktemp("p"), address))
+    assert app.server is not None
+    client = await RawClient.connect(app.server.bound_ports[0])
+    await client.handshake(f"{address}.bye")
+    await app.stop()
+    msg = await client.notification("client.reconnect")
+    assert msg["id"] is None
+    await client.close()

@@ -111,3 +111,11 @@ def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
     bad.write_text("[pool\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load(bad, env={})
+
+
+@pytest.mark.parametrize(
+    "path", sorted(cfg.DEFAULT_CONFIG.parent.glob("*.toml")), ids=lambda p: p.name
+)
+def test_every_shipped_config_loads(path: Path) -> None:
+    loaded = load(path, env={})
+    assert loaded.source == str(path)

@@ -194,6 +194,11 @@ def test_meter_rejects_bad_input() -> None:
         HashrateMeter(0.0, windows=())
 
 
+def present(meter: HashrateMeter | None) -> HashrateMeter:
+    assert meter is not None
+    return meter
+
+
 def make_book(seed: int) -> tuple[HashrateBook, dict[str, str]]:
     """Three addresses with 1-3 workers each, all started with the book, 20 minutes of shares."""
     rng = random.Random(seed)
@@ -213,16 +218,19 @@ def make_book(seed: int) -> tuple[HashrateBook, dict[str, str]]:
 def test_workers_addresses_and_pool_agree() -> None:
     book, owners = make_book(7)
     now = 1200.0
+    workers = [present(book.worker(n)) for n in owners]
+    addresses = [present(book.address(a)) for a in set(owners.values())]
     for window in WINDOWS:
         pool = book.pool.hashrate(window, now)
-        workers = [book.worker(n).hashrate(window, now) for n in owners]  # type: ignore[union-attr]
-        addresses = [book.address(a).hashrate(window, now) for a in set(owners.values())]  # type: ignore[union-attr]
-        assert math.fsum(workers) == pytest.approx(pool, rel=1e-9)
-        assert math.fsum(addresses) == pytest.approx(pool, rel=1e-9)
+        assert math.fsum(m.hashrate(window, now) for m in workers) == pytest.approx(pool, rel=1e-9)
+        assert math.fsum(m.hashrate(window, now) for m in addresses) == pytest.approx(
+            pool, rel=1e-9
+        )
         for addr in set(owners.values()):
-            own = [book.worker(n).work(window, now) for n, a in owners.items() if a == addr]  # type: ignore[union-attr]
-            assert math.fsum(own) == pytest.approx(book.address(addr).work(window, now), rel=1e-9)  # type: ignore[union-attr]
-    assert book.pool.total_shares == sum(book.worker(n).total_shares for n in owners)  # type: ignore[union-attr]
+            own = [present(book.worker(n)).work(window, now) for n in owners if owners[n] == addr]
+            total = present(book.address(addr)).work(window, now)
+            assert math.fsum(own) == pytest.approx(total, rel=1e-9)
+    assert book.pool.total_shares == sum(m.total_shares for m in workers)
 
 
 def test_snapshot_is_plain_data() -> None:
@@ -251,8 +259,8 @@ def test_start_worker_is_the_start_of_its_windows() -> None:
     assert book.start_worker("a.1", "a", 1030.0) is meter
     # A worker seen first through a share starts at that share.
     book.add_share(worker="b.1", address="b", difficulty=1.0, now=1040.0)
-    assert book.worker("b.1").started == 1040.0  # type: ignore[union-attr]
-    assert book.address("b").started == 1040.0  # type: ignore[union-attr]
+    assert present(book.worker("b.1")).started == 1040.0
+    assert present(book.address("b")).started == 1040.0
 
 
 def test_prune_forgets_idle_workers_and_addresses() -> None:

@@ -6,8 +6,10 @@ Every simulation uses its own ``random.Random(seed)``, so the suite is determini
 are chosen so that a correct implementation would fail with probability below 1e-4 for a random
 choice of seeds (i.e. after any harmless change that reshuffles the random streams). They come
 from the Poisson statistics of the shares and were checked against 20 000 simulated runs per
-scenario with the same ``simulate`` as below (seeds 0..19999; the worst run and the 1e-4
-quantile are quoted next to each bound, which keeps a clear margin beyond them).
+scenario with the same ``simulate`` as below (seeds 0..19999; 5000 for the 90-minute runs,
+2000 for the hashrate changes). The worst run and the 1e-4 quantile are quoted next to each
+bound; the bounds keep a clear margin beyond them, so that even with several seeds per test a
+random choice of seeds fails with probability well below 1e-4.
 
 What the information allows
 ---------------------------
@@ -15,7 +17,7 @@ A miner at the target rate sends 24 shares in 2 minutes, and an estimate from ``
 a relative standard error of ``1/sqrt(n)``. From a start difficulty 1000x too high nothing
 arrives until the difficulty has come down (about 40 s), so at 2 minutes the estimate rests on
 ~15 shares (26 %): a single run cannot be within 25 % of the target rate at 2 minutes with
-probability 1 - 1e-4; 58 % of runs are, and the median run is within 4 %. From 1000x too low
+probability 1 - 1e-4; 58 % of runs are, and the median run is 4 % off. From 1000x too low
 the fast early shares are pooled and 99.6 % of runs are within 25 % at 2 minutes (the landing
 rests on ~150 shares). So the 2-minute / 25 % acceptance is tested over an ensemble of 200 runs
 (binomial bounds), while the per-run tests use bounds a single run meets with 1 - 1e-5.
@@ -144,10 +146,10 @@ SEEDS = (11, 22, 33, 44, 55, 66)
 @pytest.mark.parametrize(
     ("factor", "at_2_min", "after_5_min"),
     [
-        # 1000x too high: at 2 min the 1e-4 quantile of the rate error is 4.6x (worst of 20 000:
-        # 5.1x); from 5 min on 2.2x (worst 2.3x).
+        # 1000x too high: at 2 min the 1e-4 quantile of the rate error is 4.85x (worst of
+        # 20 000: 5.14x); from 5 min on 2.19x (worst 2.33x).
         (1000.0, 8.0, 3.0),
-        # 1000x too low: at 2 min 1.35x (worst 1.37x); from 5 min on 1.37x (worst 1.37x).
+        # 1000x too low: at 2 min 1.36x (worst 1.37x); from 5 min on the same.
         (0.001, 1.6, 1.6),
     ],
 )
@@ -155,21 +157,23 @@ def test_recovers_from_1000x_off_and_stays(
     factor: float, at_2_min: float, after_5_min: float
 ) -> None:
     traces = [run(factor, seed, until=1920.0) for seed in SEEDS]
-    for seed, trace in zip(SEEDS, traces):
-        where = f"seed {seed}: changes {[(round(t), round(d / IDEAL, 3)) for t, d in trace.changes]}"
+    for seed, trace in zip(SEEDS, traces, strict=True):
+        steps = [(round(t), round(d / IDEAL, 3)) for t, d in trace.changes]
+        where = f"seed {seed}: changes (time, difficulty / ideal) {steps}"
         assert rate_error(trace.difficulty_at(120.0)) < at_2_min, where
-        # "Stays there": from 5 to 32 minutes few retargets (worst of 20 000 runs: 5), and every
-        # difficulty in force within the bound.
+        # "Stays there": from 5 to 32 minutes few retargets (median 1 from too high, 0 from too
+        # low; worst of 20 000 runs: 5), and every difficulty in force within the bound.
         assert len(trace.changes_between(300.0, 1920.0)) <= 8, where
         worst = max(rate_error(d) for d in trace.difficulties_between(300.0, 1920.0))
         assert worst < after_5_min, where
-        # The 30 minutes after the first 2: observed share rate per run; 1e-4 quantiles 0.77 and
-        # 1.29 (Poisson alone, 360 shares: +-4.4 sigma = +-23 %), worst of 20 000: 0.74 / 1.29.
+        # The 30 minutes after the first 2: observed share rate per run. 1e-4 quantiles 0.76 and
+        # 1.29, worst of 20 000 runs 0.72 / 1.29 (Poisson alone, 360 shares, is +-5.3 % per
+        # sigma; the estimate's own error adds to it: the per-run standard deviation is 8.7 %).
         assert 0.65 < trace.share_rate(120.0, 1920.0) < 1.5, where
-    # Long run over all seeds: 6 x 30 min = ~2200 shares; the per-run standard deviation is
-    # ~7.7 % (Poisson plus the estimate's own error), 3.1 % for the mean of 6: 15 % is 4.8 sigma.
+    # Long run over all seeds (6 x 30 min, ~2200 shares): 8.7 % per run is 3.6 % for the mean of
+    # 6, so the 20 % bound is 5.6 sigma away.
     pooled = statistics.fmean(t.share_rate(120.0, 1920.0) for t in traces)
-    assert abs(pooled - 1.0) < 0.15
+    assert abs(pooled - 1.0) < 0.2
 
 
 @pytest.mark.parametrize(("factor", "minimum_within"), [(1000.0, 84), (0.001, 193)])
@@ -177,21 +181,23 @@ def test_within_25_percent_in_2_minutes_over_an_ensemble(
     factor: float, minimum_within: int
 ) -> None:
     # 200 runs, each judged at 120 s: is the expected share rate within 25 % of target?
-    # 1000x too high: p = 0.58 per run, so 116 +- 7 of 200; 84 is 4.5 sigma below (p < 1e-5).
-    # 1000x too low: p = 0.996, 0.7 misses expected; 8 or more misses has p < 1e-5.
+    # 1000x too high: p = 0.579 per run (20 000 runs), so 116 +- 7 of 200; 84 is 4.5 sigma below
+    # (p ~ 3e-6). 1000x too low: p = 0.9964, 0.7 misses expected; 8 or more: p ~ 1e-6.
     ends = [run(factor, 1000 + seed, until=120.0).difficulty_at(120.0) for seed in range(200)]
     within = sum(within_25_percent(d) for d in ends)
     assert within >= minimum_within
-    # The median run is on target within 10 % (medians: 1.04 and 1.00).
+    # The median run is within 25 % too (medians 1.04 and 1.00; a run is above 1.25 with
+    # p = 0.26 and below 0.8 with p = 0.20, so 100 of 200 on one side is > 7 sigma away).
     median = statistics.median(IDEAL / d for d in ends)
-    assert 0.9 < median < 1.1
+    assert 0.8 < median < 1.25
 
 
 def test_in_flight_shares_at_the_old_difficulty_do_not_bias_it() -> None:
     # One second of latency: after every change, the shares already in flight are judged at the
     # old difficulty (hundreds of them while 1000x too low). The estimate sums difficulties, so
-    # they count for what they are. Bounds as above (worst of 20 000 with latency: 1.36x at 2
-    # minutes from too low; 2.2x from 5 minutes on from too high).
+    # they count for what they are. Bounds as above (worst of 20 000 runs with latency: 1.40x
+    # from 2 minutes on from too low; 2.18x from 5 minutes on from too high; share rate
+    # 0.73 .. 1.31).
     for seed in SEEDS[:3]:
         low = run(0.001, seed, until=1920.0, latency=1.0)
         first_change = low.changes[0][0]
@@ -206,18 +212,18 @@ def test_in_flight_shares_at_the_old_difficulty_do_not_bias_it() -> None:
 
 def test_a_miner_at_the_right_rate_is_left_alone() -> None:
     # Started at the right difficulty, after an hour: retargets in the next 30 minutes are rare
-    # (measured: 1.7 % of runs have one, none had two, in 5000 runs), and any of them stays within
-    # 25 % of the ideal (worst seen: 20 %). At most 2 retargets: p < 1e-5 per run.
+    # (5000 runs: 2.4 % have one, none had two; at most 2 allowed) and the difficulty stays near
+    # the ideal (worst of 5000 runs: 25.7 % off, 1e-3 quantile 23 %; 35 % allowed).
     for seed in SEEDS[:4]:
         trace = run(1.0, seed, until=5400.0)
         assert len(trace.changes_between(3600.0, 5400.0)) <= 2
-        assert all(within_25_percent(d) for d in trace.difficulties_between(3600.0, 5400.0))
+        assert max(rate_error(d) for d in trace.difficulties_between(3600.0, 5400.0)) < 1.35
 
 
 @pytest.mark.parametrize("change", [4.0, 0.25])
 def test_follows_a_change_of_hashrate(change: float) -> None:
     # The miner's hashrate changes 4x at 30 minutes; 15 minutes later the difficulty is within a
-    # factor 2 of the new ideal (worst of 1000 runs: 1.5x; median run within 1 %).
+    # factor 2 of the new ideal (2000 runs each way: worst 1.6x, median run within 1 %).
     for seed in SEEDS[:3]:
         vardiff = Vardiff(CONFIG, IDEAL, 0.0)
         trace = simulate(
@@ -235,7 +241,7 @@ def test_a_miner_that_stops_is_decayed_fast() -> None:
     # The miner (nearly) stops after 30 minutes at the right difficulty. The pooled history says
     # "a share every 5 s"; after ~115 s of silence (p < 1e-10 at the old rate) it is dropped and
     # the idle decay falls by e every 5 s: 3 minutes after the stop the difficulty is below
-    # 1/100 of the old ideal (all 300 runs checked: below 1/3000).
+    # 1/100 of the old ideal (worst of 2000 runs: 1/640, median 2e-6).
     for seed in SEEDS[:3]:
         vardiff = Vardiff(CONFIG, IDEAL, 0.0)
         trace = simulate(
@@ -285,7 +291,8 @@ def test_retarget_after_retarget_shares_when_shares_come_fast() -> None:
     # 48th triggers the retarget, capped at max_step (16x).
     vardiff = Vardiff(CONFIG, 1.0, 0.0)
     changes = feed(vardiff, [0.1 * i for i in range(1, 60)], 1.0)
-    assert changes[0] == (pytest.approx(4.8), 16.0)
+    assert changes[0][0] == pytest.approx(4.8)
+    assert changes[0][1] == 16.0
 
 
 def test_retarget_after_retarget_time_when_shares_come_slowly() -> None:
@@ -316,8 +323,9 @@ def test_idle_decay_from_far_too_high() -> None:
     assert vardiff.on_tick(10.0) == 500_000.0
     assert vardiff.on_tick(12.0) == pytest.approx(357_100.0)
     history = [vardiff.on_tick(t) for t in range(14, 50, 2)]
-    assert all(d is not None for d in history)
-    assert history == sorted(history, reverse=True)
+    decayed = [d for d in history if d is not None]
+    assert len(decayed) == len(history)  # every tick lowers it
+    assert decayed == sorted(decayed, reverse=True)
     assert vardiff.difficulty < 1000.0
 
 
@@ -421,7 +429,7 @@ def test_bad_input_is_ignored_or_refused() -> None:
         {"max_difficulty": math.inf},
     ):
         with pytest.raises(ValueError):
-            VardiffConfig(**bad_config)  # type: ignore[arg-type]
+            VardiffConfig(**bad_config)
 
 
 def test_change_p_value_is_the_exact_binomial() -> None:

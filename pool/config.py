@@ -88,9 +88,9 @@ class LimitsConfig:
 class VardiffSettings:
     enabled: bool = True
     target_interval_seconds: float = 5.0
-    retarget_shares: int = 30
+    retarget_shares: int = 48
     retarget_seconds: float = 60.0
-    tolerance: float = 0.5
+    tolerance: float = 0.15
 
 
 @dataclass(frozen=True)

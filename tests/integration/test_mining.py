@@ -127,3 +127,68 @@ async def test_throttled_miner_hashrate_within_three_standard_errors(
     estimate = meter.hashrate(60, now)
     sigma = rate / math.sqrt(shares)
     assert abs(estimate - rate) < 3 * sigma, (estimate, rate, shares)
+
+
+async def test_vardiff_converges_from_1000x_too_low_and_too_high(
+    regtest_node: ManagedNode, tmp_path: Path
+) -> None:
+    """Two miners throttled to a known rate, one on a port starting 1000x too low, one on a
+    port starting 1000x too high. Within 2 minutes each difficulty is within 25 % of the ideal
+    (rate * target interval / 2**32), and it stays there (checked again 20 s later)."""
+    import asyncio
+
+    rate = 150_000.0
+    interval = 1.0  # a short target interval: many shares, so the test is short and precise
+    ideal = rate * interval / 2**32
+    ports = (
+        PortConfig(
+            port=0,
+            start_difficulty=ideal / 1000,
+            min_difficulty=1e-12,
+            max_difficulty=1e6,
+            name="low",
+        ),
+        PortConfig(
+            port=0,
+            start_difficulty=ideal * 1000,
+            min_difficulty=1e-12,
+            max_difficulty=1e6,
+            name="high",
+        ),
+    )
+    address = await wallet_address(regtest_node)
+    config = dataclasses.replace(
+        pool_config(
+            regtest_node,
+            tmp_path,
+            address,
+            ports=ports,
+            vardiff=VardiffSettings(enabled=True, target_interval_seconds=interval),
+        ),
+        chain=ChainConfig(simulation=SimulationConfig(enabled=True, initial_difficulty=1e9)),
+    )
+    app = await start_pool(config)
+    assert app.server is not None
+    workers = [f"{address}.low", f"{address}.high"]
+    miners = [
+        Miner(
+            MinerOptions(
+                host="127.0.0.1", port=port, user=worker, hashrate=rate, duration=140.0, batch=5000
+            )
+        )
+        for port, worker in zip(app.server.bound_ports, workers, strict=True)
+    ]
+    runs = [asyncio.create_task(m.run()) for m in miners]
+    try:
+        await asyncio.sleep(115)
+        at_two_minutes = {w: app.server.stats.workers[w].difficulty for w in workers}
+        await asyncio.sleep(20)
+        later = {w: app.server.stats.workers[w].difficulty for w in workers}
+        summaries = await asyncio.gather(*runs)
+    finally:
+        await app.stop()
+    for worker, summary in zip(workers, summaries, strict=True):
+        actual = summary["hashrate"] * interval / 2**32  # the rate the miner really hashed at
+        assert actual == pytest.approx(ideal, rel=0.1), summary
+        for when, value in (("2 min", at_two_minutes[worker]), ("2 min 20 s", later[worker])):
+            assert value == pytest.approx(actual, rel=0.25), (worker, when, value, actual)

@@ -132,7 +132,7 @@ class PoolApp:
         log.info(
             "pool_started",
             chain=network.name,
-            height=info["blocks"],
+            height=await rpc.call("getblockcount"),
             stratum_ports=self.server.bound_ports,
         )
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
-from pool.bitcoin import difficulty_to_target
+from pool.bitcoin import difficulty_to_target, sha256d
 from stratum.client import ClientConnection
 from stratum.errors import RemoteProtocolError
 from stratum.events import (
@@ -68,6 +68,21 @@ def scan(prefix76: bytes, start: int, count: int, target: int) -> list[int]:
         if digest[31] <= top_limit and int.from_bytes(digest, "little") <= target:
             found.append(nonce)
     return found
+
+
+def header_prefix(job: Notify, extranonce: bytes, version: int) -> bytes:
+    """The first 76 header bytes (all but the nonce) for ``job`` with this extranonce
+    (extranonce1 + extranonce2) and header version."""
+    coinbase = bytes.fromhex(job.coinb1) + extranonce + bytes.fromhex(job.coinb2)
+    root = sha256d(coinbase)
+    for branch in job.merkle_branch:
+        root = sha256d(root + bytes.fromhex(branch))
+    return (
+        struct.pack("<I", version)
+        + stratum_prevhash_to_internal(job.prevhash)
+        + root
+        + struct.pack("<II", int(job.ntime, 16), int(job.nbits, 16))
+    )
 
 
 def stratum_prevhash_to_internal(prevhash: str) -> bytes:
@@ -292,23 +307,13 @@ class MinerConnection:
             self.extranonce2_size, "big"
         )
         self.en2_counter += 1
-        coinbase = bytes.fromhex(job.coinb1) + self.extranonce1 + en2 + bytes.fromhex(job.coinb2)
-        root = hashlib.sha256(hashlib.sha256(coinbase).digest()).digest()
-        for branch in job.merkle_branch:
-            root = hashlib.sha256(hashlib.sha256(root + bytes.fromhex(branch)).digest()).digest()
         version = int(job.version, 16)
         version_bits = None
         if self.version_mask:
             rolled = (self.en2_counter * 0x2000) & self.version_mask
             version = (version & ~self.version_mask) | rolled
             version_bits = f"{rolled:08x}"
-        prefix = (
-            struct.pack("<I", version)
-            + stratum_prevhash_to_internal(job.prevhash)
-            + root
-            + struct.pack("<I", int(job.ntime, 16))
-            + struct.pack("<I", int(job.nbits, 16))
-        )
+        prefix = header_prefix(job, self.extranonce1 + en2, version)
         return WorkUnit(
             job.job_id,
             prefix,

@@ -22,8 +22,10 @@ from pool.config import (
     StratumConfig,
     VardiffSettings,
 )
-from pool.miner import scan, stratum_prevhash_to_internal
+from pool.miner import header_prefix as miner_header_prefix
+from pool.miner import scan
 from pool.node.managed import ManagedNode
+from stratum.events import Notify
 
 
 async def wallet_address(node: ManagedNode, wallet: str = "pool", kind: str = "bech32") -> str:
@@ -154,16 +156,19 @@ class Solution:
 
 
 def header_prefix(notify_params: list[Any], extranonce: bytes, version: int | None = None) -> bytes:
-    _job_id, prevhash, coinb1, coinb2, branch, ver, nbits, ntime, _clean = notify_params
-    root = sha256d(bytes.fromhex(coinb1) + extranonce + bytes.fromhex(coinb2))
-    for h in branch:
-        root = sha256d(root + bytes.fromhex(h))
-    return (
-        struct.pack("<I", int(ver, 16) if version is None else version)
-        + stratum_prevhash_to_internal(prevhash)
-        + root
-        + struct.pack("<I", int(ntime, 16))
-        + struct.pack("<I", int(nbits, 16))
+    job = Notify(
+        notify_params[0],
+        notify_params[1],
+        notify_params[2],
+        notify_params[3],
+        tuple(notify_params[4]),
+        notify_params[5],
+        notify_params[6],
+        notify_params[7],
+        notify_params[8],
+    )
+    return miner_header_prefix(
+        job, extranonce, int(job.version, 16) if version is None else version
     )
 
 

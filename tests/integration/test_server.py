@@ -11,7 +11,9 @@ import pytest
 import pytest_asyncio
 
 from pool.app import PoolApp
+from pool.bitcoin import display_to_hash
 from pool.config import ChainConfig, SimulationConfig
+from pool.jobs import prevhash_to_stratum
 from pool.node.managed import ManagedNode
 from tests.integration.harness import (
     RawClient,
@@ -352,3 +354,34 @@ async def test_shutdown_asks_miners_to_reconnect(
     msg = await client.notification("client.reconnect")
     assert msg["id"] is None
     await client.close()
+
+
+async def test_refresh_jobs_and_outside_blocks_reach_miners(
+    regtest_node: ManagedNode, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A fresh job (new id, clean=false) every template_refresh_seconds; a block found
+    elsewhere becomes a clean job at once (long-poll / poll), with the new previous hash."""
+    address = await wallet_address(regtest_node)
+    config = pool_config(regtest_node, tmp_path_factory.mktemp("p"), address)
+    config = dataclasses.replace(
+        config, node=dataclasses.replace(config.node, template_refresh_seconds=1.0)
+    )
+    app = await start_pool(config)
+    assert app.server is not None and regtest_node.rpc is not None
+    client = await RawClient.connect(app.server.bound_ports[0])
+    try:
+        _, first = await client.handshake(f"{address}.watch")
+        refresh = await client.notification("mining.notify", timeout=5)
+        assert refresh["params"][0] != first["params"][0]
+        assert refresh["params"][8] is False and refresh["params"][1] == first["params"][1]
+        started = time.monotonic()
+        [new_hash] = await regtest_node.rpc.call("generatetoaddress", 1, address)
+        while True:
+            msg = await client.notification("mining.notify", timeout=5)
+            if msg["params"][8] is True:
+                break
+        assert time.monotonic() - started < 3
+        assert msg["params"][1] == prevhash_to_stratum(display_to_hash(new_hash))
+    finally:
+        await client.close()
+        await app.stop()

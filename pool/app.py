@@ -129,12 +129,18 @@ class PoolApp:
         await self.watcher.update(force=True)  # a job exists before the first miner arrives
         await self.server.start()
         self._watch_task = asyncio.create_task(self.watcher.run(), name="template-watcher")
+        self._watch_task.add_done_callback(self._watcher_done)
         log.info(
             "pool_started",
             chain=network.name,
             height=await rpc.call("getblockcount"),
             stratum_ports=self.server.bound_ports,
         )
+
+    @staticmethod
+    def _watcher_done(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("template_watcher_died", error=repr(task.exception()))
 
     async def on_template(self, template: Template, new_block: bool) -> None:
         assert self.server is not None and self.job_config is not None

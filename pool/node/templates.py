@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from pool.jobs import Template
+from pool.jobs import Template, TemplateError
 from pool.node.rpc import BitcoinRpc, RpcError
 
 log = structlog.get_logger("pool.node.templates")
@@ -93,7 +93,7 @@ class TemplateWatcher:
     async def _safe_update(self, *, force: bool) -> bool:
         try:
             return await self.update(force=force)
-        except RpcError as exc:
+        except (RpcError, TemplateError) as exc:
             log.warning("template_fetch_failed", error=str(exc))
             return False
 

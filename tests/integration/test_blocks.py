@@ -7,7 +7,9 @@ refuses deliberately broken ones with its own reason.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import time
 from decimal import Decimal
 
 import pytest
@@ -116,8 +118,14 @@ async def test_block_with_segwit_wallet_transactions(regtest_node: ManagedNode) 
     for kind in ("bech32", "bech32m", "p2sh-segwit", "legacy", "bech32"):
         to = await wallet_address(rpc, "pool", kind)
         sent.append(await rpc.call("sendtoaddress", to, 0.5, wallet="pool"))
-    tpl = await template(rpc)
-    assert {hash_to_display(tx.txid) for tx in tpl.transactions} >= set(sent)
+    # bitcoind reuses its last template for up to 5 s after the mempool changes: wait for it.
+    deadline = time.monotonic() + 15
+    while True:
+        tpl = await template(rpc)
+        if {hash_to_display(tx.txid) for tx in tpl.transactions} >= set(sent):
+            break
+        assert time.monotonic() < deadline, "the wallet transactions never reached a template"
+        await asyncio.sleep(0.5)
     job, hash_hex = await mine_one(rpc, config)
     block = await check_block_is_ours(rpc, job, hash_hex, config)
     assert {tx["txid"] for tx in block["tx"][1:]} >= set(sent)

@@ -51,6 +51,7 @@ CPUMINER_AGENT = "cpuminer/2.5.1"
 CPUMINER_SUBMIT_ID = 4
 MINER_VERSION_MASK = 0x1FFFE000
 NONCE_SPACE = 1 << 32
+MAX_THROTTLE_DEBT = 0.5  # seconds a throttled miner may fall behind before it resets its pace
 
 
 def scan(prefix76: bytes, start: int, count: int, target: int) -> list[int]:
@@ -99,6 +100,7 @@ class WorkUnit:
     version_bits: str | None
     target: int
     difficulty: float
+    prevhash: str
 
 
 @dataclass
@@ -126,6 +128,7 @@ class MinerStats:
     reasons: Counter[str] = field(default_factory=Counter)
     hashes: int = 0
     accepted_work: float = 0.0
+    discarded_stale: int = 0
     started: float = field(default_factory=time.monotonic)
 
     def summary(self) -> dict[str, Any]:
@@ -138,6 +141,7 @@ class MinerStats:
             "elapsed": round(elapsed, 3),
             "hashrate": self.hashes / elapsed if elapsed > 0 else 0.0,
             "accepted_work": self.accepted_work,
+            "discarded_stale": self.discarded_stale,
         }
 
 
@@ -322,6 +326,7 @@ class MinerConnection:
             version_bits,
             difficulty_to_target(self.job_difficulty),
             self.job_difficulty,
+            job.prevhash,
         )
 
     async def hash_loop(self) -> None:
@@ -353,9 +358,16 @@ class MinerConnection:
                     ahead = done / rate - (time.monotonic() - start)
                     if ahead > 0:
                         await asyncio.sleep(ahead)
+                    elif ahead < -MAX_THROTTLE_DEBT:
+                        # Fell behind (CPU busy): do not burst to catch up, keep the rate steady.
+                        start -= -ahead - MAX_THROTTLE_DEBT
 
     def submit(self, unit: WorkUnit, nonce: int) -> None:
         if self.job is None or self.miner.stopping.is_set():
+            return
+        if self.job.job_id != unit.job_id and self.job.prevhash != unit.prevhash:
+            # As cpuminer: work for a previous block is stale, discard it instead of sending.
+            self.miner.stats.discarded_stale += 1
             return
         nonce_hex = f"{nonce:08x}"
         self.pending.append(

@@ -61,7 +61,6 @@ class PoolApp:
         self.job_config: JobConfig | None = None
         self.payout_address = ""
         self._watch_task: asyncio.Task[None] | None = None
-        self.first_job = asyncio.Event()
 
     # -- start-up -------------------------------------------------------------------------------
     async def _connect_node(self) -> BitcoinRpc:
@@ -154,7 +153,6 @@ class PoolApp:
             block_target=difficulty_to_target(sim.initial_difficulty) if sim.enabled else None,
         )
         self.server.publish(job)
-        self.first_job.set()
 
     async def submit(self, result: ShareResult) -> BlockSubmission:
         """A block candidate: assemble and submit it at once (before the miner is answered)."""

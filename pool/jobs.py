@@ -17,7 +17,6 @@ from typing import Any
 from pool.bitcoin import (
     CoinbaseTemplate,
     TxOut,
-    bits_to_target,
     block_hash,
     build_coinbase,
     display_to_hash,
@@ -222,14 +221,6 @@ def build_job(
         created_at=now,
         block_target=target,
     )
-
-
-def check_template_target(template: Template) -> None:
-    """The template's target must agree with its bits (a sanity check on what bitcoind sent)."""
-    if bits_to_target(template.bits) != template.target:
-        raise TemplateError(
-            f"template target {template.target:064x} does not match bits {template.bits:08x}"
-        )
 
 
 class JobTable:

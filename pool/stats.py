@@ -20,19 +20,6 @@ class WorkerStats:
     difficulty: float = 0.0
     connections: int = 0
 
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "name": self.name,
-            "address": self.address,
-            "accepted": self.accepted,
-            "rejected": dict(self.rejected),
-            "accepted_work": self.accepted_work,
-            "blocks": self.blocks,
-            "last_share": self.last_share,
-            "difficulty": self.difficulty,
-            "connections": self.connections,
-        }
-
 
 @dataclass
 class FoundBlock:
@@ -82,7 +69,3 @@ class PoolStats:
             and block.worker in self.workers
         ):
             self.workers[block.worker].blocks += 1
-
-    @property
-    def blocks_accepted(self) -> int:
-        return sum(1 for b in self.blocks if b.status == "accepted")

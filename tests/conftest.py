@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -47,7 +46,3 @@ async def fresh_node(
         yield node
     finally:
         await node.stop()
-
-
-def data_path(name: str) -> Path:
-    return Path(__file__).parent / "data" / name

@@ -32,7 +32,6 @@ import structlog
 log = structlog.get_logger("pool.node.rpc")
 
 RPC_IN_WARMUP = -28
-RPC_METHOD_NOT_FOUND = -32601
 
 
 class RpcError(Exception):

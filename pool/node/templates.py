@@ -45,11 +45,9 @@ class TemplateWatcher:
         self.current: Template | None = None
         self._wake = asyncio.Event()
         self._best_hash: str | None = None
-        self.templates_fetched = 0
 
     async def fetch(self) -> Template:
         gbt = await self.rpc.call("getblocktemplate", GBT_RULES)
-        self.templates_fetched += 1
         return Template.from_rpc(gbt)
 
     async def update(self, *, force: bool = False) -> bool:

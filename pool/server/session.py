@@ -34,7 +34,6 @@ from stratum.events import (
     Notify,
     Reconnect,
     SetDifficulty,
-    ShowMessage,
     Submit,
     Subscribe,
     SuggestDifficulty,
@@ -98,7 +97,6 @@ class Session:
         self.closed = False
         self.close_reason = ""
         self.user_agent: str | None = None
-        self.last_activity = now
 
     # -- writing ----------------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -159,10 +157,6 @@ class Session:
         if self.conn.subscribed:
             self.write(encode_notification(Reconnect(host, port, wait)))
 
-    def show_message(self, text: str) -> None:
-        if self.conn.subscribed:
-            self.write(encode_notification(ShowMessage(text)))
-
     # -- reading ----------------------------------------------------------------------------------
     async def run(self) -> None:
         limits = self.server.config.limits
@@ -178,7 +172,6 @@ class Session:
                 except TimeoutError:
                     why = "idle timeout" if self.ready else "no subscribe/authorize in time"
                     raise SessionClosed(why) from None
-                self.last_activity = time.time()
                 self.conn.receive_data(data)
                 await self._drain_events()
                 if not data:

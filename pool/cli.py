@@ -37,6 +37,57 @@ def _parser() -> argparse.ArgumentParser:
     config_sub = config.add_subparsers(dest="config_command", required=True)
     check = config_sub.add_parser("check", help="validate a config and print it, secrets masked")
     check.add_argument("file", type=Path)
+
+    from pool import economics as econ
+
+    economics = sub.add_parser(
+        "economics",
+        help="hashprice, power cost, break-even and PPS share value (Feb 2026 seeds)",
+        description="Mining economics from network difficulty, BTC price and machine efficiency. "
+        "Built-in classes: S19-class 30 J/TH, 95 TH/s ($0.06/kWh); S21-class 17.5 J/TH, "
+        "200 TH/s ($0.05/kWh).",
+    )
+    economics.add_argument(
+        "--difficulty",
+        default=econ.DEFAULT_DIFFICULTY,
+        help="network difficulty, SI suffixes k M G T P E (default: %(default)s)",
+    )
+    economics.add_argument(
+        "--price", default=econ.DEFAULT_PRICE_USD, help="USD per BTC (default: %(default)s)"
+    )
+    economics.add_argument(
+        "--fees-per-block",
+        default=econ.DEFAULT_FEES_BTC_PER_BLOCK,
+        help="expected fees per block in BTC (default: %(default)s)",
+    )
+    economics.add_argument(
+        "--subsidy",
+        default=econ.DEFAULT_SUBSIDY_BTC,
+        help="block subsidy in BTC (default: %(default)s)",
+    )
+    economics.add_argument(
+        "--efficiency",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="J/TH",
+        help="add a machine class custom-<J/TH> (100 TH/s per machine, $0.06/kWh by default)",
+    )
+    economics.add_argument(
+        "--power-price",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="USD/kWh",
+        help="judge every class at each of these power prices "
+        "(default: S19-class $0.06, S21-class $0.05, custom $0.06)",
+    )
+    economics.add_argument(
+        "--share-difficulty",
+        default=econ.DEFAULT_SHARE_DIFFICULTY,
+        help="difficulty of the share to value (default: %(default)s)",
+    )
+    economics.add_argument("--json", action="store_true", help="one JSON object on stdout")
     return parser
 
 
@@ -84,6 +135,56 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_economics(args: argparse.Namespace) -> int:
+    from fractions import Fraction
+
+    from pool import economics as econ
+
+    def fail(option: str, exc: ValueError) -> int:
+        print(f"stratum-pool economics: error: argument {option}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+    try:
+        difficulty = econ.parse_difficulty(args.difficulty)
+    except ValueError as exc:
+        return fail("--difficulty", exc)
+    numbers: dict[str, Fraction] = {}
+    for option, text, what, positive in (
+        ("--price", args.price, "price", False),
+        ("--fees-per-block", args.fees_per_block, "fees per block", False),
+        ("--subsidy", args.subsidy, "subsidy", False),
+        ("--share-difficulty", args.share_difficulty, "share difficulty", True),
+    ):
+        try:
+            numbers[option] = econ.parse_number(text, what, positive=positive)
+        except ValueError as exc:
+            return fail(option, exc)
+    try:
+        efficiencies = [
+            econ.parse_number(t, "efficiency (J/TH)", positive=True) for t in args.efficiency
+        ]
+    except ValueError as exc:
+        return fail("--efficiency", exc)
+    try:
+        power_prices = [econ.parse_number(t, "power price (USD/kWh)") for t in args.power_price]
+    except ValueError as exc:
+        return fail("--power-price", exc)
+    report = econ.compute(
+        difficulty=difficulty,
+        price_usd=numbers["--price"],
+        fees_btc_per_block=numbers["--fees-per-block"],
+        subsidy_btc=numbers["--subsidy"],
+        efficiencies_j_per_th=efficiencies,
+        power_prices_usd_per_kwh=power_prices,
+        share_difficulty=numbers["--share-difficulty"],
+    )
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    else:
+        print(econ.format_report(report))
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "run":
@@ -94,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_from_args(args)
     if args.command == "config":
         return _cmd_config_check(args)
+    if args.command == "economics":
+        return _cmd_economics(args)
     return EXIT_CONFIG
 
 

@@ -26,8 +26,10 @@ from pool.bitcoin import (
 )
 from pool.config import Config, limits_summary
 from pool.jobs import JobConfig, Template, build_job
+from pool.ledger.ledger import Ledger
+from pool.ledger.payouts import Payouts, RoundResult
 from pool.node.managed import ManagedNode, prepare_regtest_wallet
-from pool.node.rpc import BitcoinRpc, RetryPolicy
+from pool.node.rpc import BitcoinRpc, RetryPolicy, RpcError
 from pool.node.submit import BlockSubmission, submit_block
 from pool.node.templates import TemplateWatcher
 from pool.server.server import StratumServer
@@ -61,6 +63,11 @@ class PoolApp:
         self.job_config: JobConfig | None = None
         self.payout_address = ""
         self._watch_task: asyncio.Task[None] | None = None
+        self.ledger: Ledger | None = None
+        self.payouts: Payouts | None = None
+        self._ledger_task: asyncio.Task[None] | None = None
+        self._new_block = asyncio.Event()
+        self._payout_lock = asyncio.Lock()
 
     # -- start-up -------------------------------------------------------------------------------
     async def _connect_node(self) -> BitcoinRpc:
@@ -117,7 +124,12 @@ class PoolApp:
             extranonce2_size=cfg.pool.extranonce2_size,
             pool_tag=cfg.pool.pool_tag.encode(),
         )
+        self.ledger = ledger = Ledger(cfg.ledger, self.data_dir / "ledger", network)
+        await ledger.open()
+        self.payouts = Payouts(ledger.store, rpc, cfg.ledger, network, cfg.node.wallet)
+        await self._settle_payouts()
         self.server = StratumServer(cfg, network, submit_block=self.submit)
+        self.server.share_listeners.append(ledger.on_share)
         self.watcher = TemplateWatcher(
             rpc,
             self.on_template,
@@ -129,6 +141,7 @@ class PoolApp:
         await self.server.start()
         self._watch_task = asyncio.create_task(self.watcher.run(), name="template-watcher")
         self._watch_task.add_done_callback(self._watcher_done)
+        self._ledger_task = asyncio.create_task(self._ledger_loop(), name="ledger-upkeep")
         log.info(
             "pool_started",
             chain=network.name,
@@ -140,6 +153,46 @@ class PoolApp:
     def _watcher_done(task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
             log.error("template_watcher_died", error=repr(task.exception()))
+
+    async def _settle_payouts(self) -> None:
+        """A payout interrupted by a crash is completed (once) before anything else."""
+        assert self.payouts is not None
+        try:
+            settled = await self.payouts.reconcile()
+        except RpcError as exc:
+            log.error("payout_reconcile_failed", error=str(exc))
+        else:
+            if settled:
+                log.info("payouts_settled_at_startup", payouts=settled)
+
+    async def run_payout_round(self) -> RoundResult:
+        assert self.payouts is not None and self.ledger is not None
+        async with self._payout_lock:
+            self.ledger.commit()
+            result = await self.payouts.run_round()
+        log.info("payout_round", **result.to_dict())
+        return result
+
+    async def _ledger_loop(self) -> None:
+        """Found blocks are checked on every new block and every block_check_seconds; a payout
+        round runs every payout_interval_seconds (0: only on request)."""
+        assert self.ledger is not None and self.rpc is not None
+        cfg = self.config.ledger
+        loop = asyncio.get_running_loop()
+        next_payout = loop.time() + cfg.payout_interval_seconds
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._new_block.wait(), cfg.block_check_seconds)
+            self._new_block.clear()
+            try:
+                await self.ledger.check_blocks(self.rpc)
+                if cfg.payout_interval_seconds > 0 and loop.time() >= next_payout:
+                    next_payout = loop.time() + cfg.payout_interval_seconds
+                    await self.run_payout_round()
+            except RpcError as exc:
+                log.warning("ledger_upkeep_failed", error=str(exc))
+            except Exception as exc:  # keep the loop alive; say what happened
+                log.exception("ledger_upkeep_crashed", error=repr(exc))
 
     async def on_template(self, template: Template, new_block: bool) -> None:
         assert self.server is not None and self.job_config is not None
@@ -153,6 +206,8 @@ class PoolApp:
             block_target=difficulty_to_target(sim.initial_difficulty) if sim.enabled else None,
         )
         self.server.publish(job)
+        if new_block:
+            self._new_block.set()
 
     async def submit(self, result: ShareResult) -> BlockSubmission:
         """A block candidate: assemble and submit it at once (before the miner is answered)."""
@@ -171,10 +226,13 @@ class PoolApp:
         log.info("pool_stopping")
         if self.server is not None:
             await self.server.stop(reconnect=True)
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch_task
+        for task in (self._ledger_task, self._watch_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self.ledger is not None:
+            await self.ledger.close()  # every journaled share committed to the store
         if self.node is not None:
             await self.node.stop()
         elif self.rpc is not None:

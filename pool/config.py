@@ -109,6 +109,24 @@ class ChainConfig:
 
 
 @dataclass(frozen=True)
+class LedgerConfig:
+    scheme: str = "pps"  # pps: subsidy only; fpps: subsidy + the fees of the share's template
+    fee_bps: int = 200  # pool fee in basis points (200 = 2 %)
+    journal_fsync: str = "batch"  # batch | interval | never (see pool/ledger/journal.py)
+    journal_fsync_interval_ms: int = 100
+    journal_segment_bytes: int = 64 * 1024 * 1024
+    checkpoint_seconds: float = 1.0  # the store commits (with its journal checkpoint) this often
+    block_maturity: int = 100  # confirmations before a found block counts as confirmed
+    block_check_seconds: float = 30.0  # found blocks are checked this often (and on new blocks)
+    payout_threshold_sat: int = 1_000_000  # balances of at least this are paid (0.01 BTC)
+    payout_interval_seconds: float = 600.0  # a payout round this often; 0 = only on request
+    payout_min_confirmations: int = 1  # sendmany's minconf
+    payout_fee_rate_sat_vb: float = 0.0  # 0: the wallet estimates the fee
+    payout_fee_reserve_sat: int = 100_000  # spendable funds beyond the payout kept for its fee
+    payout_max_recipients: int = 500  # per sendmany; the rest wait for the next round
+
+
+@dataclass(frozen=True)
 class ApiConfig:
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -129,6 +147,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     vardiff: VardiffSettings = field(default_factory=VardiffSettings)
     chain: ChainConfig = field(default_factory=ChainConfig)
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     source: str = "<defaults>"
@@ -138,6 +157,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "node.mode": ("managed", "external"),
     "logging.level": ("debug", "info", "warning", "error"),
     "logging.format": ("auto", "json", "console"),
+    "ledger.scheme": ("pps", "fpps"),
+    "ledger.journal_fsync": ("batch", "interval", "never"),
 }
 
 
@@ -290,6 +311,26 @@ def validate(config: Config, where: str) -> None:
         fail("vardiff", "retarget_shares and retarget_seconds must be positive")
     if config.chain.simulation.initial_difficulty <= 0:
         fail("chain.simulation.initial_difficulty", "must be positive")
+    ledger = config.ledger
+    if not 0 <= ledger.fee_bps <= 10_000:
+        fail("ledger.fee_bps", "must be 0..10000 basis points")
+    for name in (
+        "journal_fsync_interval_ms",
+        "journal_segment_bytes",
+        "block_maturity",
+        "payout_max_recipients",
+    ):
+        if getattr(ledger, name) < 1:
+            fail(f"ledger.{name}", "must be at least 1")
+    if ledger.journal_segment_bytes < 65536:
+        fail("ledger.journal_segment_bytes", "must be at least 65536")
+    if ledger.checkpoint_seconds <= 0 or ledger.block_check_seconds <= 0:
+        fail("ledger", "checkpoint_seconds and block_check_seconds must be positive")
+    for name in ("payout_threshold_sat", "payout_min_confirmations", "payout_fee_reserve_sat"):
+        if getattr(ledger, name) < 0:
+            fail(f"ledger.{name}", "must not be negative")
+    if ledger.payout_interval_seconds < 0 or ledger.payout_fee_rate_sat_vb < 0:
+        fail("ledger", "payout_interval_seconds and payout_fee_rate_sat_vb must not be negative")
     if config.node.template_refresh_seconds <= 0 or config.node.template_refresh_seconds > 110:
         fail("node.template_refresh_seconds", "must be in (0, 110]: miners stop after 120 s")
 
@@ -300,4 +341,6 @@ def limits_summary(config: Config) -> dict[str, Any]:
         "stratum.max_ntime_ahead_seconds": config.stratum.max_ntime_ahead_seconds,
         "pool.max_jobs": config.pool.max_jobs,
         "node.rpc_max_concurrency": config.node.rpc_max_concurrency,
+        "ledger.payout_max_recipients": config.ledger.payout_max_recipients,
+        "ledger.journal_segment_bytes": config.ledger.journal_segment_bytes,
     }

@@ -186,6 +186,7 @@ class MinerConnection:
                 fixed_submit_id=CPUMINER_SUBMIT_ID if self.opts.cpuminer_compat else None
             )
             self.job = None
+            self.pending.clear()  # shares of a lost connection get no answer: never pair them
             self.authorized.clear()
             hasher = asyncio.create_task(self.hash_loop())
             try:
@@ -373,6 +374,7 @@ class MinerConnection:
         self.pending.append(
             {
                 "job_id": unit.job_id,
+                "extranonce1": self.extranonce1.hex(),
                 "extranonce2": unit.extranonce2,
                 "ntime": unit.ntime,
                 "nonce": nonce_hex,

@@ -76,6 +76,7 @@ class ShareResult:
     nonce: int = 0
     version: int = 0
     hash_hex: str = ""
+    job_id: str = ""  # the id the miner submitted (a resent job has its own id on the wire)
 
     @property
     def code(self) -> int | None:
@@ -218,4 +219,5 @@ def validate_share(
         nonce=nonce,
         version=version,
         hash_hex=header_hash[::-1].hex(),
+        job_id=submit.job_id,
     )

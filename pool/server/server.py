@@ -32,7 +32,12 @@ from stratum.codec import encode_notification
 log = structlog.get_logger("pool.server")
 
 BlockSubmitter = Callable[[ShareResult], Awaitable[BlockSubmission]]
-ShareListener = Callable[[ShareResult, Credentials | None, float], Awaitable[None]]
+# Called for every judged share, after a block candidate was submitted and BEFORE the miner is
+# answered (the ledger journals accepted shares here). An exception means "not recorded": the
+# miner is told the share failed instead of "accepted".
+ShareListener = Callable[
+    [ShareResult, Credentials | None, float, BlockSubmission | None], Awaitable[None]
+]
 
 TICK_SECONDS = 2.0
 PRUNE_SECONDS = 300.0
@@ -243,6 +248,7 @@ class StratumServer:
     ) -> None:
         name = creds.name if creds else None
         address = creds.address if creds else ""
+        submission: BlockSubmission | None = None
         if result.accepted and result.block_candidate:
             submission = await self.submit_block(result)
             self.stats.record_block(
@@ -269,7 +275,7 @@ class StratumServer:
                 job_id=result.job.job_id if result.job else None,
             )
         for listener in self.share_listeners:
-            await listener(result, creds, now)
+            await listener(result, creds, now, submission)
 
     async def _tick_loop(self) -> None:
         last_prune = time.time()

@@ -318,7 +318,14 @@ class Session:
             max_ntime_ahead=self.server.config.stratum.max_ntime_ahead_seconds,
         )
         creds = self.workers.get(req.worker)
-        await self.server.on_share(self, creds, result, now)
+        try:
+            await self.server.on_share(self, creds, result, now)
+        except Exception as exc:  # not recorded (e.g. the ledger's disk): never say "accepted"
+            self.log.error("share_not_recorded", error=repr(exc))
+            self.write(
+                self.conn.reply_error(req, ErrorCode.OTHER, "the pool could not record the share")
+            )
+            return
         if result.accepted:
             self.invalid_in_row = 0
             self.write(self.conn.reply(req, True))

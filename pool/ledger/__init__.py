@@ -1,0 +1,1 @@
+"""The PPS ledger: credit maths, the share journal, the store, payouts."""

@@ -1,0 +1,582 @@
+"""The append-only share journal: every accepted share is written here BEFORE the miner is
+told "accepted", so an acknowledged share is never lost.
+
+Files: ``<directory>/shares-{n:08d}.journal``, numbered from 1. ``Journal.open`` always starts
+a NEW segment (one more than the highest existing number), so a run never appends after the
+torn tail an earlier run may have left. A segment is closed and the next one started when it
+has reached ``segment_bytes`` (checked before each batch; a batch is never split).
+
+Frame format (all integers big-endian)::
+
+    offset  size  field
+    0       4     magic  b"\\xd9\\x4a\\x52\\x31"
+    4       4     payload length in bytes (1 .. 16 MiB)
+    8       4     zlib.crc32 of the payload
+    12      len   payload: msgpack.packb(record, use_bin_type=True), always a map
+
+A position (``JournalPosition``) is (segment number, byte offset just after a record); it is
+what ``append`` returns and what a consumer stores as its checkpoint to resume reading with
+``read_records(directory, start=position)``.
+
+Batching (group commit): ``append`` encodes the record, puts it in the current batch and
+waits. One writer task takes the whole batch, frames it and writes it with ONE ``os.write``
+(looping on short writes), then applies the fsync policy and answers every ``append`` of the
+batch. Records arriving meanwhile form the next batch. Appends are written in call order.
+
+Durability of each ``FsyncPolicy`` once ``append`` has returned:
+
+- ``BATCH``: the batch was fsynced (in a worker thread) before ``append`` returned: the
+  record is on disk before the miner is answered and survives a process crash (SIGKILL),
+  a kernel crash and power loss. A new segment's directory entry is fsynced too.
+- ``INTERVAL``: the record is in the kernel (``os.write`` returned), so it survives a process
+  crash/SIGKILL. The file is fsynced at most every ``fsync_interval_ms`` (a timer fsyncs
+  at most that long after a write), so a power loss or kernel crash loses at most about
+  ``fsync_interval_ms`` of acknowledged shares.
+- ``NEVER``: the record is in the kernel, so it survives a process crash/SIGKILL; the file is
+  fsynced only at ``close``. A power loss or kernel crash may lose whatever the OS had not
+  yet written back.
+
+The journal may hold records that were never acknowledged (a crash between the write and the
+answer, a cancelled ``append``, an fsync that failed after the write): consumers must treat a
+record as "maybe acknowledged". After a write or fsync error the journal refuses every
+further append (``JournalError``): after a failed fsync the page cache cannot be trusted.
+
+Reading (``read_records``) never raises on bad data. A corrupt stretch (bad magic, bad
+checksum, impossible length, undecodable msgpack, not a map) is skipped with ONE warning
+``journal_corrupt_record`` naming the file and offset, and reading resynchronises on the next
+valid frame; an incomplete last frame is skipped with ``journal_torn_tail``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import os
+import re
+import struct
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, NamedTuple
+
+import msgpack
+import structlog
+
+log = structlog.get_logger("pool.ledger.journal")
+
+MAGIC = b"\xd9\x4a\x52\x31"
+_HEADER = struct.Struct(">4sII")  # magic, payload length, crc32 of the payload
+HEADER_BYTES = _HEADER.size
+MAX_PAYLOAD_BYTES = 16 * 1024 * 1024  # a longer length field is "impossible"
+_SEGMENT_RE = re.compile(r"shares-(\d{8,})\.journal")
+_READ_CHUNK = 1024 * 1024
+
+
+class FsyncPolicy(enum.StrEnum):
+    BATCH = "batch"
+    INTERVAL = "interval"
+    NEVER = "never"
+
+
+@dataclass(frozen=True, order=True)
+class JournalPosition:
+    """A point in the journal: the byte just after a record (or (n, 0): the start of n)."""
+
+    segment: int
+    offset: int
+
+
+class JournalError(Exception):
+    """The journal cannot take the record: not open, closed, failed, record too big."""
+
+
+def segment_name(number: int) -> str:
+    return f"shares-{number:08d}.journal"
+
+
+def segment_files(directory: Path) -> list[tuple[int, Path]]:
+    """The journal's segment files, sorted by number; a missing directory has none."""
+    try:
+        entries = list(directory.iterdir())
+    except FileNotFoundError:
+        return []
+    found: list[tuple[int, Path]] = []
+    for path in entries:
+        match = _SEGMENT_RE.fullmatch(path.name)
+        if match is not None and path.is_file():
+            found.append((int(match.group(1)), path))
+    found.sort()
+    return found
+
+
+def encode_frame(payload: bytes) -> bytes:
+    """One frame around an already encoded msgpack payload."""
+    return _HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
+
+
+def _encode_record(record: dict[str, Any]) -> bytes:
+    if not isinstance(record, dict):
+        raise JournalError(f"a journal record must be a dict, not {type(record).__name__}")
+    try:
+        payload: bytes = msgpack.packb(record, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise JournalError(f"record cannot be encoded: {exc}") from exc
+    return payload
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _create_segment(directory: Path, at_least: int) -> tuple[int, int]:
+    """Create the next segment file (never an existing one); returns (number, fd)."""
+    existing = segment_files(directory)
+    number = max(at_least, existing[-1][0] + 1 if existing else 1)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        try:
+            return number, os.open(directory / segment_name(number), flags, 0o644)
+        except FileExistsError:
+            number += 1
+
+
+class _Pending(NamedTuple):
+    payload: bytes
+    record: dict[str, Any]
+    future: asyncio.Future[JournalPosition]
+
+
+# Called after each batch is written (and fsynced per policy), in journal order, before any
+# append of the batch returns: the ledger applies records to its store here, so its checkpoint
+# is always "everything up to this position".
+WrittenHook = Callable[[Sequence[tuple[JournalPosition, dict[str, Any]]]], None]
+
+
+class Journal:
+    """The writing side. ``open`` it, ``append`` records, ``close`` it (idempotent)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        fsync: FsyncPolicy | str = FsyncPolicy.BATCH,
+        fsync_interval_ms: int = 100,
+        segment_bytes: int = 64 * 1024 * 1024,
+        max_record_bytes: int = 65536,
+        on_written: WrittenHook | None = None,
+    ) -> None:
+        if fsync_interval_ms < 0:
+            raise ValueError("fsync_interval_ms must be >= 0")
+        if segment_bytes < 1:
+            raise ValueError("segment_bytes must be >= 1")
+        if not 1 <= max_record_bytes <= MAX_PAYLOAD_BYTES:
+            raise ValueError(f"max_record_bytes must be in 1..{MAX_PAYLOAD_BYTES}")
+        self.directory = Path(directory)
+        self.policy = FsyncPolicy(fsync)
+        self.fsync_interval = fsync_interval_ms / 1000.0
+        self.segment_bytes = segment_bytes
+        self.max_record_bytes = max_record_bytes
+        self.on_written = on_written
+        # counters for metrics
+        self.records_written = 0
+        self.batches_written = 0
+        self.fsyncs = 0  # fsyncs of segment files (directory fsyncs are not counted)
+        self.bytes_written = 0
+
+        self._fd = -1
+        self._segment = 0
+        self._offset = 0  # bytes in the current segment
+        self._end = JournalPosition(0, 0)
+        self._dirty = False  # written since the last fsync of the current segment
+        self._last_fsync = 0.0  # loop time
+        self._pending: list[_Pending] = []
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._fsync_task: asyncio.Future[None] | None = None
+        self._close_lock = asyncio.Lock()
+        self._opened = False
+        self._closing = False
+        self._closed = False
+        self._failed: BaseException | None = None
+
+    @property
+    def end(self) -> JournalPosition:
+        """The position just after the last written record ((segment, 0) before the first)."""
+        return self._end
+
+    @property
+    def segment(self) -> int:
+        """The number of the segment being written (0 before ``open``)."""
+        return self._segment
+
+    async def open(self) -> None:
+        """Create the directory if needed and start a NEW segment file, then the writer."""
+        if self._opened or self._closing:
+            raise JournalError("a journal is opened once")
+        await asyncio.to_thread(self.directory.mkdir, parents=True, exist_ok=True)
+        segment, fd = await asyncio.to_thread(_create_segment, self.directory, 1)
+        try:
+            if self.policy is not FsyncPolicy.NEVER:
+                await asyncio.to_thread(_fsync_directory, self.directory)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._segment, self._fd, self._offset = segment, fd, 0
+        self._end = JournalPosition(segment, 0)
+        self._opened = True
+        self._last_fsync = asyncio.get_running_loop().time()
+        self._writer = asyncio.create_task(self._run(), name="journal-writer")
+        log.info(
+            "journal_opened",
+            directory=str(self.directory),
+            segment=self._segment,
+            fsync=self.policy.value,
+            fsync_interval_ms=round(self.fsync_interval * 1000),
+            segment_bytes=self.segment_bytes,
+            max_record_bytes=self.max_record_bytes,
+        )
+
+    async def append(self, record: dict[str, Any]) -> JournalPosition:
+        """Write ``record``; returns the position just after it once it is in the kernel
+        (and, with ``FsyncPolicy.BATCH``, on disk). Cancelling the call does not withdraw
+        the record."""
+        self._check_writable()
+        payload = _encode_record(record)
+        if len(payload) > self.max_record_bytes:
+            raise JournalError(
+                f"record of {len(payload)} bytes is over the limit of {self.max_record_bytes}"
+            )
+        future: asyncio.Future[JournalPosition] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(payload, record, future))
+        self._wake.set()
+        return await future
+
+    async def close(self) -> None:
+        """Write what is pending, fsync, close the file. Idempotent."""
+        self._closing = True  # from now on append refuses
+        async with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._writer is None:  # never opened
+                return
+            self._wake.set()
+            await asyncio.wait([self._writer])
+            if self._fsync_task is not None and not self._fsync_task.done():
+                await asyncio.wait([self._fsync_task])
+            try:
+                if self._failed is None and self._dirty:
+                    await self._fsync()
+            except OSError as exc:
+                self._fail(exc)
+            finally:
+                if self._fd >= 0:
+                    os.close(self._fd)
+                    self._fd = -1
+        log.info(
+            "journal_closed",
+            segment=self._segment,
+            records_written=self.records_written,
+            batches_written=self.batches_written,
+            fsyncs=self.fsyncs,
+            bytes_written=self.bytes_written,
+            failed=self._failed is not None,
+        )
+
+    def _check_writable(self) -> None:
+        if self._failed is not None:
+            raise JournalError(f"journal failed: {self._failed!r}") from self._failed
+        if self._closing:
+            raise JournalError("journal is closed")
+        if not self._opened:
+            raise JournalError("journal is not open")
+
+    # --- the writer task -------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            while self._failed is None:
+                if self._pending:
+                    batch, self._pending = self._pending, []
+                    await self._write_batch(batch)
+                    continue
+                if self._closing:
+                    return
+                self._wake.clear()
+                wait = self._interval_fsync_due_in()
+                if wait is None:
+                    await self._wake.wait()
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await self._wake.wait()
+                await self._interval_fsync()
+        except OSError as exc:
+            self._fail(exc)
+        except BaseException as exc:
+            self._fail(exc)
+            raise
+        finally:
+            self._fail_pending()
+
+    async def _write_batch(self, batch: list[_Pending]) -> None:
+        try:
+            if self._offset >= self.segment_bytes:
+                await self._rotate()
+            frames = [encode_frame(item.payload) for item in batch]
+            positions: list[JournalPosition] = []
+            offset = self._offset
+            for frame in frames:
+                offset += len(frame)
+                positions.append(JournalPosition(self._segment, offset))
+            data = b"".join(frames)
+            _write_all(self._fd, data)
+            self._offset = offset
+            self._end = positions[-1]
+            self._dirty = True
+            self.records_written += len(batch)
+            self.batches_written += 1
+            self.bytes_written += len(data)
+            if self.policy is FsyncPolicy.BATCH:
+                await self._fsync()
+            if self.on_written is not None:
+                self.on_written(
+                    [(pos, item.record) for item, pos in zip(batch, positions, strict=True)]
+                )
+        except BaseException as exc:
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(_failure(exc))
+            raise
+        for item, position in zip(batch, positions, strict=True):
+            if not item.future.done():
+                item.future.set_result(position)
+        if self.policy is FsyncPolicy.INTERVAL:
+            await self._interval_fsync()
+
+    async def _fsync(self) -> None:
+        # a task of its own, so close() can wait for it even if the writer was cancelled
+        task = asyncio.ensure_future(asyncio.to_thread(os.fsync, self._fd))
+        self._fsync_task = task
+        self._dirty = False
+        try:
+            await asyncio.shield(task)
+        except BaseException:
+            self._dirty = True
+            raise
+        self.fsyncs += 1
+        self._last_fsync = asyncio.get_running_loop().time()
+
+    def _interval_fsync_due_in(self) -> float | None:
+        if self.policy is not FsyncPolicy.INTERVAL or not self._dirty:
+            return None
+        now = asyncio.get_running_loop().time()
+        return max(0.0, self._last_fsync + self.fsync_interval - now)
+
+    async def _interval_fsync(self) -> None:
+        due_in = self._interval_fsync_due_in()
+        if due_in is not None and due_in <= 0.0:
+            await self._fsync()
+
+    async def _rotate(self) -> None:
+        if self._dirty and self.policy is not FsyncPolicy.NEVER:
+            await self._fsync()
+        old = self._segment
+        os.close(self._fd)
+        self._fd = -1
+        self._segment, self._fd = await asyncio.to_thread(_create_segment, self.directory, old + 1)
+        self._offset = 0
+        self._dirty = False
+        if self.policy is not FsyncPolicy.NEVER:
+            await asyncio.to_thread(_fsync_directory, self.directory)
+        log.info("journal_segment_rotated", old_segment=old, segment=self._segment)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._failed is None:
+            self._failed = exc
+            if not isinstance(exc, asyncio.CancelledError):
+                log.error("journal_write_failed", segment=self._segment, error=repr(exc))
+
+    def _fail_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        for item in pending:
+            if not item.future.done():
+                item.future.set_exception(_failure(self._failed))
+
+
+def _failure(cause: BaseException | None) -> JournalError:
+    error = JournalError(f"journal write failed: {cause!r}" if cause else "journal closed")
+    error.__cause__ = cause
+    return error
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+class _Buffer:
+    """Bytes of one segment file from a start offset, read in chunks as needed."""
+
+    def __init__(self, file: BinaryIO, start: int) -> None:
+        self._file = file
+        self._buf = bytearray()
+        self._base = start  # file offset of self._buf[0]
+        self._eof = False
+
+    @property
+    def end(self) -> int:
+        """File offset just after the buffered bytes (the file size once at EOF)."""
+        return self._base + len(self._buf)
+
+    def _read_more(self, at_least: int) -> bool:
+        if self._eof:
+            return False
+        chunk = self._file.read(max(_READ_CHUNK, at_least))
+        if not chunk:
+            self._eof = True
+            return False
+        self._buf += chunk
+        return True
+
+    def release(self, pos: int) -> None:
+        """Bytes before ``pos`` are not needed any more."""
+        if pos - self._base >= _READ_CHUNK:
+            del self._buf[: pos - self._base]
+            self._base = pos
+
+    def has(self, pos: int, size: int) -> bool:
+        """Whether bytes [pos, pos + size) exist (reading up to EOF to find out)."""
+        while self.end < pos + size:
+            if not self._read_more(pos + size - self.end):
+                return False
+        return True
+
+    def get(self, pos: int, size: int) -> bytes:
+        start = pos - self._base
+        return bytes(self._buf[start : start + size])
+
+    def find_magic(self, pos: int) -> int | None:
+        """The offset of the next MAGIC at or after ``pos``; None at EOF."""
+        while True:
+            self.release(pos)
+            index = self._buf.find(MAGIC, max(0, pos - self._base))
+            if index >= 0:
+                return self._base + index
+            pos = max(pos, self.end - (len(MAGIC) - 1))
+            if not self._read_more(0):
+                return None
+
+
+class _Good(NamedTuple):
+    record: dict[str, Any]
+    end: int
+
+
+class _Bad(NamedTuple):
+    reason: str
+    frame_end: int | None  # set when the frame was complete (its length is plausible)
+
+
+def _parse_frame(buf: _Buffer, pos: int) -> _Good | _Bad | None:
+    """The frame at ``pos``: good, bad (with why), or None at EOF."""
+    if not buf.has(pos, HEADER_BYTES):
+        rest = buf.get(pos, buf.end - pos)
+        if not rest:
+            return None
+        return _Bad("truncated" if MAGIC.startswith(rest[: len(MAGIC)]) else "bad_magic", None)
+    magic, length, crc = _HEADER.unpack(buf.get(pos, HEADER_BYTES))
+    if magic != MAGIC:
+        return _Bad("bad_magic", None)
+    if not 1 <= length <= MAX_PAYLOAD_BYTES:
+        return _Bad("bad_length", None)
+    end = pos + HEADER_BYTES + length
+    if not buf.has(pos + HEADER_BYTES, length):
+        return _Bad("truncated", None)
+    payload = buf.get(pos + HEADER_BYTES, length)
+    if zlib.crc32(payload) != crc:
+        return _Bad("bad_checksum", end)
+    try:
+        record = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+    except Exception:  # any decoding failure of bad data is a corrupt record
+        return _Bad("bad_msgpack", end)
+    if not isinstance(record, dict):
+        return _Bad("not_a_map", end)
+    return _Good(record, end)
+
+
+def _warn(event: str, path: Path, start: int, end: int, reason: str) -> None:
+    log.warning(event, file=str(path), offset=start, skipped_bytes=end - start, reason=reason)
+
+
+def _read_segment(
+    number: int, path: Path, offset: int
+) -> Iterator[tuple[JournalPosition, dict[str, Any]]]:
+    try:
+        file = path.open("rb")
+    except FileNotFoundError:  # removed since it was listed
+        return
+    with file:
+        file.seek(offset)
+        buf = _Buffer(file, offset)
+        pos = offset
+        bad_start: int | None = None  # start of the corrupt stretch being skipped
+        bad_reason = ""
+        while True:
+            buf.release(pos)
+            frame = _parse_frame(buf, pos)
+            if frame is None:
+                if bad_start is not None:
+                    _warn("journal_corrupt_record", path, bad_start, pos, bad_reason)
+                return
+            if isinstance(frame, _Good):
+                if bad_start is not None:  # a frame that claimed to run past EOF had a bad length
+                    reason = "bad_length" if bad_reason == "truncated" else bad_reason
+                    _warn("journal_corrupt_record", path, bad_start, pos, reason)
+                    bad_start = None
+                pos = frame.end
+                yield JournalPosition(number, pos), frame.record
+                continue
+            if bad_start is None:
+                bad_start, bad_reason = pos, frame.reason
+            end = frame.frame_end
+            if end is not None and (not buf.has(end, 1) or buf.get(end, len(MAGIC)) == MAGIC):
+                # a complete frame followed by a frame boundary: skip exactly that frame
+                _warn("journal_corrupt_record", path, bad_start, end, bad_reason)
+                bad_start, pos = None, end
+                continue
+            following = buf.find_magic(pos + 1)
+            if following is None:
+                event = (
+                    "journal_torn_tail" if bad_reason == "truncated" else "journal_corrupt_record"
+                )
+                _warn(event, path, bad_start, buf.end, bad_reason)
+                return
+            pos = following
+
+
+def read_records(
+    directory: Path, start: JournalPosition | None = None
+) -> Iterator[tuple[JournalPosition, dict[str, Any]]]:
+    """Yield (position just after the record, record) in journal order, from ``start``
+    (exclusive: the record ending there is not yielded) or from the beginning.
+
+    Bad data is skipped with one warning per corrupt stretch; only OS errors raise. A
+    missing directory yields nothing.
+    """
+    for number, path in segment_files(Path(directory)):
+        if start is not None and number < start.segment:
+            continue
+        offset = start.offset if start is not None and number == start.segment else 0
+        yield from _read_segment(number, path, offset)

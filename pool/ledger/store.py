@@ -1,0 +1,536 @@
+"""The ledger store: SQLite in WAL mode (the embedded default).
+
+What it keeps: per-worker share aggregates, per-minute share buckets (hashrate history and
+luck), per-address balances, found blocks, payouts, and the checkpoint into the share journal.
+
+Exactly once: share records are applied to the store inside an open transaction; ``commit``
+writes the aggregates together with the journal position just after the last applied record,
+in ONE transaction. After a crash the journal is replayed from that position, so a share is
+credited once whether the crash came before or after the commit.
+
+Amounts: ``*_units`` columns are micro-satoshis (see ``pool.ledger.pps``), ``*_sat`` columns
+whole satoshis. The schema is versioned with ``PRAGMA user_version`` and migrated forward on
+open; a database from a newer version of the pool is refused, never touched.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pool.ledger.pps import UNITS_PER_SAT
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the first schema
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE workers (
+        name TEXT PRIMARY KEY,
+        address TEXT NOT NULL,
+        shares INTEGER NOT NULL DEFAULT 0,
+        difficulty_sum REAL NOT NULL DEFAULT 0,
+        credit_units INTEGER NOT NULL DEFAULT 0,
+        fee_units INTEGER NOT NULL DEFAULT 0,
+        first_share REAL,
+        last_share REAL
+    );
+    CREATE TABLE balances (
+        address TEXT PRIMARY KEY,
+        credited_units INTEGER NOT NULL DEFAULT 0,
+        paid_units INTEGER NOT NULL DEFAULT 0,
+        pending_units INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE share_minutes (
+        minute INTEGER NOT NULL,
+        worker TEXT NOT NULL,
+        shares INTEGER NOT NULL DEFAULT 0,
+        difficulty_sum REAL NOT NULL DEFAULT 0,
+        expected_blocks REAL NOT NULL DEFAULT 0,
+        credit_units INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (minute, worker)
+    );
+    CREATE TABLE blocks (
+        hash TEXT PRIMARY KEY,
+        height INTEGER NOT NULL,
+        worker TEXT NOT NULL,
+        address TEXT NOT NULL,
+        reward_sat INTEGER NOT NULL,
+        network_difficulty REAL NOT NULL,
+        found_at REAL NOT NULL,
+        status TEXT NOT NULL,
+        confirmations INTEGER NOT NULL DEFAULT 0,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX blocks_status ON blocks (status);
+    CREATE TABLE payouts (
+        id TEXT PRIMARY KEY,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        status TEXT NOT NULL,
+        txid TEXT,
+        total_sat INTEGER NOT NULL,
+        error TEXT
+    );
+    CREATE TABLE payout_items (
+        payout_id TEXT NOT NULL REFERENCES payouts (id),
+        address TEXT NOT NULL,
+        amount_sat INTEGER NOT NULL,
+        PRIMARY KEY (payout_id, address)
+    );
+    CREATE INDEX payout_items_address ON payout_items (address);
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+# Block statuses
+PENDING, CONFIRMED, ORPHANED = "pending", "confirmed", "orphaned"
+# Payout statuses: pending (recorded, maybe not yet sent), sent (txid known), confirmed,
+# failed (never sent; its amounts went back to the balances)
+PAYOUT_PENDING, PAYOUT_SENT, PAYOUT_CONFIRMED, PAYOUT_FAILED = (
+    "pending",
+    "sent",
+    "confirmed",
+    "failed",
+)
+
+
+class StoreError(RuntimeError):
+    """The database cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    segment: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class ShareRecord:
+    """The part of a journal record the store aggregates (built by the ledger)."""
+
+    time: float
+    worker: str
+    address: str
+    difficulty: float
+    expected_blocks: float
+    credit_units: int
+    fee_units: int
+    block_hash: str | None = None
+    block_height: int | None = None
+    block_reward_sat: int | None = None
+    network_difficulty: float | None = None
+
+
+@dataclass(frozen=True)
+class Balance:
+    address: str
+    credited_units: int
+    paid_units: int
+    pending_units: int
+
+    @property
+    def balance_units(self) -> int:
+        return self.credited_units - self.paid_units - self.pending_units
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.db: sqlite3.Connection | None = None
+        self._applied_to: Checkpoint | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.row_factory = sqlite3.Row
+            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: not a usable SQLite database: {exc}") from exc
+        if str(mode).lower() != "wal":
+            raise StoreError(f"{self.path}: cannot switch SQLite to WAL mode (got {mode})")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+        self.db = db
+        self._migrate()
+
+    def close(self) -> None:
+        if self.db is not None:
+            if self.db.in_transaction:
+                self.commit()
+            self.db.close()
+            self.db = None
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self.db is None:
+            raise StoreError("the ledger store is not open")
+        return self.db
+
+    def _migrate(self) -> None:
+        db = self.conn
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path}: schema version {version} was written by a newer version of the "
+                f"pool (this one knows up to {SCHEMA_VERSION}); refusing to touch it"
+            )
+        for number in range(version + 1, SCHEMA_VERSION + 1):
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in MIGRATIONS[number - 1].split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {number}")
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    @property
+    def schema_version(self) -> int:
+        return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def _begin(self) -> None:
+        if not self.conn.in_transaction:
+            self.conn.execute("BEGIN IMMEDIATE")
+
+    def _begin_own(self) -> None:
+        """A transaction of its own: shares applied so far are committed first (with their
+        checkpoint), so a rollback below can never undo them."""
+        if self.conn.in_transaction:
+            self.commit()
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    # -- shares (applied in the open transaction; made durable by commit) -----------------------
+    def apply_share(self, rec: ShareRecord, position: Checkpoint) -> None:
+        """Apply one journal record; ``position`` is the journal point just after it."""
+        self._begin()
+        self._applied_to = position
+        db = self.conn
+        db.execute(
+            """
+            INSERT INTO workers (name, address, shares, difficulty_sum, credit_units, fee_units,
+                                 first_share, last_share)
+            VALUES (?, ?, 1, ?, ?, ?, ?, ?)
+            ON CONFLICT (name) DO UPDATE SET
+                address = excluded.address,
+                shares = shares + 1,
+                difficulty_sum = difficulty_sum + excluded.difficulty_sum,
+                credit_units = credit_units + excluded.credit_units,
+                fee_units = fee_units + excluded.fee_units,
+                last_share = MAX(COALESCE(last_share, 0), excluded.last_share)
+            """,
+            (
+                rec.worker,
+                rec.address,
+                rec.difficulty,
+                rec.credit_units,
+                rec.fee_units,
+                rec.time,
+                rec.time,
+            ),
+        )
+        db.execute(
+            """
+            INSERT INTO balances (address, credited_units) VALUES (?, ?)
+            ON CONFLICT (address) DO UPDATE SET
+                credited_units = credited_units + excluded.credited_units
+            """,
+            (rec.address, rec.credit_units),
+        )
+        db.execute(
+            """
+            INSERT INTO share_minutes (minute, worker, shares, difficulty_sum, expected_blocks,
+                                       credit_units)
+            VALUES (?, ?, 1, ?, ?, ?)
+            ON CONFLICT (minute, worker) DO UPDATE SET
+                shares = shares + 1,
+                difficulty_sum = difficulty_sum + excluded.difficulty_sum,
+                expected_blocks = expected_blocks + excluded.expected_blocks,
+                credit_units = credit_units + excluded.credit_units
+            """,
+            (
+                int(rec.time // 60),
+                rec.worker,
+                rec.difficulty,
+                rec.expected_blocks,
+                rec.credit_units,
+            ),
+        )
+        if rec.block_hash is not None:
+            assert rec.block_height is not None and rec.block_reward_sat is not None
+            db.execute(
+                """
+                INSERT OR IGNORE INTO blocks (hash, height, worker, address, reward_sat,
+                    network_difficulty, found_at, status, confirmations, updated_at)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?)
+                """,
+                (
+                    rec.block_hash,
+                    rec.block_height,
+                    rec.worker,
+                    rec.address,
+                    rec.block_reward_sat,
+                    rec.network_difficulty or 0.0,
+                    rec.time,
+                    PENDING,
+                    rec.time,
+                ),
+            )
+
+    def commit(self) -> None:
+        """Make every share applied so far durable, with the journal checkpoint, atomically."""
+        self._begin()
+        if self._applied_to is not None:
+            cp = self._applied_to
+            self._set_meta("checkpoint", f"{cp.segment}:{cp.offset}")
+        self.conn.execute("COMMIT")
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Durably, at once (commits whatever else is applied: call between shares only)."""
+        self._begin_own()
+        self._set_meta(key, value)
+        self.conn.execute("COMMIT")
+
+    def checkpoint(self) -> Checkpoint | None:
+        raw = self.get_meta("checkpoint")
+        if raw is None:
+            return None
+        segment, offset = raw.split(":")
+        return Checkpoint(int(segment), int(offset))
+
+    # -- reads ----------------------------------------------------------------------------------
+    def workers(self) -> list[dict[str, Any]]:
+        rows = self.conn.execute("SELECT * FROM workers ORDER BY name").fetchall()
+        return [dict(r) for r in rows]
+
+    def worker(self, name: str) -> dict[str, Any] | None:
+        row = self.conn.execute("SELECT * FROM workers WHERE name = ?", (name,)).fetchone()
+        return None if row is None else dict(row)
+
+    def balances(self) -> list[Balance]:
+        rows = self.conn.execute("SELECT * FROM balances ORDER BY address").fetchall()
+        return [Balance(r[0], r[1], r[2], r[3]) for r in rows]
+
+    def balance(self, address: str) -> Balance | None:
+        r = self.conn.execute("SELECT * FROM balances WHERE address = ?", (address,)).fetchone()
+        return None if r is None else Balance(r[0], r[1], r[2], r[3])
+
+    def totals(self) -> dict[str, int]:
+        """Sums over all workers (Python-side: SQLite's SUM would overflow at 2^63)."""
+        shares = credit = fee = 0
+        for row in self.conn.execute("SELECT shares, credit_units, fee_units FROM workers"):
+            shares += row[0]
+            credit += row[1]
+            fee += row[2]
+        return {"shares": shares, "credit_units": credit, "fee_units": fee}
+
+    def minutes(self, since_minute: int, worker: str | None = None) -> list[dict[str, Any]]:
+        if worker is None:
+            rows = self.conn.execute(
+                "SELECT minute, SUM(shares) AS shares, SUM(difficulty_sum) AS difficulty_sum, "
+                "SUM(expected_blocks) AS expected_blocks FROM share_minutes WHERE minute >= ? "
+                "GROUP BY minute ORDER BY minute",
+                (since_minute,),
+            ).fetchall()
+        else:
+            rows = self.conn.execute(
+                "SELECT minute, shares, difficulty_sum, expected_blocks FROM share_minutes "
+                "WHERE minute >= ? AND worker = ? ORDER BY minute",
+                (since_minute, worker),
+            ).fetchall()
+        return [dict(r) for r in rows]
+
+    def expected_blocks_since(self, since: float) -> float:
+        row = self.conn.execute(
+            "SELECT TOTAL(expected_blocks) FROM share_minutes WHERE minute >= ?",
+            (int(since // 60),),
+        ).fetchone()
+        return float(row[0])
+
+    # -- blocks ---------------------------------------------------------------------------------
+    def blocks(
+        self, statuses: Sequence[str] | None = None, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        if statuses:
+            marks = ",".join("?" * len(statuses))
+            rows = self.conn.execute(
+                f"SELECT * FROM blocks WHERE status IN ({marks}) ORDER BY height DESC LIMIT ?",
+                (*statuses, limit),
+            ).fetchall()
+        else:
+            rows = self.conn.execute(
+                "SELECT * FROM blocks ORDER BY height DESC, found_at DESC LIMIT ?", (limit,)
+            ).fetchall()
+        return [dict(r) for r in rows]
+
+    def blocks_found_since(self, since: float) -> int:
+        row = self.conn.execute(
+            "SELECT COUNT(*) FROM blocks WHERE found_at >= ?", (since,)
+        ).fetchone()
+        return int(row[0])
+
+    def set_block_status(
+        self, block_hash: str, status: str, confirmations: int, now: float
+    ) -> None:
+        self._begin_own()
+        self.conn.execute(
+            "UPDATE blocks SET status = ?, confirmations = ?, updated_at = ? WHERE hash = ?",
+            (status, confirmations, now, block_hash),
+        )
+        self.conn.execute("COMMIT")
+
+    def rewards_sat(self) -> dict[str, int]:
+        out = {PENDING: 0, CONFIRMED: 0, ORPHANED: 0}
+        for row in self.conn.execute("SELECT status, reward_sat FROM blocks"):
+            out[row[0]] = out.get(row[0], 0) + int(row[1])
+        return out
+
+    # -- payouts --------------------------------------------------------------------------------
+    def create_payout(self, payout_id: str, items: Iterable[tuple[str, int]], now: float) -> int:
+        """Record a payout as pending BEFORE it is sent: the amounts move from each balance to
+        its pending column in the same transaction. Returns the total in satoshis."""
+        items = list(items)
+        total = sum(amount for _, amount in items)
+        self._begin_own()
+        db = self.conn
+        try:
+            db.execute(
+                "INSERT INTO payouts (id, created_at, updated_at, status, total_sat) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (payout_id, now, now, PAYOUT_PENDING, total),
+            )
+            for address, amount in items:
+                bal = self.balance(address)
+                units = amount * UNITS_PER_SAT
+                if amount <= 0 or bal is None or bal.balance_units < units:
+                    raise StoreError(f"payout {payout_id}: {address} cannot pay {amount} sat")
+                db.execute(
+                    "INSERT INTO payout_items (payout_id, address, amount_sat) VALUES (?, ?, ?)",
+                    (payout_id, address, amount),
+                )
+                db.execute(
+                    "UPDATE balances SET pending_units = pending_units + ? WHERE address = ?",
+                    (units, address),
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return total
+
+    def remove_payout_item(self, payout_id: str, address: str, now: float, reason: str) -> None:
+        """Take one address out of a payout that has not been sent; its amount goes back."""
+        self._begin_own()
+        db = self.conn
+        row = db.execute(
+            "SELECT amount_sat FROM payout_items WHERE payout_id = ? AND address = ?",
+            (payout_id, address),
+        ).fetchone()
+        if row is not None:
+            db.execute(
+                "UPDATE balances SET pending_units = pending_units - ? WHERE address = ?",
+                (row[0] * UNITS_PER_SAT, address),
+            )
+            db.execute(
+                "DELETE FROM payout_items WHERE payout_id = ? AND address = ?",
+                (payout_id, address),
+            )
+            db.execute(
+                "UPDATE payouts SET total_sat = total_sat - ?, updated_at = ?, error = ? "
+                "WHERE id = ?",
+                (row[0], now, reason, payout_id),
+            )
+        db.execute("COMMIT")
+
+    def finish_payout(
+        self,
+        payout_id: str,
+        status: str,
+        now: float,
+        *,
+        txid: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        """pending -> sent (amounts leave the balances: pending -> paid) or failed (they go
+        back to the balances); sent -> confirmed."""
+        self._begin_own()
+        db = self.conn
+        try:
+            current = db.execute("SELECT status FROM payouts WHERE id = ?", (payout_id,)).fetchone()
+            if current is None:
+                raise StoreError(f"no payout {payout_id}")
+            before = current[0]
+            items = db.execute(
+                "SELECT address, amount_sat FROM payout_items WHERE payout_id = ?", (payout_id,)
+            ).fetchall()
+            if before == PAYOUT_PENDING and status in (PAYOUT_SENT, PAYOUT_CONFIRMED):
+                for address, amount in items:
+                    db.execute(
+                        "UPDATE balances SET pending_units = pending_units - ?, "
+                        "paid_units = paid_units + ? WHERE address = ?",
+                        (amount * UNITS_PER_SAT, amount * UNITS_PER_SAT, address),
+                    )
+            elif before == PAYOUT_PENDING and status == PAYOUT_FAILED:
+                for address, amount in items:
+                    db.execute(
+                        "UPDATE balances SET pending_units = pending_units - ? WHERE address = ?",
+                        (amount * UNITS_PER_SAT, address),
+                    )
+            elif not (before == PAYOUT_SENT and status == PAYOUT_CONFIRMED):
+                raise StoreError(f"payout {payout_id}: cannot go from {before} to {status}")
+            db.execute(
+                "UPDATE payouts SET status = ?, updated_at = ?, txid = COALESCE(?, txid), "
+                "error = COALESCE(?, error) WHERE id = ?",
+                (status, now, txid, error, payout_id),
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def payouts(
+        self, statuses: Sequence[str] | None = None, limit: int = 1000, address: str | None = None
+    ) -> list[dict[str, Any]]:
+        where: list[str] = []
+        args: list[Any] = []
+        if statuses:
+            where.append(f"p.status IN ({','.join('?' * len(statuses))})")
+            args.extend(statuses)
+        if address is not None:
+            where.append("p.id IN (SELECT payout_id FROM payout_items WHERE address = ?)")
+            args.append(address)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = self.conn.execute(
+            f"SELECT p.* FROM payouts p {clause} ORDER BY p.created_at DESC LIMIT ?",
+            (*args, limit),
+        ).fetchall()
+        out = []
+        for row in rows:
+            payout = dict(row)
+            payout["items"] = [
+                {"address": r[0], "amount_sat": r[1]}
+                for r in self.conn.execute(
+                    "SELECT address, amount_sat FROM payout_items WHERE payout_id = ? "
+                    "ORDER BY address",
+                    (row["id"],),
+                )
+            ]
+            out.append(payout)
+        return out

@@ -1,0 +1,253 @@
+"""The PPS ledger end to end: real bitcoind, bundled miners, the journal, the store, payouts."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from collections import Counter
+from collections.abc import AsyncIterator
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from pool.bitcoin.target import DIFF1_TARGET
+from pool.config import ChainConfig, LedgerConfig, PortConfig, SimulationConfig, VardiffSettings
+from pool.ledger.journal import read_records
+from pool.ledger.payouts import btc_to_sat
+from pool.miner import Miner, MinerOptions
+from pool.node.binaries import Binaries
+from pool.node.managed import ManagedNode, prepare_regtest_wallet
+from tests.integration.harness import pool_config, start_pool, wait_for
+
+pytestmark = pytest.mark.integration
+
+FEE_BPS = 150
+REGTEST_HALVING = 150
+COIN = 100_000_000
+
+
+@pytest_asyncio.fixture(scope="module")
+async def ledger_node(
+    bitcoind_binaries: Binaries, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[ManagedNode]:
+    """A regtest bitcoind of its own (blocks get invalidated here), pool wallet funded."""
+    node = ManagedNode(tmp_path_factory.mktemp("bitcoind-ledger"), binaries=bitcoind_binaries)
+    await node.start()
+    try:
+        await prepare_regtest_wallet(node, "pool")
+        await node.ensure_wallet("miners")
+        yield node
+    finally:
+        await node.stop()
+
+
+async def new_address(node: ManagedNode, wallet: str) -> str:
+    assert node.rpc is not None
+    address: str = await node.rpc.call("getnewaddress", "", "bech32", wallet=wallet)
+    return address
+
+
+def ledger_config(node: ManagedNode, data_dir: Path, payout: str, **ledger: Any) -> Any:
+    config = pool_config(
+        node,
+        data_dir,
+        payout,
+        ports=(PortConfig(port=0, start_difficulty=1e-4, min_difficulty=1e-8, max_difficulty=1e6),),
+        vardiff=VardiffSettings(enabled=True, target_interval_seconds=0.5, retarget_seconds=10),
+    )
+    return dataclasses.replace(
+        config,
+        chain=ChainConfig(simulation=SimulationConfig(enabled=True, initial_difficulty=3e-4)),
+        ledger=LedgerConfig(
+            fee_bps=FEE_BPS,
+            payout_threshold_sat=1000,
+            payout_interval_seconds=0,
+            payout_fee_rate_sat_vb=2.0,
+            block_check_seconds=1.0,
+            **ledger,
+        ),
+    )
+
+
+def independent_credit(record: dict[str, Any]) -> int:
+    """The PPS formula recomputed from the journal record's inputs, not from its result."""
+    subsidy = (50 * COIN) >> (record["height"] // REGTEST_HALVING)
+    target = int.from_bytes(record["target"], "big")
+    exact = (
+        Fraction(record["difficulty"])
+        * target
+        * subsidy
+        * 1_000_000
+        * (10_000 - FEE_BPS)
+        / (10_000 * DIFF1_TARGET)
+    )
+    return exact.numerator // exact.denominator
+
+
+def told_accepted(record_file: Path) -> list[tuple[str, str, str, str]]:
+    out = []
+    for line in record_file.read_text().splitlines():
+        entry = json.loads(line)
+        if entry["accepted"]:
+            out.append(
+                (
+                    entry["extranonce1"] + entry["extranonce2"],
+                    entry["job_id"],
+                    entry["ntime"],
+                    entry["nonce"],
+                )
+            )
+    return out
+
+
+def journal_identity(record: dict[str, Any]) -> tuple[str, str, str, str]:
+    return (
+        record["extranonce"],
+        record["job"],
+        f"{record['ntime']:08x}",
+        f"{record['nonce']:08x}",
+    )
+
+
+async def test_miners_credits_blocks_and_a_confirmed_payout(
+    ledger_node: ManagedNode, tmp_path: Path
+) -> None:
+    rpc = ledger_node.rpc
+    assert rpc is not None
+    payout = await new_address(ledger_node, "pool")
+    miners_addr = [await new_address(ledger_node, "miners") for _ in range(2)]
+    app = await start_pool(ledger_config(ledger_node, tmp_path, payout))
+    assert app.server is not None and app.ledger is not None
+    records = [tmp_path / f"miner{i}.jsonl" for i in range(2)]
+    try:
+        miners = [
+            Miner(
+                MinerOptions(
+                    host="127.0.0.1",
+                    port=app.server.bound_ports[0],
+                    user=f"{miners_addr[i]}.rig{i}",
+                    duration=75.0,
+                    hashrate=40_000.0 * (i + 1),
+                    record=str(records[i]),
+                )
+            )
+            for i in range(2)
+        ]
+        summaries = await asyncio.gather(*(m.run() for m in miners))
+        ledger = app.ledger
+        ledger.commit()
+
+        # 1. The credits equal the formula recomputed from the journal, to the unit.
+        journal = [rec for _, rec in read_records(tmp_path / "ledger" / "journal")]
+        assert len(journal) >= 100, summaries
+        totals = ledger.store.totals()
+        assert totals["shares"] == len(journal)
+        assert totals["credit_units"] == sum(independent_credit(r) for r in journal)
+        per_address: Counter[str] = Counter()
+        for rec in journal:
+            per_address[rec["address"]] += independent_credit(rec)
+        for address in miners_addr:
+            balance = ledger.store.balance(address)
+            assert balance is not None and balance.credited_units == per_address[address]
+
+        # 2. Every share a miner was told "accepted" is in the journal, exactly once.
+        identities = Counter(journal_identity(r) for r in journal)
+        assert max(identities.values()) == 1
+        told = [s for f in records for s in told_accepted(f)]
+        assert len(told) == sum(s["accepted"] for s in summaries)
+        assert set(told) <= set(identities)
+
+        # 3. Found blocks are recorded and mature after 100 confirmations.
+        found = ledger.store.blocks()
+        assert found, "no block found: the simulated difficulty is too high for the test"
+        await ledger.check_blocks(rpc)
+        assert {b["status"] for b in ledger.store.blocks()} == {"pending"}
+        sink = await new_address(ledger_node, "miners")
+        await rpc.call("generatetoaddress", 100, sink)
+        await ledger.check_blocks(rpc)
+        assert {b["status"] for b in ledger.store.blocks()} == {"confirmed"}
+        reserve = ledger.reserve()
+        assert reserve.rewards_confirmed_units == sum(b["reward_sat"] for b in found) * 1_000_000
+
+        # 4. Balances over the threshold are paid: one sendmany, exact amounts.
+        before = {a: ledger.store.balance(a) for a in miners_addr}
+        result = await app.run_payout_round()
+        assert result.status == "paid", result
+        assert set(result.paid) == set(miners_addr)
+        for address in miners_addr:
+            bal_before = before[address]
+            assert bal_before is not None
+            assert result.paid[address] == bal_before.balance_units // 1_000_000
+            after = ledger.store.balance(address)
+            assert after is not None
+            assert after.paid_units == result.paid[address] * 1_000_000
+            assert after.balance_units == bal_before.balance_units % 1_000_000
+        await rpc.call("generatetoaddress", 1, sink)
+        for address in miners_addr:
+            received = await rpc.call("getreceivedbyaddress", address, 1, wallet="miners")
+            assert btc_to_sat(received) == result.paid[address]
+        assert app.payouts is not None
+        await app.payouts.update_confirmations()
+        [paid] = ledger.store.payouts()
+        assert paid["status"] == "confirmed" and paid["txid"] == result.txid
+        # Nothing more is due: a second round pays nothing.
+        assert (await app.run_payout_round()).status == "nothing_due"
+    finally:
+        await app.stop()
+
+
+async def test_invalidated_block_is_orphaned_and_leaves_the_reserve(
+    ledger_node: ManagedNode, tmp_path: Path
+) -> None:
+    rpc = ledger_node.rpc
+    assert rpc is not None
+    payout = await new_address(ledger_node, "pool")
+    miner_addr = await new_address(ledger_node, "miners")
+    app = await start_pool(ledger_config(ledger_node, tmp_path, payout))
+    assert app.server is not None and app.ledger is not None
+    ledger = app.ledger
+    miner = Miner(
+        MinerOptions(
+            host="127.0.0.1",
+            port=app.server.bound_ports[0],
+            user=f"{miner_addr}.solo",
+            duration=60.0,
+            hashrate=100_000.0,
+        )
+    )
+    task = asyncio.create_task(miner.run())
+    try:
+        await wait_for(lambda: bool(app.server and app.server.stats.blocks), 60, "a block")
+        miner.stopping.set()
+        await task
+        await asyncio.sleep(0.2)
+        ledger.commit()
+        await ledger.check_blocks(rpc)
+        block = ledger.store.blocks()[0]  # the highest: invalidating it orphans only it
+        assert block["status"] == "pending"
+        before = ledger.reserve()
+        balance_before = ledger.store.balance(miner_addr)
+        await rpc.call("invalidateblock", block["hash"])
+        try:
+            changes = await ledger.check_blocks(rpc)
+            assert f"{block['hash']}:pending->orphaned" in changes
+            after = ledger.reserve()
+            assert (
+                before.rewards_earned_units - after.rewards_earned_units
+                == block["reward_sat"] * 1_000_000
+            )
+            assert after.credits_units == before.credits_units  # PPS credits stay
+            assert ledger.store.balance(miner_addr) == balance_before
+            assert after.reserve_units == before.reserve_units - block["reward_sat"] * 1_000_000
+        finally:
+            await rpc.call("reconsiderblock", block["hash"])
+        await ledger.check_blocks(rpc)  # back on the best chain: pending again
+        assert ledger.store.blocks()[0]["status"] == "pending"
+    finally:
+        miner.stopping.set()
+        await task
+        await app.stop()

@@ -94,13 +94,31 @@ class VardiffSettings:
 
 
 @dataclass(frozen=True)
+class SimEventConfig:
+    """A scripted change of the simulated difficulty: one trigger (``at_height`` or
+    ``at_seconds`` after the start) and one change (``set_difficulty`` or ``scale``).
+    Unset fields keep their defaults (-1 / 0)."""
+
+    at_height: int = -1
+    at_seconds: float = -1.0
+    set_difficulty: float = 0.0
+    scale: float = 0.0
+
+
+@dataclass(frozen=True)
 class SimulationConfig:
     """Regtest accepts half of all hashes as blocks; with ``enabled`` the pool uses its own
     network difficulty instead: only shares meeting it become blocks (they are valid on
-    regtest too). Retargeting of the simulated difficulty belongs to the scenarios."""
+    regtest too). It retargets with Bitcoin's rule every ``retarget_interval`` blocks the pool
+    finds, aiming at ``target_spacing_seconds`` per block."""
 
     enabled: bool = False
     initial_difficulty: float = 1.0
+    retarget_interval: int = 2016
+    target_spacing_seconds: float = 600.0
+    clamp_factor: float = 4.0
+    mainnet_difficulty: float = 0.0  # >0: reports scale difficulties so the start reads as this
+    events: tuple[SimEventConfig, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -131,6 +149,7 @@ class ApiConfig:
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 8080
+    admin_token_env: str = "POOL_API_TOKEN"  # admin endpoints need this bearer token; unset: off
 
 
 @dataclass(frozen=True)
@@ -309,8 +328,23 @@ def validate(config: Config, where: str) -> None:
         fail("vardiff.target_interval_seconds", "must be positive")
     if config.vardiff.retarget_shares < 1 or config.vardiff.retarget_seconds <= 0:
         fail("vardiff", "retarget_shares and retarget_seconds must be positive")
-    if config.chain.simulation.initial_difficulty <= 0:
+    sim = config.chain.simulation
+    if sim.initial_difficulty <= 0:
         fail("chain.simulation.initial_difficulty", "must be positive")
+    if sim.retarget_interval < 1:
+        fail("chain.simulation.retarget_interval", "must be at least 1")
+    if sim.target_spacing_seconds <= 0:
+        fail("chain.simulation.target_spacing_seconds", "must be positive")
+    if sim.clamp_factor < 1:
+        fail("chain.simulation.clamp_factor", "must be at least 1")
+    if sim.mainnet_difficulty < 0:
+        fail("chain.simulation.mainnet_difficulty", "must not be negative (0: off)")
+    for i, event in enumerate(sim.events):
+        key = f"chain.simulation.events[{i}]"
+        if (event.at_height >= 0) == (event.at_seconds >= 0):
+            fail(key, "needs exactly one of at_height and at_seconds")
+        if (event.set_difficulty > 0) == (event.scale > 0):
+            fail(key, "needs exactly one of set_difficulty and scale (positive)")
     ledger = config.ledger
     if not 0 <= ledger.fee_bps <= 10_000:
         fail("ledger.fee_bps", "must be 0..10000 basis points")

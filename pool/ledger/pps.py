@@ -12,6 +12,10 @@ average, so the miner is paid for exactly the fees the pool would have collected
 share's block). On a simulated regtest chain ``T`` is the simulated target, so PPS pays
 against the simulated difficulty.
 
+No share is worth more than one block: the credited difficulty is ``min(d, D)``. (A share at
+or above the network difficulty is itself a block; on plain regtest, where D is ~5e-10, every
+share is one.) This also bounds every amount: the credits never exceed the blocks' value.
+
 Units: every ledger amount below a whole payout is kept in **micro-satoshis** (``UNIT``:
 1 unit = 10^-6 sat = 10^-14 BTC), as Python/SQLite integers. The share difficulty is a float;
 floats are exact binary fractions, so the product above is computed exactly with
@@ -65,7 +69,8 @@ def exact_gross_units(difficulty: float, network_target: int, block_value_sat: i
         raise ValueError(f"share difficulty must be positive, got {difficulty!r}")
     if network_target <= 0:
         raise ValueError("network target must be positive")
-    return (Fraction(difficulty) * network_target * block_value_sat * UNITS_PER_SAT) / DIFF1_TARGET
+    ratio = min(Fraction(difficulty) * network_target / DIFF1_TARGET, Fraction(1))
+    return ratio * block_value_sat * UNITS_PER_SAT
 
 
 def share_value(
@@ -82,8 +87,8 @@ def share_value(
 
 
 def expected_blocks(difficulty: float, network_target: int) -> float:
-    """d / D: the probability that a share of difficulty d is a block (for luck)."""
-    return float(Fraction(difficulty) * network_target / DIFF1_TARGET)
+    """min(d / D, 1): the probability that a share of difficulty d is a block (for luck)."""
+    return float(min(Fraction(difficulty) * network_target / DIFF1_TARGET, Fraction(1)))
 
 
 def payable_sat(units: int) -> int:

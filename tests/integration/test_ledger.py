@@ -77,14 +77,8 @@ def independent_credit(record: dict[str, Any]) -> int:
     """The PPS formula recomputed from the journal record's inputs, not from its result."""
     subsidy = (50 * COIN) >> (record["height"] // REGTEST_HALVING)
     target = int.from_bytes(record["target"], "big")
-    exact = (
-        Fraction(record["difficulty"])
-        * target
-        * subsidy
-        * 1_000_000
-        * (10_000 - FEE_BPS)
-        / (10_000 * DIFF1_TARGET)
-    )
+    blocks_worth = min(Fraction(record["difficulty"]) * target / DIFF1_TARGET, Fraction(1))
+    exact = blocks_worth * subsidy * 1_000_000 * (10_000 - FEE_BPS) / 10_000
     return exact.numerator // exact.denominator
 
 

@@ -76,6 +76,14 @@ def test_rounding_loses_under_one_unit_per_share_over_many_shares() -> None:
     assert residue < UNITS_PER_SAT  # i.e. under one satoshi over 100 000 shares
 
 
+def test_a_share_is_never_worth_more_than_a_block() -> None:
+    regtest_target = 0x7FFFFF << 232  # plain regtest: D ~ 4.66e-10, every share is a block
+    value = share_value(0.001, regtest_target, 5_000_000_000, 0)
+    assert value.credit == 5_000_000_000 * UNITS_PER_SAT
+    assert expected_blocks(0.001, regtest_target) == 1.0
+    assert share_value(2.0, DIFF1_TARGET, SUBSIDY, 0) == share_value(1.0, DIFF1_TARGET, SUBSIDY, 0)
+
+
 def test_bad_inputs() -> None:
     with pytest.raises(ValueError, match="difficulty"):
         share_value(0.0, DIFF1_TARGET, SUBSIDY, 0)

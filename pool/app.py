@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import os
 import signal
 import time
@@ -21,10 +22,10 @@ from pool.bitcoin import (
     AddressError,
     Network,
     address_to_script,
-    difficulty_to_target,
     network_for_chain,
 )
-from pool.config import Config, limits_summary
+from pool.chain_sim import ChainSim, Retarget, SimEvent
+from pool.config import Config, SimulationConfig, limits_summary
 from pool.jobs import JobConfig, Template, build_job
 from pool.ledger.ledger import Ledger
 from pool.ledger.payouts import Payouts, RoundResult
@@ -68,6 +69,7 @@ class PoolApp:
         self._ledger_task: asyncio.Task[None] | None = None
         self._new_block = asyncio.Event()
         self._payout_lock = asyncio.Lock()
+        self.chain_sim: ChainSim | None = None
 
     # -- start-up -------------------------------------------------------------------------------
     async def _connect_node(self) -> BitcoinRpc:
@@ -124,6 +126,8 @@ class PoolApp:
             extranonce2_size=cfg.pool.extranonce2_size,
             pool_tag=cfg.pool.pool_tag.encode(),
         )
+        if cfg.chain.simulation.enabled:
+            self.chain_sim = self._load_chain_sim(cfg.chain.simulation)
         self.ledger = ledger = Ledger(cfg.ledger, self.data_dir / "ledger", network)
         await ledger.open()
         self.payouts = Payouts(ledger.store, rpc, cfg.ledger, network, cfg.node.wallet)
@@ -153,6 +157,76 @@ class PoolApp:
     def _watcher_done(task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
             log.error("template_watcher_died", error=repr(task.exception()))
+
+    # -- simulated network difficulty (regtest) --------------------------------------------------
+    @property
+    def chain_sim_file(self) -> Path:
+        return self.data_dir / "chain_sim.json"
+
+    def _load_chain_sim(self, sim: SimulationConfig) -> ChainSim:
+        events = [
+            SimEvent(
+                at_height=e.at_height if e.at_height >= 0 else None,
+                at_seconds=e.at_seconds if e.at_seconds >= 0 else None,
+                set_difficulty=e.set_difficulty if e.set_difficulty > 0 else None,
+                scale=e.scale if e.scale > 0 else None,
+            )
+            for e in sim.events
+        ]
+        path = self.chain_sim_file
+        if path.exists():
+            try:
+                chain = ChainSim.from_state(json.loads(path.read_text()), events=events)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise StartupError(
+                    f"{path}: the saved simulated-difficulty state cannot be used ({exc}); "
+                    "remove the file to start the simulation afresh"
+                ) from exc
+            log.info("chain_sim_resumed", difficulty=chain.difficulty, blocks=chain.blocks_seen)
+            return chain
+        chain = ChainSim(
+            initial_difficulty=sim.initial_difficulty,
+            retarget_interval=sim.retarget_interval,
+            target_spacing=sim.target_spacing_seconds,
+            clamp_factor=sim.clamp_factor,
+            events=events,
+            start_time=time.time(),
+            mainnet_difficulty=sim.mainnet_difficulty or None,
+        )
+        self._save_chain_sim(chain)
+        log.info(
+            "chain_sim_started",
+            difficulty=chain.difficulty,
+            retarget_interval=sim.retarget_interval,
+            target_spacing_seconds=sim.target_spacing_seconds,
+            events=len(events),
+        )
+        return chain
+
+    def _save_chain_sim(self, chain: ChainSim) -> None:
+        """Atomically: a crash leaves the old state or the new one, never half of one."""
+        path = self.chain_sim_file
+        tmp = path.with_suffix(".tmp")
+        with tmp.open("w") as f:
+            json.dump(chain.to_state(), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def _sim_changed(self, changes: list[Retarget]) -> None:
+        assert self.chain_sim is not None
+        for change in changes:
+            log.info(
+                "simulated_difficulty_changed",
+                kind=change.kind,
+                height=change.height,
+                old=change.old_difficulty,
+                new=change.new_difficulty,
+                change_percent=round(change.change * 100, 3),
+                actual_timespan=change.actual_timespan,
+                expected_timespan=change.expected_timespan,
+            )
+        self._save_chain_sim(self.chain_sim)
 
     async def _settle_payouts(self) -> None:
         """A payout interrupted by a crash is completed (once) before anything else."""
@@ -196,14 +270,19 @@ class PoolApp:
 
     async def on_template(self, template: Template, new_block: bool) -> None:
         assert self.server is not None and self.job_config is not None
-        sim = self.config.chain.simulation
+        block_target = None
+        if self.chain_sim is not None:
+            changes = self.chain_sim.on_time(time.time())
+            if changes:
+                self._sim_changed(changes)
+            block_target = self.chain_sim.target
         job = build_job(
             template,
             self.job_config,
             job_id=self.server.jobs.next_id(),
             now=time.time(),
             clean=new_block,
-            block_target=difficulty_to_target(sim.initial_difficulty) if sim.enabled else None,
+            block_target=block_target,
         )
         self.server.publish(job)
         if new_block:
@@ -217,6 +296,11 @@ class PoolApp:
         submission = await submit_block(
             self.rpc, block, block_hash=result.hash_hex, height=job.height
         )
+        if submission.accepted and self.chain_sim is not None:
+            changes = self.chain_sim.on_block(job.height, time.time())
+            self._save_chain_sim(self.chain_sim)
+            if changes:
+                self._sim_changed(changes)
         if submission.accepted and self.watcher is not None:
             self.watcher.poke()  # new tip: clean jobs go out without waiting for a poll
         return submission

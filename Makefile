@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test lint typecheck unit integration bitcoind bench clean
+.PHONY: run test lint typecheck unit integration bitcoind chromium bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,15 @@ $(STAMP): pyproject.toml
 
 bitcoind: $(STAMP)
 	$(BIN)/python -m pool.node.binaries ensure
+
+# Browser tests (dashboard, scenario reports) render pages in Debian's headless Chromium.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing Debian's chromium for the browser tests"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+	@chromium --version
 
 run: $(STAMP) bitcoind
 	$(BIN)/stratum-pool run $(ARGS)
@@ -29,13 +38,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: $(STAMP) bitcoind lint typecheck
+test: $(STAMP) bitcoind chromium lint typecheck
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
-integration: $(STAMP) bitcoind
+integration: $(STAMP) bitcoind chromium
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from fractions import Fraction
@@ -164,6 +165,14 @@ async def test_miners_credits_blocks_and_a_confirmed_payout(
         await rpc.call("generatetoaddress", 100, sink)
         await ledger.check_blocks(rpc)
         assert {b["status"] for b in ledger.store.blocks()} == {"confirmed"}
+        luck = ledger.luck(time.time())["all"]
+        assert luck["found_blocks"] == len(found)
+        expected = sum(
+            min(r["difficulty"] * int.from_bytes(r["target"], "big") / DIFF1_TARGET, 1.0)
+            for r in journal
+        )
+        assert luck["expected_blocks"] == pytest.approx(expected, rel=1e-9)
+        assert luck["luck"] == pytest.approx(expected / len(found), rel=1e-9)
         reserve = ledger.reserve()
         assert reserve.rewards_confirmed_units == sum(b["reward_sat"] for b in found) * 1_000_000
 

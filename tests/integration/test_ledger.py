@@ -125,7 +125,7 @@ async def test_miners_credits_blocks_and_a_confirmed_payout(
                     host="127.0.0.1",
                     port=app.server.bound_ports[0],
                     user=f"{miners_addr[i]}.rig{i}",
-                    duration=75.0,
+                    duration=120.0,  # "a few minutes" of mining, kept inside the CI budget
                     hashrate=40_000.0 * (i + 1),
                     record=str(records[i]),
                 )

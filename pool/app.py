@@ -126,6 +126,10 @@ class PoolApp:
             extranonce2_size=cfg.pool.extranonce2_size,
             pool_tag=cfg.pool.pool_tag.encode(),
         )
+        if cfg.chain.simulation.enabled and network.name != "regtest":
+            raise StartupError(
+                f"chain.simulation.enabled is for regtest only; this bitcoind is on {network.name}"
+            )
         if cfg.chain.simulation.enabled:
             self.chain_sim = self._load_chain_sim(cfg.chain.simulation)
         self.ledger = ledger = Ledger(cfg.ledger, self.data_dir / "ledger", network)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import structlog
 
+from pool.api.server import ApiServer
 from pool.bitcoin import (
     AddressError,
     Network,
@@ -70,6 +71,7 @@ class PoolApp:
         self._new_block = asyncio.Event()
         self._payout_lock = asyncio.Lock()
         self.chain_sim: ChainSim | None = None
+        self.api: ApiServer | None = None
 
     # -- start-up -------------------------------------------------------------------------------
     async def _connect_node(self) -> BitcoinRpc:
@@ -150,6 +152,9 @@ class PoolApp:
         self._watch_task = asyncio.create_task(self.watcher.run(), name="template-watcher")
         self._watch_task.add_done_callback(self._watcher_done)
         self._ledger_task = asyncio.create_task(self._ledger_loop(), name="ledger-upkeep")
+        if cfg.api.enabled:
+            self.api = ApiServer(self)
+            await self.api.start()
         log.info(
             "pool_started",
             chain=network.name,
@@ -312,6 +317,8 @@ class PoolApp:
     # -- shutdown ---------------------------------------------------------------------------------
     async def stop(self) -> None:
         log.info("pool_stopping")
+        if self.api is not None:
+            await self.api.stop()
         if self.server is not None:
             await self.server.stop(reconnect=True)
         for task in (self._ledger_task, self._watch_task):

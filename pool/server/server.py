@@ -74,6 +74,10 @@ class StratumServer:
         self._en1_released: OrderedDict[bytes, None] = OrderedDict()
         self.bound_ports: list[int] = []
         self.accepting = True
+        # Bans (in memory; the admin API edits them): IPs refused at accept; worker names or
+        # bare addresses (all of that address's workers) refused at authorize.
+        self.banned_ips: set[str] = set()
+        self.banned_workers: set[str] = set()
 
     # -- config -----------------------------------------------------------------------------------
     def vardiff_config(self, port: PortConfig) -> VardiffConfig:
@@ -146,6 +150,8 @@ class StratumServer:
         refusal = None
         if not self.accepting:
             refusal = "shutting down"
+        elif ip in self.banned_ips:
+            refusal = "banned IP"
         elif len(self.sessions) >= limits.max_connections:
             refusal = f"limits.max_connections ({limits.max_connections}) reached"
         elif self._per_ip.get(ip, 0) >= limits.max_connections_per_ip:
@@ -221,6 +227,24 @@ class StratumServer:
         stats.connections += 1
         if self.hashrate.worker(creds.name) is None:
             self.hashrate.start_worker(creds.name, creds.address, now)
+
+    # -- bans -------------------------------------------------------------------------------------
+    def worker_banned(self, creds: Credentials) -> bool:
+        return creds.name in self.banned_workers or creds.address in self.banned_workers
+
+    def drop_banned(self) -> int:
+        """Close the live connections of banned IPs and banned workers; how many were closed."""
+        dropped = 0
+        for session in list(self.sessions.values()):
+            ip = session.peer.rsplit(":", 1)[0]
+            if ip in self.banned_ips:
+                session.abort(f"IP {ip} banned")
+            elif any(self.worker_banned(c) for c in session.workers.values()):
+                session.abort("worker banned")
+            else:
+                continue
+            dropped += 1
+        return dropped
 
     # -- jobs -------------------------------------------------------------------------------------
     def publish(self, job: Job) -> None:

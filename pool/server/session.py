@@ -266,6 +266,11 @@ class Session:
             self.log.info("authorize_refused", username=req.username[:100], reason=str(exc))
             self.write(self.conn.reply_error(req, ErrorCode.UNAUTHORIZED, str(exc)))
             return
+        if self.server.worker_banned(creds):
+            self.log.info("authorize_refused", username=creds.name, reason="banned")
+            message = f"worker {creds.name} is banned from this pool"
+            self.write(self.conn.reply_error(req, ErrorCode.UNAUTHORIZED, message))
+            return
         first = not self.workers
         self.workers[creds.username] = creds
         if creds.fixed_difficulty is not None:

@@ -14,6 +14,7 @@ from typing import Any
 from pool.app import PoolApp
 from pool.bitcoin import difficulty_to_target, sha256d
 from pool.config import (
+    ApiConfig,
     Config,
     LimitsConfig,
     NodeConfig,
@@ -58,6 +59,7 @@ def pool_config(
         stratum=StratumConfig(ports=ports),
         limits=limits or LimitsConfig(),
         vardiff=vardiff or VardiffSettings(enabled=False),
+        api=ApiConfig(port=0),  # a free port: tests never collide on 8080
     )
 
 

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,7 @@ def test_config_check_reports_bad_key(tmp_path: Path) -> None:
 def test_run_with_managed_node_mines_and_shuts_down_cleanly(tmp_path: Path) -> None:
     """What `make run` does: the default config, a managed regtest bitcoind, miners welcome."""
     port = free_port()
+    api_port = free_port()
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -94,6 +96,8 @@ def test_run_with_managed_node_mines_and_shuts_down_cleanly(tmp_path: Path) -> N
             str(tmp_path / "data"),
             "--stratum-port",
             str(port),
+            "--api-port",
+            str(api_port),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -133,6 +137,15 @@ def test_run_with_managed_node_mines_and_shuts_down_cleanly(tmp_path: Path) -> N
         )
         summary = json.loads(miner.stdout.strip().splitlines()[-1])
         assert summary["accepted"] >= 3 and summary["rejected"] == 0, miner.stderr
+        # The API and dashboard are up as well (what the README tells operators to open).
+        base = f"http://127.0.0.1:{api_port}"
+        with urllib.request.urlopen(f"{base}/healthz", timeout=10) as resp:
+            assert resp.status == 200
+        with urllib.request.urlopen(f"{base}/api/workers/{payout}.cli", timeout=10) as resp:
+            worker = json.loads(resp.read())
+        assert worker["ledger"]["shares"] >= summary["accepted"]
+        with urllib.request.urlopen(f"{base}/", timeout=10) as resp:
+            assert b"<html" in resp.read().lower()
     finally:
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=60)

@@ -1,0 +1,401 @@
+"""The HTTP API, /metrics, /healthz and the dashboard (aiohttp).
+
+Read-only, except the admin endpoints (POST, ``Authorization: Bearer <token>``). The token is
+read at start from the environment variable named by ``api.admin_token_env``; when that is
+unset or empty the admin endpoints are off and answer 403 saying so. Every error is a JSON
+object ``{"error": message, "status": code, ...}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import hmac
+import ipaddress
+import os
+import time
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from aiohttp import web
+
+from pool.api.collect import collect
+from pool.api.metrics import CONTENT_TYPE, render
+from pool.api.views import ApiError, Views
+from pool.node.rpc import RpcError
+
+if TYPE_CHECKING:
+    from pool.app import PoolApp
+
+log = structlog.get_logger("pool.api")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+HEALTH_RPC_TIMEOUT = 2.0  # seconds for the health check's getblockcount
+SAMPLE_SECONDS = 5.0  # the live pool hashrate is sampled this often for the chart
+SAMPLE_KEEP_SECONDS = 3600.0
+MAX_LIMIT = 1000
+MAX_HISTORY_MINUTES = 7 * 24 * 60
+MAX_RECONNECT_WAIT = 3600
+DASHBOARD_HEADERS = {
+    # Everything the page needs is inline or from this server: no CDN can sneak in.
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+        "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'self'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-cache",
+}
+
+
+def dashboard_html() -> bytes:
+    """The dashboard page, package data of ``pool.api`` (found when installed too)."""
+    page = resources.files("pool.api") / "static" / "index.html"
+    try:
+        return page.read_bytes()
+    except OSError as exc:
+        raise RuntimeError(
+            f"the dashboard page {page} is missing: the package was installed without its "
+            "data files (pyproject: [tool.setuptools.package-data])"
+        ) from exc
+
+
+class ApiServer:
+    def __init__(self, app: PoolApp, *, sample_seconds: float = SAMPLE_SECONDS) -> None:
+        self.app = app
+        self.views = Views(app)
+        self.sample_seconds = sample_seconds
+        self.samples: collections.deque[tuple[float, float]] = collections.deque(
+            maxlen=max(1, int(SAMPLE_KEEP_SECONDS / sample_seconds))
+        )
+        self.port: int | None = None
+        self._token = ""
+        self._runner: web.AppRunner | None = None
+        self._sampler: asyncio.Task[None] | None = None
+        self._page = b""
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def build(self) -> web.Application:
+        web_app = web.Application(middlewares=[self._errors])
+        r = web_app.router
+        r.add_get("/", self.dashboard)
+        r.add_get("/address/{address}", self.dashboard)
+        r.add_get("/api/pool", self.get_pool)
+        r.add_get("/api/pool/history", self.get_history)
+        r.add_get("/api/workers", self.get_workers)
+        r.add_get("/api/workers/{name}", self.get_worker)
+        r.add_get("/api/addresses/{address}", self.get_address)
+        r.add_get("/api/blocks", self.get_blocks)
+        r.add_get("/api/payouts", self.get_payouts)
+        r.add_get("/healthz", self.healthz)
+        r.add_get("/metrics", self.metrics)
+        r.add_get("/api/admin/bans", self.admin(self.get_bans))
+        r.add_post("/api/admin/ban", self.admin(self.post_ban))
+        r.add_post("/api/admin/unban", self.admin(self.post_unban))
+        r.add_post("/api/admin/reconnect", self.admin(self.post_reconnect))
+        r.add_post("/api/admin/payout", self.admin(self.post_payout))
+        return web_app
+
+    async def start(self) -> int:
+        """Listen on ``api.host:api.port`` (0: a free port); returns the bound port."""
+        cfg = self.app.config.api
+        self._token = os.environ.get(cfg.admin_token_env, "")
+        self._page = dashboard_html()
+        self._runner = web.AppRunner(self.build(), access_log=None, shutdown_timeout=2.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, cfg.host, cfg.port, reuse_address=True)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+        self._sampler = asyncio.create_task(self._sample_loop(), name="api-hashrate-sampler")
+        log.info(
+            "api_listening",
+            host=cfg.host,
+            port=self.port,
+            url=f"http://{cfg.host}:{self.port}/",
+            admin="on" if self._token else f"off ({cfg.admin_token_env} not set)",
+        )
+        return self.port
+
+    async def stop(self) -> None:
+        if self._sampler is not None:
+            self._sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sampler
+            self._sampler = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+            log.info("api_stopped")
+
+    async def _sample_loop(self) -> None:
+        while True:
+            server = self.app.server
+            if server is not None:
+                now = time.time()
+                self.samples.append((now, server.hashrate.pool.hashrate(60, now)))
+            await asyncio.sleep(self.sample_seconds)
+
+    # -- plumbing ---------------------------------------------------------------------------------
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return web.json_response(exc.body(), status=exc.status, headers=exc.headers)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            what = f"{request.method} {request.path}"
+            message = {404: f"no such endpoint: {what}", 405: f"method not allowed: {what}"}
+            return web.json_response(
+                {"error": message.get(exc.status, exc.reason), "status": exc.status},
+                status=exc.status,
+                headers={k: v for k, v in exc.headers.items() if k.lower() == "allow"},
+            )
+        except Exception as exc:  # a bug or a broken store: say so, keep serving
+            log.exception("api_error", path=request.path, error=repr(exc))
+            return web.json_response(
+                {"error": f"internal error: {type(exc).__name__}: {exc}", "status": 500},
+                status=500,
+            )
+
+    def admin(self, handler: Handler) -> Handler:
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            env = self.app.config.api.admin_token_env
+            if not self._token:
+                raise ApiError(
+                    403,
+                    f"admin endpoints are off: the environment variable {env} "
+                    "(api.admin_token_env) holding the admin token was not set at start",
+                )
+            scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+            ok = scheme.lower() == "bearer" and hmac.compare_digest(
+                presented.strip().encode(), self._token.encode()
+            )
+            if not ok:
+                log.warning("api_admin_refused", path=request.path, peer=request.remote)
+                raise ApiError(
+                    401,
+                    "admin endpoints need the header 'Authorization: Bearer <token>' "
+                    f"with the token from {env}",
+                    headers={"WWW-Authenticate": 'Bearer realm="stratum-pool"'},
+                )
+            return await handler(request)
+
+        return guarded
+
+    # -- dashboard --------------------------------------------------------------------------------
+    async def dashboard(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=self._page,
+            content_type="text/html",
+            charset="utf-8",
+            headers=DASHBOARD_HEADERS,
+        )
+
+    # -- read-only API ----------------------------------------------------------------------------
+    async def get_pool(self, request: web.Request) -> web.Response:
+        return web.json_response(self.views.pool(time.time()))
+
+    async def get_history(self, request: web.Request) -> web.Response:
+        q = request.query
+        minutes = _int_param(request, "minutes", 60, 1, MAX_HISTORY_MINUTES)
+        worker, address = q.get("worker"), q.get("address")
+        if worker is not None and address is not None:
+            raise ApiError(400, "give worker or address, not both")
+        return web.json_response(
+            self.views.history(
+                time.time(), minutes, worker=worker, address=address, samples=list(self.samples)
+            )
+        )
+
+    async def get_workers(self, request: web.Request) -> web.Response:
+        now = time.time()
+        workers = self.views.workers(now)
+        return web.json_response({"time": now, "count": len(workers), "workers": workers})
+
+    async def get_worker(self, request: web.Request) -> web.Response:
+        now = time.time()
+        worker = self.views.worker(request.match_info["name"], now)
+        return web.json_response({"time": now, **worker})
+
+    async def get_address(self, request: web.Request) -> web.Response:
+        return web.json_response(self.views.address(request.match_info["address"], time.time()))
+
+    async def get_blocks(self, request: web.Request) -> web.Response:
+        limit = _int_param(request, "limit", 50, 1, MAX_LIMIT)
+        return web.json_response({"time": time.time(), **self.views.blocks(limit)})
+
+    async def get_payouts(self, request: web.Request) -> web.Response:
+        limit = _int_param(request, "limit", 50, 1, MAX_LIMIT)
+        address = request.query.get("address")
+        return web.json_response({"time": time.time(), **self.views.payouts(limit, address)})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        text = render(collect(self.app, self.views, time.time()))
+        return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        """200 only when bitcoind answers, a current job exists and the watcher runs."""
+        app = self.app
+        reasons: list[str] = []
+        checks: dict[str, Any] = {}
+        checks["bitcoind"] = await self._check_bitcoind(reasons)
+        server = app.server
+        job = server.jobs.current if server is not None else None
+        now = time.time()
+        if job is None:
+            reasons.append("no current job: no block template from bitcoind yet")
+            checks["job"] = {"ok": False}
+        else:
+            age = now - job.created_at
+            limit = 3 * app.config.node.template_refresh_seconds + 10
+            stale = age > limit
+            if stale:
+                reasons.append(
+                    f"the current job is {age:.0f} s old (a fresh one is due every "
+                    f"{app.config.node.template_refresh_seconds:g} s)"
+                )
+            checks["job"] = {
+                "ok": not stale,
+                "job_id": job.job_id,
+                "height": job.height,
+                "age_seconds": round(age, 3),
+            }
+        task = app._watch_task
+        alive = task is not None and not task.done()
+        if not alive:
+            why = "not started" if task is None else _task_end(task)
+            reasons.append(f"the template watcher is not running ({why})")
+        checks["template_watcher"] = {"ok": alive}
+        if app.ledger is not None and app.ledger.broken is not None:
+            reasons.append(f"the ledger store failed: {app.ledger.broken}")
+            checks["ledger"] = {"ok": False, "error": app.ledger.broken}
+        else:
+            checks["ledger"] = {"ok": app.ledger is not None}
+        body = {
+            "status": "ok" if not reasons else "unhealthy",
+            "reasons": reasons,
+            "checks": checks,
+            "time": now,
+        }
+        return web.json_response(body, status=200 if not reasons else 503)
+
+    async def _check_bitcoind(self, reasons: list[str]) -> dict[str, Any]:
+        rpc = self.app.rpc
+        if rpc is None:
+            reasons.append("bitcoind: not connected")
+            return {"ok": False}
+        start = time.monotonic()
+        try:
+            height = await asyncio.wait_for(
+                rpc.call("getblockcount", timeout=HEALTH_RPC_TIMEOUT, retry=False),
+                HEALTH_RPC_TIMEOUT + 1,
+            )
+        except (RpcError, TimeoutError) as exc:
+            reasons.append(f"bitcoind does not answer: {exc or type(exc).__name__}")
+            return {"ok": False, "error": str(exc) or type(exc).__name__}
+        return {"ok": True, "height": height, "seconds": round(time.monotonic() - start, 4)}
+
+    # -- admin ------------------------------------------------------------------------------------
+    def _bans(self) -> dict[str, list[str]]:
+        server = self.views.parts().server
+        return {"ips": sorted(server.banned_ips), "workers": sorted(server.banned_workers)}
+
+    async def get_bans(self, request: web.Request) -> web.Response:
+        return web.json_response(self._bans())
+
+    async def _ban_target(self, request: web.Request) -> tuple[str, str]:
+        body = await _json_body(request)
+        given = {k: body[k] for k in ("ip", "worker") if k in body}
+        unknown = set(body) - {"ip", "worker"}
+        if unknown or len(given) != 1:
+            raise ApiError(
+                400, 'the body must be {"ip": "<address>"} or {"worker": "<ADDRESS[.worker]>"}'
+            )
+        kind, value = next(iter(given.items()))
+        if not isinstance(value, str):
+            raise ApiError(400, f"{kind} must be a string")
+        if kind == "ip":
+            try:
+                return kind, str(ipaddress.ip_address(value.strip()))
+            except ValueError:
+                raise ApiError(400, f"{value!r} is not an IP address", ip=value) from None
+        return kind, self.views.check_worker(value)
+
+    async def post_ban(self, request: web.Request) -> web.Response:
+        kind, value = await self._ban_target(request)
+        server = self.views.parts().server
+        (server.banned_ips if kind == "ip" else server.banned_workers).add(value)
+        dropped = server.drop_banned()
+        log.warning("api_ban", kind=kind, value=value, dropped=dropped, peer=request.remote)
+        return web.json_response({"banned": {kind: value}, "dropped": dropped, **self._bans()})
+
+    async def post_unban(self, request: web.Request) -> web.Response:
+        kind, value = await self._ban_target(request)
+        server = self.views.parts().server
+        bans = server.banned_ips if kind == "ip" else server.banned_workers
+        if value not in bans:
+            raise ApiError(404, f"{kind} {value} is not banned", target={kind: value})
+        bans.discard(value)
+        log.warning("api_unban", kind=kind, value=value, peer=request.remote)
+        return web.json_response({"unbanned": {kind: value}, **self._bans()})
+
+    async def post_reconnect(self, request: web.Request) -> web.Response:
+        """client.reconnect (to this same pool, after ``wait`` seconds) to every miner, then
+        close the connection (miners that ignore the message reconnect too)."""
+        body = await _json_body(request)
+        wait = body.get("wait", 0)
+        if type(wait) is not int or not 0 <= wait <= MAX_RECONNECT_WAIT:
+            raise ApiError(400, f"wait must be a whole number of seconds 0..{MAX_RECONNECT_WAIT}")
+        server = self.views.parts().server
+        sessions = list(server.sessions.values())
+        for session in sessions:
+            session.reconnect(wait=wait)
+            session.writer.close()
+        log.warning("api_reconnect_all", connections=len(sessions), wait=wait)
+        return web.json_response({"reconnected": len(sessions), "wait": wait})
+
+    async def post_payout(self, request: web.Request) -> web.Response:
+        log.warning("api_payout_round", peer=request.remote)
+        try:
+            result = await self.app.run_payout_round()
+        except RpcError as exc:
+            raise ApiError(502, f"the payout round failed: {exc}") from exc
+        return web.json_response(result.to_dict())
+
+
+def _task_end(task: asyncio.Task[None]) -> str:
+    if task.cancelled():
+        return "cancelled"
+    error = task.exception()
+    return f"died: {error!r}" if error is not None else "finished"
+
+
+def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"{name} must be a whole number, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise ApiError(400, f"{name} must be {lo}..{hi}, got {value}")
+    return value
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        body = await request.json()
+    except ValueError:
+        raise ApiError(400, "the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    return body

@@ -1,0 +1,500 @@
+"""JSON snapshots of the pool for the HTTP API and the dashboard (read-only).
+
+Units: hashrates in hashes per second; difficulties as share difficulties (1 = 2^32 hashes);
+times as Unix seconds. Amounts come as exact integers with an exact BTC string beside them:
+``<name>_units`` (micro-satoshis, the ledger's unit), ``<name>_sat`` (whole satoshis, rounded
+towards zero) and ``<name>_btc`` (all 14 places of a micro-satoshi amount, 8 of a satoshi one).
+
+Two kinds of share counts appear: ``shares`` (since this pool process started, with rejections
+by reason, from the server's live counters) and ``ledger`` (all time, accepted shares only,
+from the ledger store, which survives restarts).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+from pool.bitcoin import (
+    DIFF1_TARGET,
+    AddressError,
+    Network,
+    address_to_script,
+    target_to_difficulty,
+)
+from pool.hashrate import HASHES_PER_DIFF1, HashrateMeter
+from pool.jobs import Job
+from pool.ledger.ledger import Ledger
+from pool.ledger.pps import (
+    FEE_DENOMINATOR,
+    UNITS_PER_SAT,
+    block_value,
+    format_btc,
+)
+from pool.ledger.store import Balance
+from pool.server.auth import AuthError, parse_credentials
+from pool.stats import WorkerStats
+
+if TYPE_CHECKING:
+    from pool.app import PoolApp
+    from pool.server.server import StratumServer
+
+WINDOW_NAMES = {60: "1m", 300: "5m", 3600: "1h"}
+MINUTE = 60
+MIN_PARTIAL_SECONDS = 5.0  # a minute bucket covering less than this is too noisy to plot
+SECONDS_PER_DAY = 86_400
+
+
+class ApiError(Exception):
+    """An answer other than 200: the status, a message for people, and extra JSON fields."""
+
+    def __init__(
+        self, status: int, message: str, *, headers: dict[str, str] | None = None, **extra: Any
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+        self.extra = extra
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.message, "status": self.status, **self.extra}
+
+
+class ChainSimView(Protocol):
+    """What the API reads of ``app.chain_sim`` (``pool.chain_sim.ChainSim``)."""
+
+    @property
+    def difficulty(self) -> float: ...
+
+    @property
+    def target(self) -> int: ...
+
+    def mainnet_equivalent(self, difficulty: float | None = None) -> float: ...
+
+
+def window_name(seconds: int) -> str:
+    return WINDOW_NAMES.get(seconds, f"{seconds}s")
+
+
+def units_to_sat(units: int) -> int:
+    """Whole satoshis, rounded towards zero (a negative reserve stays honest)."""
+    return units // UNITS_PER_SAT if units >= 0 else -((-units) // UNITS_PER_SAT)
+
+
+def sat_to_btc(sat: int) -> str:
+    sign = "-" if sat < 0 else ""
+    whole, frac = divmod(abs(sat), 100_000_000)
+    return f"{sign}{whole}.{frac:08d}"
+
+
+def money(name: str, units: int) -> dict[str, Any]:
+    return {
+        f"{name}_units": units,
+        f"{name}_sat": units_to_sat(units),
+        f"{name}_btc": format_btc(units),
+    }
+
+
+def sat_money(name: str, sat: int) -> dict[str, Any]:
+    return {f"{name}_sat": sat, f"{name}_btc": sat_to_btc(sat)}
+
+
+def balance_view(balance: Balance | None) -> dict[str, Any]:
+    b = balance or Balance("", 0, 0, 0)
+    return {
+        **money("balance", b.balance_units),
+        **money("credited", b.credited_units),
+        **money("paid", b.paid_units),
+        **money("pending", b.pending_units),
+    }
+
+
+def rates(meter: HashrateMeter | None, windows: Sequence[int], now: float) -> dict[str, float]:
+    return {window_name(w): meter.hashrate(w, now) if meter else 0.0 for w in windows}
+
+
+@dataclass(frozen=True)
+class Parts:
+    server: StratumServer
+    ledger: Ledger
+    network: Network
+
+
+class Views:
+    def __init__(self, app: PoolApp) -> None:
+        self.app = app
+
+    def parts(self) -> Parts:
+        app = self.app
+        if app.server is None or app.ledger is None or app.network is None:
+            raise ApiError(503, "the pool is starting or stopping")
+        return Parts(app.server, app.ledger, app.network)
+
+    @property
+    def chain_sim(self) -> ChainSimView | None:
+        return cast("ChainSimView | None", getattr(self.app, "chain_sim", None))
+
+    # -- input ------------------------------------------------------------------------------------
+    def check_address(self, address: str) -> str:
+        network = self.parts().network
+        try:
+            address_to_script(address, network)
+        except AddressError as exc:
+            raise ApiError(
+                400, f"{address!r} is not a valid {network.name} address: {exc}", address=address
+            ) from None
+        return address
+
+    def check_worker(self, name: str) -> str:
+        """A worker name as the pool writes it: ``ADDRESS`` or ``ADDRESS.worker``."""
+        network = self.parts().network
+        try:
+            creds = parse_credentials(name, "", network)
+        except AuthError as exc:
+            raise ApiError(400, f"{name!r} is not a worker name: {exc}", worker=name) from None
+        return creds.name
+
+    # -- pool -------------------------------------------------------------------------------------
+    def pool(self, now: float) -> dict[str, Any]:
+        p = self.parts()
+        stats = p.server.stats
+        job = p.server.jobs.current
+        block_counts = Counter(b["status"] for b in p.ledger.store.blocks(limit=1 << 30))
+        reserve = p.ledger.reserve()
+        return {
+            "time": now,
+            "chain": p.network.name,
+            "started": p.server.hashrate.pool.started,
+            "hashrate": rates(p.server.hashrate.pool, p.server.hashrate.windows, now),
+            "miners": len(p.server.sessions),
+            "workers": sum(1 for w in stats.workers.values() if w.connections > 0),
+            "shares": {
+                "accepted": stats.accepted,
+                "rejected": dict(stats.rejected),
+                "rejected_total": sum(stats.rejected.values()),
+                "accepted_difficulty": stats.accepted_work,
+            },
+            "network": self.network(job, p.network),
+            "blocks": {
+                "found": sum(block_counts.values()),
+                "pending": block_counts["pending"],
+                "confirmed": block_counts["confirmed"],
+                "orphaned": block_counts["orphaned"],
+                "submitted": len(stats.blocks),
+            },
+            "pps": self.pps(job, p),
+            "reserve": {
+                **money("reserve", reserve.reserve_units),
+                **money("rewards_earned", reserve.rewards_earned_units),
+                **money("rewards_confirmed", reserve.rewards_confirmed_units),
+                **money("credits", reserve.credits_units),
+                **money("fees", reserve.fees_units),
+            },
+            "luck": p.ledger.luck(now),
+            "ledger": {"shares": p.ledger.store.totals()["shares"]},
+        }
+
+    def network(self, job: Job | None, network: Network) -> dict[str, Any]:
+        sim = self.chain_sim
+        simulated: dict[str, Any] | None = None
+        if sim is not None:
+            simulated = {
+                "difficulty": sim.difficulty,
+                "mainnet_equivalent": sim.mainnet_equivalent(),
+            }
+        elif self.app.config.chain.simulation.enabled and job is not None:
+            difficulty = target_to_difficulty(job.block_target)
+            simulated = {"difficulty": difficulty, "mainnet_equivalent": difficulty}
+        return {
+            "chain": network.name,
+            "height": job.height if job else None,  # the height being mined
+            "difficulty": target_to_difficulty(job.template.target) if job else None,
+            # what a share must meet to be a block: the simulated target when it is on
+            "block_difficulty": target_to_difficulty(job.block_target) if job else None,
+            "simulated": simulated,
+        }
+
+    def pps(self, job: Job | None, p: Parts) -> dict[str, Any] | None:
+        """The PPS rate on the current job: the credit per unit of share difficulty (what a
+        difficulty-1 share earns, after the pool fee). One share is never credited more than
+        one block (``capped``: the block difficulty is below 1, so a difficulty-1 share would
+        itself be a block and earns one block's value)."""
+        if job is None:
+            return None
+        fee = self.app.config.ledger.fee_bps
+        value_sat = self._block_value(job, p)
+        gross = self._rate(job, value_sat)
+        credit = gross * (FEE_DENOMINATOR - fee) / FEE_DENOMINATOR
+        return {
+            "scheme": p.ledger.scheme.value,
+            "fee_bps": fee,
+            **sat_money("block_value", value_sat),
+            "share_difficulty": 1.0,
+            **money("gross", gross.numerator // gross.denominator),
+            **money("value", credit.numerator // credit.denominator),
+            "capped": job.block_target > DIFF1_TARGET,
+        }
+
+    @staticmethod
+    def _rate(job: Job, value_sat: int) -> Fraction:
+        """Gross units per unit of share difficulty: B / D (exact)."""
+        return Fraction(job.block_target * value_sat * UNITS_PER_SAT, DIFF1_TARGET)
+
+    def _block_value(self, job: Job, p: Parts) -> int:
+        subsidy = p.network.block_subsidy(job.height)
+        return block_value(p.ledger.scheme, subsidy, job.template.coinbase_value)
+
+    def per_day_units(self, hashrate: float, p: Parts) -> int | None:
+        """PPS credit a steady ``hashrate`` earns in a day on the current job (units)."""
+        job = p.server.jobs.current
+        if job is None:
+            return None
+        fee = self.app.config.ledger.fee_bps
+        exact = (
+            self._rate(job, self._block_value(job, p))
+            * (FEE_DENOMINATOR - fee)
+            / FEE_DENOMINATOR
+            * Fraction(hashrate)
+            * SECONDS_PER_DAY
+            / HASHES_PER_DIFF1
+        )
+        return exact.numerator // exact.denominator
+
+    # -- workers ----------------------------------------------------------------------------------
+    def worker_names(self, p: Parts) -> list[str]:
+        names = set(p.server.stats.workers) | set(p.server.hashrate.workers())
+        names.update(w["name"] for w in p.ledger.store.workers())
+        return sorted(names)
+
+    def workers(self, now: float, names: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        p = self.parts()
+        stored = {w["name"]: w for w in p.ledger.store.workers()}
+        balances = {b.address: b for b in p.ledger.store.balances()}
+        out = []
+        for name in self.worker_names(p) if names is None else names:
+            out.append(
+                self._worker(p, name, now, stored.get(name), balances.get(_address_of(name)))
+            )
+        return out
+
+    def worker(self, name: str, now: float) -> dict[str, Any]:
+        p = self.parts()
+        name = self.check_worker(name)
+        stored = p.ledger.store.worker(name)
+        known = (
+            name in p.server.stats.workers
+            or p.server.hashrate.worker(name) is not None
+            or stored is not None
+        )
+        if not known:
+            raise ApiError(404, f"unknown worker: {name}", worker=name)
+        return self._worker(p, name, now, stored, p.ledger.store.balance(_address_of(name)))
+
+    def _worker(
+        self,
+        p: Parts,
+        name: str,
+        now: float,
+        stored: dict[str, Any] | None,
+        balance: Balance | None,
+    ) -> dict[str, Any]:
+        stats: WorkerStats | None = p.server.stats.workers.get(name)
+        meter = p.server.hashrate.worker(name)
+        address, _, short = name.partition(".")
+        last = [t for t in (stats and stats.last_share, stored and stored["last_share"]) if t]
+        rejected = dict(stats.rejected) if stats else {}
+        return {
+            "name": name,
+            "address": address,
+            "worker": short,
+            "online": bool(stats and stats.connections > 0),
+            "connections": stats.connections if stats else 0,
+            "hashrate": rates(meter, p.server.hashrate.windows, now),
+            "difficulty": stats.difficulty if stats and stats.difficulty else None,
+            "shares": {
+                "accepted": stats.accepted if stats else 0,
+                "rejected": rejected,
+                "rejected_total": sum(rejected.values()),
+                "accepted_difficulty": stats.accepted_work if stats else 0.0,
+            },
+            "blocks": stats.blocks if stats else 0,
+            "last_share": max(last) if last else None,
+            "ledger": {
+                "shares": stored["shares"] if stored else 0,
+                "difficulty_sum": stored["difficulty_sum"] if stored else 0.0,
+                **money("earned", stored["credit_units"] if stored else 0),
+                "first_share": stored["first_share"] if stored else None,
+                "last_share": stored["last_share"] if stored else None,
+            },
+            "balance": balance_view(balance),
+        }
+
+    # -- addresses --------------------------------------------------------------------------------
+    def address(self, address: str, now: float) -> dict[str, Any]:
+        p = self.parts()
+        address = self.check_address(address)
+        names = self.address_workers(p, address)
+        balance = p.ledger.store.balance(address)
+        meter = p.server.hashrate.address(address)
+        payouts = p.ledger.store.payouts(address=address, limit=100)
+        if not names and balance is None and meter is None and not payouts:
+            raise ApiError(404, f"unknown address: {address} (no shares from it)", address=address)
+        hashrate = rates(meter, p.server.hashrate.windows, now)
+        per_day = self.per_day_units(hashrate.get("1h", 0.0), p)
+        return {
+            "time": now,
+            "address": address,
+            "hashrate": hashrate,
+            **balance_view(balance),
+            "estimate_per_day": money("value", per_day) if per_day is not None else None,
+            "workers": self.workers(now, names),
+            "payouts": [
+                {
+                    **payout_view(row),
+                    **sat_money(
+                        "amount",
+                        sum(i["amount_sat"] for i in row["items"] if i["address"] == address),
+                    ),
+                }
+                for row in payouts
+            ],
+        }
+
+    def address_workers(self, p: Parts, address: str) -> list[str]:
+        return [n for n in self.worker_names(p) if _address_of(n) == address]
+
+    # -- blocks and payouts -----------------------------------------------------------------------
+    def blocks(self, limit: int) -> dict[str, Any]:
+        p = self.parts()
+        rows = p.ledger.store.blocks(limit=limit)
+        return {
+            "blocks": [
+                {
+                    "hash": b["hash"],
+                    "height": b["height"],
+                    "worker": b["worker"],
+                    "address": b["address"],
+                    **sat_money("reward", b["reward_sat"]),
+                    "network_difficulty": b["network_difficulty"],
+                    "found_at": b["found_at"],
+                    "status": b["status"],
+                    "confirmations": b["confirmations"],
+                    "updated_at": b["updated_at"],
+                }
+                for b in rows
+            ],
+            # every block submission of this process, refused ones too (newest first)
+            "submissions": [
+                {
+                    "hash": s.hash,
+                    "height": s.height,
+                    "worker": s.worker,
+                    "status": s.status,
+                    "reason": s.reason,
+                    "time": s.time,
+                }
+                for s in reversed(p.server.stats.blocks[-limit:])
+            ],
+        }
+
+    def payouts(self, limit: int, address: str | None) -> dict[str, Any]:
+        p = self.parts()
+        if address is not None:
+            address = self.check_address(address)
+        rows = p.ledger.store.payouts(limit=limit, address=address)
+        return {"payouts": [payout_view(r) for r in rows]}
+
+    # -- history ----------------------------------------------------------------------------------
+    def history(
+        self,
+        now: float,
+        minutes: int,
+        *,
+        worker: str | None = None,
+        address: str | None = None,
+        samples: Iterable[tuple[float, float]] = (),
+    ) -> dict[str, Any]:
+        """Hashrate per minute from the ledger's share buckets (zero-filled, the current minute
+        pro rata), the live 1-minute rate, and (for the pool) recent samples of it."""
+        p = self.parts()
+        since = int(now // MINUTE) - minutes + 1
+        store = p.ledger.store
+        meter: HashrateMeter | None
+        if worker is not None:
+            worker = self.check_worker(worker)
+            rows = store.minutes(since, worker=worker)
+            meter = p.server.hashrate.worker(worker)
+            samples = ()
+        elif address is not None:
+            address = self.check_address(address)
+            rows = []
+            for name in self.address_workers(p, address):
+                rows.extend(store.minutes(since, worker=name))
+            meter = p.server.hashrate.address(address)
+            samples = ()
+        else:
+            rows = store.minutes(since)
+            meter = p.server.hashrate.pool
+        started = p.server.hashrate.pool.started
+        return {
+            "time": now,
+            "minutes": minutes,
+            "points": minute_points(rows, now, started),
+            "live": {"time": now, "hashrate": meter.hashrate(60, now) if meter else 0.0},
+            "samples": [{"time": t, "hashrate": h} for t, h in samples if t >= since * MINUTE],
+        }
+
+
+def minute_points(rows: Iterable[dict[str, Any]], now: float, started: float) -> list[Any]:
+    """One point per minute from the first with shares to the current one. A minute this
+    process only saw part of (its start, the current minute) is divided by the part seen."""
+    work: dict[int, float] = {}
+    shares: dict[int, int] = {}
+    for row in rows:
+        minute = int(row["minute"])
+        work[minute] = work.get(minute, 0.0) + float(row["difficulty_sum"])
+        shares[minute] = shares.get(minute, 0) + int(row["shares"])
+    if not work:
+        return []
+    current = int(now // MINUTE)
+    points = []
+    for minute in range(min(work), current + 1):
+        start, end = minute * MINUTE, (minute + 1) * MINUTE
+        # minutes of an earlier run count whole; this run's first and current minute pro rata
+        seconds = min(end, now) - (start if end <= started else max(start, started))
+        if seconds < MIN_PARTIAL_SECONDS:
+            continue
+        points.append(
+            {
+                "time": start,
+                "seconds": round(seconds, 3),
+                "shares": shares.get(minute, 0),
+                "difficulty_sum": work.get(minute, 0.0),
+                "hashrate": work.get(minute, 0.0) * HASHES_PER_DIFF1 / seconds,
+                "partial": seconds < MINUTE,
+            }
+        )
+    return points
+
+
+def payout_view(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "status": row["status"],
+        "txid": row["txid"],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+        **sat_money("total", row["total_sat"]),
+        "error": row["error"],
+        "items": [
+            {"address": i["address"], **sat_money("amount", i["amount_sat"])} for i in row["items"]
+        ],
+    }
+
+
+def _address_of(name: str) -> str:
+    return name.partition(".")[0]

@@ -285,6 +285,10 @@ class StratumServer:
                     time=now,
                 )
             )
+        # The ledger journals the share first: if it cannot, the share is not counted anywhere
+        # and the miner is told so (the exception reaches the session).
+        for listener in self.share_listeners:
+            await listener(result, creds, now, submission)
         self.stats.record(name, address, result, now)
         if result.accepted and creds is not None:
             self.hashrate.add_share(
@@ -298,8 +302,6 @@ class StratumServer:
                 reason=result.message,
                 job_id=result.job.job_id if result.job else None,
             )
-        for listener in self.share_listeners:
-            await listener(result, creds, now, submission)
 
     async def _tick_loop(self) -> None:
         last_prune = time.time()

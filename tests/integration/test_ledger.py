@@ -22,7 +22,7 @@ from pool.ledger.payouts import btc_to_sat
 from pool.miner import Miner, MinerOptions
 from pool.node.binaries import Binaries
 from pool.node.managed import ManagedNode, prepare_regtest_wallet
-from tests.integration.harness import pool_config, start_pool, wait_for
+from tests.integration.harness import RawClient, pool_config, solve, start_pool, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -253,4 +253,29 @@ async def test_invalidated_block_is_orphaned_and_leaves_the_reserve(
     finally:
         miner.stopping.set()
         await task
+        await app.stop()
+
+
+async def test_a_share_the_ledger_cannot_record_is_not_acknowledged(
+    ledger_node: ManagedNode, tmp_path: Path
+) -> None:
+    """The journal refuses writes (here: it was closed under the pool): the miner hears an
+    error, never "accepted", and the share is counted nowhere."""
+    payout = await new_address(ledger_node, "pool")
+    miner_addr = await new_address(ledger_node, "miners")
+    app = await start_pool(ledger_config(ledger_node, tmp_path, payout))
+    assert app.server is not None and app.ledger is not None
+    client = await RawClient.connect(app.server.bound_ports[0])
+    try:
+        difficulty, notify = await client.handshake(f"{miner_addr}.x")
+        await app.ledger.journal.close()  # every append now raises
+        solution = solve(notify["params"], client.extranonce1, b"\0" * 4, difficulty)
+        client.send(9, "mining.submit", solution.params(f"{miner_addr}.x"))
+        answer = await client.response(9)
+        assert answer["result"] is not True
+        assert "could not record" in json.dumps(answer["error"])
+        assert app.server.stats.accepted == 0
+        assert app.ledger.store.totals()["shares"] == 0
+    finally:
+        await client.close()
         await app.stop()

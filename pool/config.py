@@ -378,3 +378,30 @@ def limits_summary(config: Config) -> dict[str, Any]:
         "ledger.payout_max_recipients": config.ledger.payout_max_recipients,
         "ledger.journal_segment_bytes": config.ledger.journal_segment_bytes,
     }
+
+
+def _mask_url(url: str) -> str:
+    """``http://user:password@host/`` -> ``http://user:***@host/`` (no password is shown)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest.split("/", 1)[0]:
+        return url
+    userinfo, _, hostpart = rest.partition("@")
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{hostpart}"
+
+
+def effective(config: Config, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The config as plain data for ``config check``, secrets masked: a password in a URL is
+    replaced by ``***`` and secret environment variables are reported as set or not set,
+    never with their values."""
+    env = os.environ if env is None else env
+    data = dataclasses.asdict(config)
+    data["node"]["rpc_url"] = _mask_url(config.node.rpc_url)
+    secrets = {
+        "node.rpc_password_env": config.node.rpc_password_env,
+        "api.admin_token_env": config.api.admin_token_env,
+    }
+    data["secrets"] = {
+        key: {"variable": var, "set": bool(env.get(var))} for key, var in secrets.items()
+    }
+    return data

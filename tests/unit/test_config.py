@@ -119,3 +119,19 @@ def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
 def test_every_shipped_config_loads(path: Path) -> None:
     loaded = load(path, env={})
     assert loaded.source == str(path)
+
+
+def test_effective_config_masks_secrets(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[node]\nmode = "external"\nrpc_url = "http://u:hunter2@127.0.0.1:8332/"\n')
+    config = cfg.load(path, env={})
+    data = cfg.effective(config, env={"POOL_RPC_PASSWORD": "topsecret"})
+    text = repr(data)
+    assert "hunter2" not in text and "topsecret" not in text
+    assert data["node"]["rpc_url"] == "http://u:***@127.0.0.1:8332/"
+    assert data["secrets"]["node.rpc_password_env"] == {
+        "variable": "POOL_RPC_PASSWORD",
+        "set": True,
+    }
+    assert data["secrets"]["api.admin_token_env"]["set"] is False
+    assert cfg.effective(cfg.load(None, env={}), env={})["node"]["rpc_url"].startswith("http://127")

@@ -88,6 +88,19 @@ def _parser() -> argparse.ArgumentParser:
         help="difficulty of the share to value (default: %(default)s)",
     )
     economics.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
+    scenario = sub.add_parser(
+        "scenario",
+        help="run a regtest scenario (difficulty drop, hashrate exit) and write its report",
+        description="Start a managed regtest bitcoind, the pool with a simulated network "
+        "difficulty and miners on a timeline; write report.json and report.html. Built-ins: "
+        "difficulty-drop, hashrate-exit, feb-2026.",
+    )
+    scenario.add_argument("scenario", metavar="NAME|FILE", help="a built-in name or a TOML file")
+    scenario.add_argument(
+        "--out", type=Path, help="output dir (default: .data/scenarios/NAME-<time>); must be new"
+    )
+    scenario.add_argument("--quick", action="store_true", help="the scenario's quick variant")
     return parser
 
 
@@ -185,6 +198,40 @@ def _cmd_economics(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_scenario(args: argparse.Namespace) -> int:
+    import time
+
+    from pool.app import StartupError
+    from pool.node.binaries import BitcoindNotFound
+    from pool.node.managed import NodeStartError
+    from pool.node.rpc import RpcError
+    from pool.scenarios import spec as scenario_spec
+    from pool.scenarios.runner import run_scenario
+
+    try:
+        spec = scenario_spec.load(args.scenario, quick=args.quick)
+    except scenario_spec.ScenarioError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    out = args.out
+    if out is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out = Path(".data") / "scenarios" / f"{spec.name}{'-quick' if args.quick else ''}-{stamp}"
+    try:
+        result = asyncio.run(run_scenario(spec, out))
+    except (scenario_spec.ScenarioError, StartupError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (BitcoindNotFound, NodeStartError, RpcError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    if result.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_OK if result.completed else EXIT_FAILURE
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "run":
@@ -197,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         return _cmd_config_check(args)
     if args.command == "economics":
         return _cmd_economics(args)
+    if args.command == "scenario":
+        return _cmd_scenario(args)
     return EXIT_CONFIG
 
 

@@ -1,4 +1,4 @@
-"""``stratum-pool`` (= ``python -m pool``): run | miner | config check.
+"""``stratum-pool`` (= ``python -m pool``): run | miner | scenario | economics | config check.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration / refused to start,
 130 interrupted.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -143,8 +142,7 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
     except config_mod.ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    data = dataclasses.asdict(cfg)
-    print(json.dumps(data, indent=2))
+    print(json.dumps(config_mod.effective(cfg), indent=2))
     return EXIT_OK
 
 

@@ -265,7 +265,8 @@ class PoolApp:
         next_payout = loop.time() + cfg.payout_interval_seconds
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._new_block.wait(), cfg.block_check_seconds)
+                async with asyncio.timeout(cfg.block_check_seconds):
+                    await self._new_block.wait()
             self._new_block.clear()
             try:
                 await self.ledger.check_blocks(self.rpc)

@@ -418,7 +418,8 @@ class Miner:
 
     async def sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stopping.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self.stopping.wait()
 
     async def run(self) -> dict[str, Any]:
         tasks = [asyncio.create_task(c.run()) for c in self.connections]

@@ -63,6 +63,36 @@ def pool_config(
     )
 
 
+ShareId = tuple[str, str, str, str]  # extranonce1+2, job id as sent, ntime, nonce (hex)
+
+
+def told_accepted(record_file: Path) -> list[ShareId]:
+    """The shares a bundled miner (``--record FILE``) was told were accepted."""
+    out = []
+    for line in record_file.read_text().splitlines():
+        entry = json.loads(line)
+        if entry["accepted"]:
+            out.append(
+                (
+                    entry["extranonce1"] + entry["extranonce2"],
+                    entry["job_id"],
+                    entry["ntime"],
+                    entry["nonce"],
+                )
+            )
+    return out
+
+
+def journal_identity(record: dict[str, Any]) -> ShareId:
+    """The same identity for a share record of the ledger's journal."""
+    return (
+        record["extranonce"],
+        record["job"],
+        f"{record['ntime']:08x}",
+        f"{record['nonce']:08x}",
+    )
+
+
 async def start_pool(config: Config) -> PoolApp:
     app = PoolApp(config)
     await app.start()

@@ -22,7 +22,16 @@ from pool.ledger.payouts import btc_to_sat
 from pool.miner import Miner, MinerOptions
 from pool.node.binaries import Binaries
 from pool.node.managed import ManagedNode, prepare_regtest_wallet
-from tests.integration.harness import RawClient, pool_config, solve, start_pool, wait_for
+from tests.integration.harness import (
+    RawClient,
+    journal_identity,
+    pool_config,
+    solve,
+    start_pool,
+    told_accepted,
+    wait_for,
+    wallet_address,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -44,12 +53,6 @@ async def ledger_node(
         yield node
     finally:
         await node.stop()
-
-
-async def new_address(node: ManagedNode, wallet: str) -> str:
-    assert node.rpc is not None
-    address: str = await node.rpc.call("getnewaddress", "", "bech32", wallet=wallet)
-    return address
 
 
 def ledger_config(node: ManagedNode, data_dir: Path, payout: str, **ledger: Any) -> Any:
@@ -83,38 +86,13 @@ def independent_credit(record: dict[str, Any]) -> int:
     return exact.numerator // exact.denominator
 
 
-def told_accepted(record_file: Path) -> list[tuple[str, str, str, str]]:
-    out = []
-    for line in record_file.read_text().splitlines():
-        entry = json.loads(line)
-        if entry["accepted"]:
-            out.append(
-                (
-                    entry["extranonce1"] + entry["extranonce2"],
-                    entry["job_id"],
-                    entry["ntime"],
-                    entry["nonce"],
-                )
-            )
-    return out
-
-
-def journal_identity(record: dict[str, Any]) -> tuple[str, str, str, str]:
-    return (
-        record["extranonce"],
-        record["job"],
-        f"{record['ntime']:08x}",
-        f"{record['nonce']:08x}",
-    )
-
-
 async def test_miners_credits_blocks_and_a_confirmed_payout(
     ledger_node: ManagedNode, tmp_path: Path
 ) -> None:
     rpc = ledger_node.rpc
     assert rpc is not None
-    payout = await new_address(ledger_node, "pool")
-    miners_addr = [await new_address(ledger_node, "miners") for _ in range(2)]
+    payout = await wallet_address(ledger_node, "pool")
+    miners_addr = [await wallet_address(ledger_node, "miners") for _ in range(2)]
     app = await start_pool(ledger_config(ledger_node, tmp_path, payout))
     assert app.server is not None and app.ledger is not None
     records = [tmp_path / f"miner{i}.jsonl" for i in range(2)]
@@ -161,7 +139,7 @@ async def test_miners_credits_blocks_and_a_confirmed_payout(
         assert found, "no block found: the simulated difficulty is too high for the test"
         await ledger.check_blocks(rpc)
         assert {b["status"] for b in ledger.store.blocks()} == {"pending"}
-        sink = await new_address(ledger_node, "miners")
+        sink = await wallet_address(ledger_node, "miners")
         await rpc.call("generatetoaddress", 100, sink)
         await ledger.check_blocks(rpc)
         assert {b["status"] for b in ledger.store.blocks()} == {"confirmed"}
@@ -208,8 +186,8 @@ async def test_invalidated_block_is_orphaned_and_leaves_the_reserve(
 ) -> None:
     rpc = ledger_node.rpc
     assert rpc is not None
-    payout = await new_address(ledger_node, "pool")
-    miner_addr = await new_address(ledger_node, "miners")
+    payout = await wallet_address(ledger_node, "pool")
+    miner_addr = await wallet_address(ledger_node, "miners")
     app = await start_pool(ledger_config(ledger_node, tmp_path, payout))
     assert app.server is not None and app.ledger is not None
     ledger = app.ledger
@@ -261,8 +239,8 @@ async def test_a_share_the_ledger_cannot_record_is_not_acknowledged(
 ) -> None:
     """The journal refuses writes (here: it was closed under the pool): the miner hears an
     error, never "accepted", and the share is counted nowhere."""
-    payout = await new_address(ledger_node, "pool")
-    miner_addr = await new_address(ledger_node, "miners")
+    payout = await wallet_address(ledger_node, "pool")
+    miner_addr = await wallet_address(ledger_node, "miners")
     app = await start_pool(ledger_config(ledger_node, tmp_path, payout))
     assert app.server is not None and app.ledger is not None
     client = await RawClient.connect(app.server.bound_ports[0])

@@ -28,6 +28,7 @@ from pool.ledger.journal import read_records
 from pool.ledger.store import Store
 from pool.node.binaries import Binaries
 from pool.node.managed import ManagedNode, free_port, prepare_regtest_wallet
+from tests.integration.harness import journal_identity, told_accepted, wallet_address
 
 pytestmark = pytest.mark.integration
 
@@ -46,12 +47,6 @@ async def crash_node(
         yield node
     finally:
         await node.stop()
-
-
-async def new_address(node: ManagedNode, wallet: str) -> str:
-    assert node.rpc is not None
-    address: str = await node.rpc.call("getnewaddress", "", "bech32", wallet=wallet)
-    return address
 
 
 def write_config(
@@ -178,36 +173,20 @@ def start_miner(port: int, user: str, record: Path, hashrate: float) -> subproce
     )
 
 
-def told_accepted(record: Path) -> list[tuple[str, str, str, str]]:
-    out = []
-    for line in record.read_text().splitlines():
-        entry = json.loads(line)
-        if entry["accepted"]:
-            out.append(
-                (
-                    entry["extranonce1"] + entry["extranonce2"],
-                    entry["job_id"],
-                    entry["ntime"],
-                    entry["nonce"],
-                )
-            )
-    return out
-
-
 async def test_sigkill_under_load_loses_nothing_and_credits_once(
     crash_node: ManagedNode, tmp_path: Path
 ) -> None:
     rng = random.Random(int(time.time()))  # random moments; the seed is in the failure output
     seed_note = f"kill moments seeded from {rng.random():.6f}"
     port = free_port()
-    payout = await new_address(crash_node, "pool")
+    payout = await wallet_address(crash_node, "pool")
     data_dir = tmp_path / "pool"
     config = write_config(
         tmp_path / "pool.toml", crash_node, data_dir, payout, port, payout_interval_seconds=0
     )
     pool = PoolProcess(config, port, tmp_path / "pool.log")
     await pool.start()
-    addresses = [await new_address(crash_node, "miners") for _ in range(2)]
+    addresses = [await wallet_address(crash_node, "miners") for _ in range(2)]
     records = [tmp_path / f"miner{i}.jsonl" for i in range(2)]
     miners = [start_miner(port, f"{addresses[i]}.w{i}", records[i], 60_000.0) for i in range(2)]
     try:
@@ -229,9 +208,7 @@ async def test_sigkill_under_load_loses_nothing_and_credits_once(
             pool.proc.kill()
 
     journal = [rec for _, rec in read_records(data_dir / "ledger" / "journal")]
-    identities: Counter[tuple[str, str, str, str]] = Counter(
-        (r["extranonce"], r["job"], f"{r['ntime']:08x}", f"{r['nonce']:08x}") for r in journal
-    )
+    identities = Counter(journal_identity(r) for r in journal)
     told = [s for f in records for s in told_accepted(f)]
     assert sum(s["accepted"] for s in summaries) == len(told)
     assert len(told) >= 50, (summaries, seed_note)
@@ -265,9 +242,9 @@ async def test_killed_in_the_middle_of_a_payout_pays_once(
     rpc = crash_node.rpc
     assert rpc is not None
     port = free_port()
-    payout = await new_address(crash_node, "pool")
+    payout = await wallet_address(crash_node, "pool")
     data_dir = tmp_path / "pool"
-    miner_address = await new_address(crash_node, "miners")
+    miner_address = await wallet_address(crash_node, "miners")
     # Short payout interval and a tiny threshold: the first round has something to pay.
     config = write_config(
         tmp_path / "pool.toml",

@@ -51,6 +51,7 @@ CPUMINER_AGENT = "cpuminer/2.5.1"
 CPUMINER_SUBMIT_ID = 4
 MINER_VERSION_MASK = 0x1FFFE000
 NONCE_SPACE = 1 << 32
+STOP_GRACE_SECONDS = 2.0  # at stop, answers to shares already sent are awaited this long
 MAX_THROTTLE_DEBT = 0.5  # seconds a throttled miner may fall behind before it resets its pace
 
 
@@ -226,24 +227,42 @@ class MinerConnection:
             done, _ = await asyncio.wait({read, stop}, return_when=asyncio.FIRST_COMPLETED)
             stop.cancel()
             if read not in done:
+                # Stopping: shares already sent still get their answers (bounded wait), so the
+                # summary and --record count every share the pool judged.
+                if self.pending:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(STOP_GRACE_SECONDS):
+                            while self.pending:
+                                data = await read
+                                if not data:
+                                    break
+                                self.client.receive_data(data)
+                                if not self._drain_events():
+                                    break
+                                read = asyncio.create_task(reader.read(65536))
                 read.cancel()
                 return
             data = read.result()
             self.client.receive_data(data)
-            while True:
-                try:
-                    event = self.client.next_event()
-                except RemoteProtocolError as exc:
-                    self.miner.log(f"{self.worker}: protocol error from the pool: {exc.message}")
-                    return
-                if isinstance(event, NeedData):
-                    break
-                if isinstance(event, ConnectionClosed):
-                    return
-                self.on_event(event)
+            if not self._drain_events():
+                return
             if not data:
                 self.miner.log(f"{self.worker}: pool closed the connection")
                 return
+
+    def _drain_events(self) -> bool:
+        """Handle every complete event received; False when the connection is over."""
+        while True:
+            try:
+                event = self.client.next_event()
+            except RemoteProtocolError as exc:
+                self.miner.log(f"{self.worker}: protocol error from the pool: {exc.message}")
+                return False
+            if isinstance(event, NeedData):
+                return True
+            if isinstance(event, ConnectionClosed):
+                return False
+            self.on_event(event)
 
     def on_event(self, event: object) -> None:
         if isinstance(event, SubscribeResult):

@@ -16,6 +16,7 @@ from pool.bitcoin import difficulty_to_target, sha256d
 from pool.config import (
     ApiConfig,
     Config,
+    LedgerConfig,
     LimitsConfig,
     NodeConfig,
     PoolConfig,
@@ -60,6 +61,9 @@ def pool_config(
         limits=limits or LimitsConfig(),
         vardiff=vardiff or VardiffSettings(enabled=False),
         api=ApiConfig(port=0),  # a free port: tests never collide on 8080
+        # Protocol and vardiff tests time shares at the pool: fsync every 50 ms, not per batch,
+        # so disk latency does not queue them. The ledger's own tests use the batch default.
+        ledger=LedgerConfig(journal_fsync="interval", journal_fsync_interval_ms=50),
     )
 
 

@@ -193,6 +193,10 @@ class MinerConnection:
             try:
                 self.handshake()
                 await self.read_loop(reader)
+            except OSError as exc:
+                # A pool that dies with our submits unread resets the connection (RST), which
+                # the read raises; like EOF it means: reconnect, never stop mining silently.
+                self.miner.log(f"{self.worker}: connection lost: {exc!r}")
             finally:
                 hasher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -296,7 +296,9 @@ class Ledger:
     def luck(self, now: float) -> dict[str, dict[str, float | int | None]]:
         """Per window: expected blocks (sum of d/D of the shares), blocks found, and luck as
         defined in the economics notes: expected / found (above 1: fewer blocks than the
-        work deserved; None while no block was found)."""
+        work deserved; None while no block was found). Orphaned blocks count as found: luck
+        measures the work against the solutions it produced; what orphans cost shows in the
+        blocks' status and in the reserve, which only counts confirmed rewards."""
         out: dict[str, dict[str, float | int | None]] = {}
         windows = dict(LUCK_WINDOWS, all=now)
         for name, span in windows.items():

@@ -85,11 +85,12 @@ async def test_two_miners_sixty_seconds_every_share_and_block_accepted(
         assert info["height"] == block.height
 
 
-async def test_throttled_miner_hashrate_within_three_standard_errors(
+async def test_throttled_miner_hashrate_within_four_standard_errors(
     regtest_node: ManagedNode, tmp_path: Path
 ) -> None:
-    """A miner throttled to a known rate: the pool's estimate must lie within 3 standard errors
-    (1/sqrt(shares)) of the true rate for the number of shares seen."""
+    """A miner throttled to a known rate: the pool's estimate must lie within 4 standard errors
+    (1/sqrt(shares)) of the rate the miner really hashed at. A Poisson count is beyond 4 standard
+    errors in 6e-5 of runs (two-sided), so a correct pool fails this less than once in 10 000."""
     address = await wallet_address(regtest_node)
     rate = 100_000.0  # H/s, well below what one core does
     share_diff = 2e-6  # ~8600 hashes per share: ~12 shares/s
@@ -132,8 +133,9 @@ async def test_throttled_miner_hashrate_within_three_standard_errors(
     meter = app.server.hashrate.worker(worker)
     assert meter is not None
     estimate = meter.hashrate(60, now)
-    sigma = rate / math.sqrt(shares)
-    assert abs(estimate - rate) < 3 * sigma, (estimate, rate, shares)
+    actual = summary["hashrate"]
+    sigma = actual / math.sqrt(shares)
+    assert abs(estimate - actual) < 4 * sigma, (estimate, actual, shares)
 
 
 async def test_vardiff_converges_from_1000x_too_low_and_too_high(

@@ -47,7 +47,7 @@ class NodeConfig:
 
 @dataclass(frozen=True)
 class PoolConfig:
-    payout_address: str = ""  # empty with a managed node: a fresh address of the node's wallet
+    payout_address: str = ""  # empty on regtest: a fresh address of the pool's wallet (node.wallet)
     pool_tag: str = "/stratum-pool/"
     data_dir: str = ".data"
     extranonce1_size: int = 4
@@ -133,6 +133,7 @@ class LedgerConfig:
     journal_fsync: str = "batch"  # batch | interval | never (see pool/ledger/journal.py)
     journal_fsync_interval_ms: int = 100
     journal_segment_bytes: int = 64 * 1024 * 1024
+    journal_retention_days: float = 365.0  # applied segments older than this are deleted; 0: never
     checkpoint_seconds: float = 1.0  # the store commits (with its journal checkpoint) this often
     block_maturity: int = 100  # confirmations before a found block counts as confirmed
     block_check_seconds: float = 30.0  # found blocks are checked this often (and on new blocks)
@@ -358,6 +359,8 @@ def validate(config: Config, where: str) -> None:
             fail(f"ledger.{name}", "must be at least 1")
     if ledger.journal_segment_bytes < 65536:
         fail("ledger.journal_segment_bytes", "must be at least 65536")
+    if not (math.isfinite(ledger.journal_retention_days) and ledger.journal_retention_days >= 0):
+        fail("ledger.journal_retention_days", "must be a number >= 0 (0: keep every segment)")
     if ledger.checkpoint_seconds <= 0 or ledger.block_check_seconds <= 0:
         fail("ledger", "checkpoint_seconds and block_check_seconds must be positive")
     for name in ("payout_threshold_sat", "payout_min_confirmations", "payout_fee_reserve_sat"):
@@ -377,6 +380,7 @@ def limits_summary(config: Config) -> dict[str, Any]:
         "node.rpc_max_concurrency": config.node.rpc_max_concurrency,
         "ledger.payout_max_recipients": config.ledger.payout_max_recipients,
         "ledger.journal_segment_bytes": config.ledger.journal_segment_bytes,
+        "ledger.journal_retention_days": config.ledger.journal_retention_days,
     }
 
 

@@ -41,6 +41,8 @@ answer, a cancelled ``append``, an fsync that failed after the write): consumers
 record as "maybe acknowledged". After a write or fsync error the journal refuses every
 further append (``JournalError``): after a failed fsync the page cache cannot be trusted.
 
+Retention (deleting old, applied segments) is in ``pool.ledger.retention``.
+
 Reading (``read_records``) never raises on bad data. A corrupt stretch (bad magic, bad
 checksum, impossible length, undecodable msgpack, not a map) is skipped with ONE warning
 ``journal_corrupt_record`` naming the file and offset, and reading resynchronises on the next

@@ -32,6 +32,7 @@ from pool.ledger.pps import (
     expected_blocks,
     share_value,
 )
+from pool.ledger.retention import remove_expired_segments
 from pool.ledger.store import (
     CONFIRMED,
     ORPHANED,
@@ -52,6 +53,9 @@ LUCK_WINDOWS = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0}
 # A block submitted but neither accepted nor refused (bitcoind unreachable) is still tracked:
 # the maturity check settles it from the chain.
 TRACKED_SUBMISSIONS = (SubmitStatus.ACCEPTED, SubmitStatus.INCONCLUSIVE, SubmitStatus.FAILED)
+
+
+JOURNAL_PRUNE_SECONDS = 3600.0  # how often expired journal segments are looked for
 
 
 class LedgerError(RuntimeError):
@@ -175,6 +179,7 @@ class Ledger:
             fee_bps=self.config.fee_bps,
             journal_fsync=self.config.journal_fsync,
         )
+        self.prune_journal(time.time())
         await self.journal.open()
         self._commit_task = asyncio.create_task(self._commit_loop(), name="ledger-commit")
 
@@ -190,9 +195,35 @@ class Ledger:
         log.info("ledger_closed")
 
     async def _commit_loop(self) -> None:
+        last_prune = time.monotonic()
         while True:
             await asyncio.sleep(self.config.checkpoint_seconds)
             self.commit()
+            if time.monotonic() - last_prune >= JOURNAL_PRUNE_SECONDS:
+                last_prune = time.monotonic()
+                try:
+                    await asyncio.to_thread(self.prune_journal, time.time())
+                except OSError as exc:  # retention is housekeeping: never stop the ledger
+                    log.warning("journal_prune_failed", error=repr(exc))
+
+    def prune_journal(self, now: float) -> list[int]:
+        """Retention: delete journal segments wholly before the committed checkpoint and older
+        than ``journal_retention_days`` (0: keep everything). Returns the removed numbers."""
+        days = self.config.journal_retention_days
+        cp = self.store.checkpoint()
+        if days <= 0 or cp is None or self.broken is not None:
+            return []
+        removed = remove_expired_segments(
+            self.journal_dir, before_segment=cp.segment, retention_seconds=days * 86400, now=now
+        )
+        if removed:
+            log.info(
+                "journal_segments_removed",
+                segments=removed,
+                retention_days=days,
+                checkpoint=f"{cp.segment}:{cp.offset}",
+            )
+        return removed
 
     def commit(self) -> None:
         if self.broken is None:
@@ -222,7 +253,33 @@ class Ledger:
             await self.journal.append(record)
         except Exception as exc:
             log.error("share_not_journaled", worker=creds.name, error=repr(exc))
+            if "block" in record:
+                self._record_unjournaled_block(record)
             raise LedgerError(f"the pool could not record the share: {exc}") from exc
+
+    def _record_unjournaled_block(self, record: dict[str, Any]) -> None:
+        """The share was a block, already submitted: the store keeps the block (its reward is
+        real and must be tracked to maturity) even though the share is not credited."""
+        block = record["block"]
+        try:
+            self.store.record_block(share_record_from(record))
+        except Exception as exc:
+            log.critical(
+                "block_not_recorded",
+                hash=block["hash"],
+                height=block["height"],
+                reward_sat=block["reward_sat"],
+                error=repr(exc),
+                note="the block is on the chain but not in the ledger; record it by hand",
+            )
+            return
+        log.error(
+            "block_recorded_without_share",
+            hash=block["hash"],
+            height=block["height"],
+            worker=record["worker"],
+            note="the journal refused the share: the block is tracked, the share not credited",
+        )
 
     def _on_written(self, batch: Sequence[tuple[JournalPosition, dict[str, Any]]]) -> None:
         """Called by the journal after each batch is written, in journal order."""

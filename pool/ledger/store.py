@@ -263,25 +263,44 @@ class Store:
             ),
         )
         if rec.block_hash is not None:
-            assert rec.block_height is not None and rec.block_reward_sat is not None
-            db.execute(
-                """
-                INSERT OR IGNORE INTO blocks (hash, height, worker, address, reward_sat,
-                    network_difficulty, found_at, status, confirmations, updated_at)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?)
-                """,
-                (
-                    rec.block_hash,
-                    rec.block_height,
-                    rec.worker,
-                    rec.address,
-                    rec.block_reward_sat,
-                    rec.network_difficulty or 0.0,
-                    rec.time,
-                    PENDING,
-                    rec.time,
-                ),
-            )
+            self._insert_block(rec)
+
+    def _insert_block(self, rec: ShareRecord) -> None:
+        assert rec.block_hash is not None
+        assert rec.block_height is not None and rec.block_reward_sat is not None
+        self.conn.execute(
+            """
+            INSERT OR IGNORE INTO blocks (hash, height, worker, address, reward_sat,
+                network_difficulty, found_at, status, confirmations, updated_at)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?)
+            """,
+            (
+                rec.block_hash,
+                rec.block_height,
+                rec.worker,
+                rec.address,
+                rec.block_reward_sat,
+                rec.network_difficulty or 0.0,
+                rec.time,
+                PENDING,
+                rec.time,
+            ),
+        )
+
+    def record_block(self, rec: ShareRecord) -> None:
+        """Record the block of a share that could not be journaled, in a transaction of its
+        own. The block is on the chain whatever happened to the share: its reward belongs in
+        the reserve. The share itself is not credited (its miner was told it was not recorded).
+        A block already recorded is left as it is."""
+        if rec.block_hash is None:
+            raise ValueError("record_block needs a share record that found a block")
+        self._begin_own()
+        try:
+            self._insert_block(rec)
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
 
     def commit(self) -> None:
         """Make every share applied so far durable, with the journal checkpoint, atomically."""

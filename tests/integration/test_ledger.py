@@ -271,3 +271,44 @@ async def test_a_share_the_ledger_cannot_record_is_not_acknowledged(
     finally:
         await client.close()
         await app.stop()
+
+
+async def test_a_block_whose_share_cannot_be_journaled_is_still_tracked(
+    ledger_node: ManagedNode, tmp_path: Path
+) -> None:
+    """A share that is also a block reaches bitcoind before the journal; if the journal then
+    refuses it, the miner hears an error and is not credited, but the block (on the chain, with
+    its reward) is recorded in the store, pending maturity like any other."""
+    rpc = ledger_node.rpc
+    assert rpc is not None
+    payout = await wallet_address(ledger_node, "pool")
+    miner_addr = await wallet_address(ledger_node, "miners")
+    config = ledger_config(ledger_node, tmp_path, payout)
+    # Simulated network difficulty = the port's start difficulty: every share is a block.
+    config = dataclasses.replace(
+        config,
+        chain=ChainConfig(simulation=SimulationConfig(enabled=True, initial_difficulty=1e-4)),
+    )
+    app = await start_pool(config)
+    assert app.server is not None and app.ledger is not None
+    client = await RawClient.connect(app.server.bound_ports[0])
+    try:
+        difficulty, notify = await client.handshake(f"{miner_addr}.lucky")
+        assert difficulty == pytest.approx(1e-4)
+        await app.ledger.journal.close()  # every append now raises
+        solution = solve(notify["params"], client.extranonce1, b"\0" * 4, difficulty)
+        client.send(5, "mining.submit", solution.params(f"{miner_addr}.lucky"))
+        answer = await client.response(5)
+        assert answer["result"] is not True
+        assert "could not record" in json.dumps(answer["error"])
+        [block] = app.ledger.store.blocks()
+        assert await rpc.call("getblockhash", block["height"]) == block["hash"]  # on the chain
+        assert block["status"] == "pending" and block["worker"] == f"{miner_addr}.lucky"
+        header = await rpc.call("getblockheader", block["hash"])
+        assert int(header["nonce"]) == int(solution.nonce, 16)
+        assert app.ledger.reserve().rewards_earned_units == block["reward_sat"] * 1_000_000
+        assert app.ledger.store.totals()["shares"] == 0  # the share itself is not credited
+        assert app.ledger.store.balance(miner_addr) is None
+    finally:
+        await client.close()
+        await app.stop()

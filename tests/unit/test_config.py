@@ -94,6 +94,8 @@ def test_environment_overrides(tmp_path: Path) -> None:
         ("[stratum]\nversion_rolling_mask = 'xyz'\n", "stratum.version_rolling_mask"),
         ("[node]\ntemplate_refresh_seconds = 150\n", "node.template_refresh_seconds"),
         ("[stratum]\nports = []\n", "stratum.ports"),
+        ("[ledger]\njournal_retention_days = -1.0\n", "ledger.journal_retention_days"),
+        ("[ledger]\njournal_retention_days = nan\n", "ledger.journal_retention_days"),
     ],
 )
 def test_cross_checks_name_the_key(text: str, key: str, tmp_path: Path) -> None:

@@ -120,6 +120,26 @@ def test_found_block_recorded_once_and_settled(store: Store) -> None:
     assert store.blocks_found_since(0) == 1
 
 
+def test_block_of_an_unjournaled_share_is_recorded_without_crediting_it(store: Store) -> None:
+    store.apply_share(share(credit=10), Checkpoint(1, 10))  # an earlier share, not committed yet
+    rec = share(
+        credit=99,
+        block_hash="cd" * 32,
+        block_height=8,
+        block_reward_sat=4_000,
+        network_difficulty=2.0,
+    )
+    store.record_block(rec)
+    store.record_block(rec)  # recorded once
+    [block] = store.blocks()
+    assert (block["hash"], block["height"], block["status"]) == ("cd" * 32, 8, "pending")
+    assert store.rewards_sat()["pending"] == 4_000
+    assert store.totals() == {"shares": 1, "credit_units": 10, "fee_units": 1}  # not credited
+    assert store.checkpoint() == Checkpoint(1, 10)  # the earlier share was committed first
+    with pytest.raises(ValueError, match="found a block"):
+        store.record_block(share())
+
+
 def test_payout_moves_exact_amounts(store: Store) -> None:
     store.apply_share(share(credit=5 * UNITS_PER_SAT + 123), Checkpoint(1, 1))
     store.apply_share(

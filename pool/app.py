@@ -30,10 +30,11 @@ from pool.config import Config, SimulationConfig, limits_summary
 from pool.jobs import JobConfig, Template, build_job
 from pool.ledger.ledger import Ledger
 from pool.ledger.payouts import Payouts, RoundResult
-from pool.node.managed import ManagedNode, prepare_regtest_wallet
-from pool.node.rpc import BitcoinRpc, RetryPolicy, RpcError
+from pool.node.managed import ManagedNode, ensure_wallet, prepare_regtest_wallet
+from pool.node.rpc import BitcoinRpc, RetryPolicy, RpcError, RpcRefused
 from pool.node.submit import BlockSubmission, submit_block
 from pool.node.templates import TemplateWatcher
+from pool.server.bans import BansFileError
 from pool.server.server import StratumServer
 from pool.shares import ShareResult
 
@@ -74,6 +75,28 @@ class PoolApp:
         self.api: ApiServer | None = None
 
     # -- start-up -------------------------------------------------------------------------------
+    async def _check_payout_wallet(self, rpc: BitcoinRpc, address: str, wallet: str) -> None:
+        """PPS payouts are sent from ``wallet``; block rewards go to ``address``. Warn when the
+        wallet is not loaded or does not own the address: then the wallet only has the funds
+        the operator puts there, and payout rounds wait for them."""
+        try:
+            info = await rpc.call("getaddressinfo", address, wallet=wallet)
+        except RpcRefused as exc:
+            log.warning(
+                "payout_wallet_unavailable",
+                wallet=wallet,
+                error=exc.message,
+                note="PPS payouts need this wallet loaded in bitcoind (node.wallet)",
+            )
+            return
+        if not info.get("ismine"):
+            log.warning(
+                "payout_address_not_in_wallet",
+                address=address,
+                wallet=wallet,
+                note="block rewards go elsewhere: fund this wallet for PPS payouts",
+            )
+
     async def _connect_node(self) -> BitcoinRpc:
         node_cfg = self.config.node
         retry = RetryPolicy(give_up_after=node_cfg.rpc_give_up_seconds)
@@ -116,10 +139,19 @@ class PoolApp:
         self.network = network = network_for_chain(info["chain"])
         address = cfg.pool.payout_address
         if not address:
-            if self.node is None:
-                raise StartupError("pool.payout_address must be set when node.mode = external")
-            address = await prepare_regtest_wallet(self.node, cfg.node.wallet)
+            if self.node is not None:
+                address = await prepare_regtest_wallet(self.node, cfg.node.wallet)
+            elif network.name == "regtest":
+                # An external regtest node (the compose stack): the pool's wallet on that node
+                # gets the rewards, so PPS payouts can spend them once mature.
+                await ensure_wallet(rpc, cfg.node.wallet)
+                address = await rpc.call("getnewaddress", "", "bech32", wallet=cfg.node.wallet)
+            else:
+                raise StartupError(
+                    f"pool.payout_address must be set for an external node on {network.name}"
+                )
         script = payout_script_for(address, network)
+        await self._check_payout_wallet(rpc, address, cfg.node.wallet)
         self.payout_address = address
         log.info("payout_address", address=address, chain=network.name)
         self.job_config = JobConfig(
@@ -139,6 +171,10 @@ class PoolApp:
         self.payouts = Payouts(ledger.store, rpc, cfg.ledger, network, cfg.node.wallet)
         await self._settle_payouts()
         self.server = StratumServer(cfg, network, submit_block=self.submit)
+        try:
+            self.server.load_bans(self.data_dir / "bans.json")
+        except BansFileError as exc:
+            raise StartupError(f"{exc} (fix or remove it; the pool keeps its bans there)") from exc
         self.server.share_listeners.append(ledger.on_share)
         self.watcher = TemplateWatcher(
             rpc,

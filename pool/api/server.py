@@ -29,6 +29,7 @@ from pool.node.rpc import RpcError
 
 if TYPE_CHECKING:
     from pool.app import PoolApp
+    from pool.server.server import StratumServer
 
 log = structlog.get_logger("pool.api")
 
@@ -332,7 +333,19 @@ class ApiServer:
         (server.banned_ips if kind == "ip" else server.banned_workers).add(value)
         dropped = server.drop_banned()
         log.warning("api_ban", kind=kind, value=value, dropped=dropped, peer=request.remote)
+        await self._save_bans(server, f"the ban of {kind} {value} is in force")
         return web.json_response({"banned": {kind: value}, "dropped": dropped, **self._bans()})
+
+    async def _save_bans(self, server: StratumServer, done: str) -> None:
+        try:
+            await asyncio.to_thread(server.save_bans)
+        except OSError as exc:
+            log.error("bans_not_saved", path=str(server.bans_path), error=repr(exc))
+            raise ApiError(
+                500,
+                f"{done} but could not be saved to {server.bans_path} ({exc}): "
+                "it will not survive a restart",
+            ) from exc
 
     async def post_unban(self, request: web.Request) -> web.Response:
         kind, value = await self._ban_target(request)
@@ -342,6 +355,7 @@ class ApiServer:
             raise ApiError(404, f"{kind} {value} is not banned", target={kind: value})
         bans.discard(value)
         log.warning("api_unban", kind=kind, value=value, peer=request.remote)
+        await self._save_bans(server, f"the unban of {kind} {value} is in force")
         return web.json_response({"unbanned": {kind: value}, **self._bans()})
 
     async def post_reconnect(self, request: web.Request) -> web.Response:

@@ -148,17 +148,7 @@ class ManagedNode:
     async def ensure_wallet(self, name: str) -> None:
         """Create the wallet, or load it if it exists on disk, or accept it if already loaded."""
         assert self.rpc is not None
-        loaded = await self.rpc.call("listwallets")
-        if name in loaded:
-            return
-        try:
-            await self.rpc.call("loadwallet", name)
-        except RpcRefused as exc:
-            if exc.code == RPC_WALLET_ALREADY_LOADED:
-                return
-            if exc.code != RPC_WALLET_NOT_FOUND:
-                raise
-            await self.rpc.call("createwallet", name)
+        await ensure_wallet(self.rpc, name)
 
     async def stop(self, timeout: float = 30.0) -> None:
         """Ask bitcoind to stop over RPC, wait for the process; kill it if it does not go."""
@@ -180,6 +170,21 @@ class ManagedNode:
         if proc.stdout is not None:
             proc.stdout.close()
         log.info("bitcoind_stopped", returncode=proc.returncode)
+
+
+async def ensure_wallet(rpc: BitcoinRpc, name: str) -> None:
+    """Create the wallet, or load it if it exists on disk, or accept it if already loaded."""
+    loaded = await rpc.call("listwallets")
+    if name in loaded:
+        return
+    try:
+        await rpc.call("loadwallet", name)
+    except RpcRefused as exc:
+        if exc.code == RPC_WALLET_ALREADY_LOADED:
+            return
+        if exc.code != RPC_WALLET_NOT_FOUND:
+            raise
+        await rpc.call("createwallet", name)
 
 
 async def prepare_regtest_wallet(

@@ -14,6 +14,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import structlog
 
@@ -23,6 +24,7 @@ from pool.hashrate import HashrateBook
 from pool.jobs import Job, JobTable
 from pool.node.submit import BlockSubmission
 from pool.server.auth import Credentials
+from pool.server.bans import Bans, load_bans, save_bans
 from pool.server.session import Session, notify_event
 from pool.shares import DuplicateFilter, ShareResult
 from pool.stats import FoundBlock, PoolStats
@@ -74,10 +76,12 @@ class StratumServer:
         self._en1_released: OrderedDict[bytes, None] = OrderedDict()
         self.bound_ports: list[int] = []
         self.accepting = True
-        # Bans (in memory; the admin API edits them): IPs refused at accept; worker names or
-        # bare addresses (all of that address's workers) refused at authorize.
+        # Bans (the admin API edits them; saved to ``bans_path`` when set, see bans.py): IPs
+        # refused at accept; worker names or bare addresses (all of that address's workers)
+        # refused at authorize.
         self.banned_ips: set[str] = set()
         self.banned_workers: set[str] = set()
+        self.bans_path: Path | None = None
 
     # -- config -----------------------------------------------------------------------------------
     def vardiff_config(self, port: PortConfig) -> VardiffConfig:
@@ -229,6 +233,17 @@ class StratumServer:
             self.hashrate.start_worker(creds.name, creds.address, now)
 
     # -- bans -------------------------------------------------------------------------------------
+    def load_bans(self, path: Path) -> None:
+        """Take the saved bans (raises ``BansFileError`` for a file it cannot trust)."""
+        bans = load_bans(path)
+        self.bans_path = path
+        self.banned_ips, self.banned_workers = bans.ips, bans.workers
+        log.info("bans_loaded", path=str(path), ips=len(bans.ips), workers=len(bans.workers))
+
+    def save_bans(self) -> None:
+        if self.bans_path is not None:
+            save_bans(self.bans_path, Bans(set(self.banned_ips), set(self.banned_workers)))
+
     def worker_banned(self, creds: Credentials) -> bool:
         return creds.name in self.banned_workers or creds.address in self.banned_workers
 

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 WINDOW_NAMES = {60: "1m", 300: "5m", 3600: "1h"}
 MINUTE = 60
-MIN_PARTIAL_SECONDS = 5.0  # a minute bucket covering less than this is too noisy to plot
+MIN_PARTIAL_SECONDS = 5.0  # a minute bucket seen for less than this has no hashrate (too noisy)
 SECONDS_PER_DAY = 86_400
 
 
@@ -466,15 +466,20 @@ def minute_points(rows: Iterable[dict[str, Any]], now: float, started: float) ->
         start, end = minute * MINUTE, (minute + 1) * MINUTE
         # minutes of an earlier run count whole; this run's first and current minute pro rata
         seconds = min(end, now) - (start if end <= started else max(start, started))
-        if seconds < MIN_PARTIAL_SECONDS:
+        too_short = seconds < MIN_PARTIAL_SECONDS
+        if too_short and not shares.get(minute):
             continue
         points.append(
             {
                 "time": start,
-                "seconds": round(seconds, 3),
+                "seconds": round(max(seconds, 0.0), 3),
                 "shares": shares.get(minute, 0),
                 "difficulty_sum": work.get(minute, 0.0),
-                "hashrate": work.get(minute, 0.0) * HASHES_PER_DIFF1 / seconds,
+                # under MIN_PARTIAL_SECONDS the rate is too noisy to state (None), but the
+                # shares stay in the point: the points always add up to the ledger's totals
+                "hashrate": None
+                if too_short
+                else work.get(minute, 0.0) * HASHES_PER_DIFF1 / seconds,
                 "partial": seconds < MINUTE,
             }
         )

@@ -348,6 +348,16 @@ def test_minute_points() -> None:
     ]
     assert points[3]["hashrate"] == 1.5 * 2**32 / 15
     assert points[5]["hashrate"] == 2.0 * 2**32 / 30
-    # a minute seen for under 5 s is left out (too noisy to plot)
-    assert [p["time"] // 60 for p in minute_points(rows, (m + 2) * 60 + 3.0, started)][-1] == m + 1
+    # a minute seen for under 5 s has no rate (too noisy), but its shares are kept...
+    early = minute_points(rows, (m + 2) * 60 + 3.0, started)
+    assert (early[-1]["time"] // 60, early[-1]["shares"], early[-1]["hashrate"]) == (m + 2, 4, None)
+    assert sum(p["shares"] for p in early) == sum(r["shares"] for r in rows)
+    # ...and such a minute without shares is left out
+    quiet = [r for r in rows if r["minute"] != m + 2]
+    assert [p["time"] // 60 for p in minute_points(quiet, (m + 2) * 60 + 3.0, started)][-1] == m + 1
+    # the run's first minute seen for 2 s, with shares: kept, no rate
+    first = minute_points(rows, now, m * 60 + 58.0)
+    assert [(p["shares"], p["seconds"], p["hashrate"]) for p in first if p["time"] // 60 == m] == [
+        (4, 2.0, None)
+    ]
     assert minute_points([], now, started) == []

@@ -1,0 +1,315 @@
+"""The HTTP API's admin endpoints (bearer token; off without one), bans, and /healthz, on a
+real pool with two bundled miners (a short run: enough for balances to pay out)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from structlog.testing import capture_logs
+
+from pool.api.server import ApiServer
+from pool.app import PoolApp, StartupError
+from pool.node.managed import ManagedNode
+from pool.node.rpc import BitcoinRpc
+from tests.integration.api_harness import (
+    TOKEN,
+    TOKEN_ENV,
+    Mined,
+    api_config,
+    get,
+    mined_pool,
+    post,
+)
+from tests.integration.harness import RawClient, pool_config, start_pool, wallet_address
+
+pytestmark = pytest.mark.integration
+
+
+@pytest_asyncio.fixture(scope="module")
+async def mined(
+    regtest_node: ManagedNode, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Mined]:
+    async with mined_pool(regtest_node, tmp_path_factory.mktemp("api-admin"), 5.0) as m:
+        yield m
+
+
+# -- admin --------------------------------------------------------------------------------------
+
+
+async def test_admin_needs_the_bearer_token(mined: Mined) -> None:
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}):
+        async with mined.http.get(mined.base + "/api/admin/bans", headers=headers) as resp:
+            assert resp.status == 401
+            assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+            assert TOKEN_ENV in (await resp.json())["error"]
+    status, body = await post(mined, "/api/admin/ban", {"ip": "10.1.2.3"}, token="wrong")
+    assert status == 401
+    assert mined.app.server is not None and not mined.app.server.banned_ips
+    status, body = await get(mined, "/api/admin/bans", Authorization=f"Bearer {TOKEN}")
+    assert status == 200 and body == {"ips": [], "workers": []}
+
+
+async def test_admin_is_off_without_a_token(mined: Mined) -> None:
+    os.environ.pop(TOKEN_ENV)
+    second = ApiServer(mined.app)
+    try:
+        port = await second.start()
+        async with mined.http.post(
+            f"http://127.0.0.1:{port}/api/admin/payout", headers={"Authorization": "Bearer x"}
+        ) as resp:
+            assert resp.status == 403
+            body = await resp.json()
+        assert "admin endpoints are off" in body["error"] and TOKEN_ENV in body["error"]
+    finally:
+        os.environ[TOKEN_ENV] = TOKEN
+        await second.stop()
+
+
+async def test_admin_payout_round_and_payouts_endpoint(mined: Mined) -> None:
+    status, result = await post(mined, "/api/admin/payout")
+    assert status == 200, result
+    assert result["status"] in ("paid", "waiting_for_funds"), result
+    status, body = await get(mined, "/api/payouts")
+    assert status == 200
+    stored = mined.store.payouts()
+    assert [(p["id"], p["status"], p["total_sat"], p["txid"]) for p in body["payouts"]] == [
+        (p["id"], p["status"], p["total_sat"], p["txid"]) for p in stored
+    ]
+    if result["status"] == "paid":
+        assert result["paid"] == {
+            a: mined.store.balance(a).paid_units // 1_000_000 for a in mined.addresses
+        }
+        [payout] = body["payouts"]
+        assert payout["id"] == result["payout_id"] and payout["txid"] == result["txid"]
+        assert {i["address"]: i["amount_sat"] for i in payout["items"]} == result["paid"]
+        for address in mined.addresses:
+            _, page = await get(mined, f"/api/addresses/{address}")
+            assert page["paid_sat"] == result["paid"][address]
+            assert [p["amount_sat"] for p in page["payouts"]] == [result["paid"][address]]
+            _, mine = await get(mined, f"/api/payouts?address={address}")
+            assert [p["id"] for p in mine["payouts"]] == [result["payout_id"]]
+
+
+async def test_admin_reconnect_all(mined: Mined) -> None:
+    assert mined.app.server is not None
+    client = await RawClient.connect(mined.app.server.bound_ports[0])
+    try:
+        await client.handshake(f"{mined.addresses[0]}.reconnect")
+        status, body = await post(mined, "/api/admin/reconnect", {"wait": 0})
+        assert status == 200 and body["reconnected"] >= 1
+        msg = await client.notification("client.reconnect")
+        assert msg["params"][2] == 0
+        with pytest.raises(ConnectionError):
+            await client.next_message(timeout=5)
+    finally:
+        await client.close()
+    for bad in ({"wait": -1}, {"wait": "soon"}, {"wait": 1.5}, [1]):
+        status, body = await post(mined, "/api/admin/reconnect", bad)
+        assert status == 400, (bad, body)
+
+
+async def authorize(port: int, user: str) -> tuple[RawClient, dict[str, Any]]:
+    client = await RawClient.connect(port)
+    client.send(1, "mining.subscribe", ["test-client/1"])
+    await client.response(1)
+    client.send(2, "mining.authorize", [user, "x"])
+    return client, await client.response(2)
+
+
+async def test_bans(mined: Mined) -> None:
+    server = mined.app.server
+    assert server is not None
+    port = server.bound_ports[0]
+    address = mined.addresses[1]
+    name = f"{address}.banme"
+    try:
+        # a worker: its live connection is dropped, a new authorize is refused
+        client = await RawClient.connect(port)
+        await client.handshake(name)
+        status, body = await post(mined, "/api/admin/ban", {"worker": name})
+        assert status == 200 and body["dropped"] == 1 and body["workers"] == [name]
+        saved = json.loads((mined.app.data_dir / "bans.json").read_text())
+        assert saved["workers"] == [name]  # saved at once: a restart keeps it
+        with pytest.raises(ConnectionError):
+            await client.next_message(timeout=5)
+        refused, reply = await authorize(port, name)
+        assert reply["result"] is not True
+        assert reply["error"][0] == 24 and f"worker {name} is banned" in reply["error"][1]
+        other, reply = await authorize(port, f"{address}.other")  # the address's other workers
+        assert reply["result"] is True
+        for c in (refused, other):
+            await c.close()
+        status, body = await post(mined, "/api/admin/unban", {"worker": name})
+        assert status == 200 and body["workers"] == []
+        again, reply = await authorize(port, name)
+        assert reply["result"] is True
+        await again.close()
+        # a bare address bans all its workers
+        status, body = await post(mined, "/api/admin/ban", {"worker": address})
+        assert status == 200
+        refused, reply = await authorize(port, f"{address}.any")
+        assert reply["error"][0] == 24
+        await refused.close()
+        assert (await post(mined, "/api/admin/unban", {"worker": address}))[0] == 200
+        # an IP: live connections dropped, new ones refused at accept (with a log line)
+        client = await RawClient.connect(port)
+        await client.handshake(f"{address}.ip")
+        status, body = await post(mined, "/api/admin/ban", {"ip": "127.0.0.1"})
+        assert status == 200 and body["dropped"] >= 1 and body["ips"] == ["127.0.0.1"]
+        with pytest.raises(ConnectionError):
+            await client.next_message(timeout=5)
+        with capture_logs() as logs:
+            refused = await RawClient.connect(port)
+            with pytest.raises(ConnectionError):
+                await refused.next_message(timeout=5)
+        assert {
+            "event": "connection_refused",
+            "peer": "127.0.0.1",
+            "reason": "banned IP",
+        }.items() <= next(e for e in logs if e["event"] == "connection_refused").items()
+        status, body = await post(mined, "/api/admin/unban", {"ip": "127.0.0.1"})
+        assert status == 200 and body["ips"] == []
+        client, reply = await authorize(port, f"{address}.ip")
+        assert reply["result"] is True
+        await client.close()
+    finally:
+        server.banned_ips.clear()
+        server.banned_workers.clear()
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "words"),
+    [
+        ("/api/admin/ban", {"ip": "300.1.2.3"}, 400, "not an IP address"),
+        ("/api/admin/ban", {"worker": "nope.rig"}, 400, "not a worker name"),
+        ("/api/admin/ban", {}, 400, "the body must be"),
+        ("/api/admin/ban", {"ip": "10.0.0.1", "worker": "x"}, 400, "the body must be"),
+        ("/api/admin/ban", {"ip": 5}, 400, "must be a string"),
+        ("/api/admin/ban", [1, 2], 400, "JSON object"),
+        ("/api/admin/unban", {"ip": "10.9.9.9"}, 404, "not banned"),
+    ],
+)
+async def test_ban_input_errors(
+    mined: Mined, path: str, body: Any, status: int, words: str
+) -> None:
+    got, answer = await post(mined, path, body)
+    assert got == status and words in answer["error"], answer
+
+
+async def test_ban_body_must_be_json(mined: Mined) -> None:
+    async with mined.http.post(
+        mined.base + "/api/admin/ban",
+        data=b"{not json",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    ) as resp:
+        assert resp.status == 400 and "not JSON" in (await resp.json())["error"]
+
+
+# -- /healthz -----------------------------------------------------------------------------------
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+async def test_healthz(regtest_node: ManagedNode, tmp_path: Path) -> None:
+    payout = await wallet_address(regtest_node)
+    app = await start_pool(api_config(pool_config(regtest_node, tmp_path, payout)))
+    api = ApiServer(app)
+    try:
+        port = await api.start()
+        url = f"http://127.0.0.1:{port}/healthz"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url) as resp:
+                body = await resp.json()
+                assert resp.status == 200, body
+            assert body["status"] == "ok" and body["reasons"] == []
+            assert body["checks"]["bitcoind"]["ok"] and body["checks"]["job"]["ok"]
+            # bitcoind unreachable
+            real, app.rpc = (
+                app.rpc,
+                BitcoinRpc(f"http://127.0.0.1:{closed_port()}/", user="u", password="p"),
+            )
+            try:
+                async with http.get(url) as resp:
+                    body = await resp.json()
+                    assert resp.status == 503, body
+                assert body["status"] == "unhealthy"
+                assert [r for r in body["reasons"] if r.startswith("bitcoind does not answer")]
+            finally:
+                assert app.rpc is not None
+                await app.rpc.close()
+                app.rpc = real
+            # the template watcher dies
+            task = app._watch_task
+            assert task is not None
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            async with http.get(url) as resp:
+                body = await resp.json()
+                assert resp.status == 503, body
+            assert body["reasons"] == ["the template watcher is not running (cancelled)"]
+            assert body["checks"]["bitcoind"]["ok"] and not body["checks"]["template_watcher"]["ok"]
+    finally:
+        await api.stop()
+        await app.stop()
+
+
+async def test_bans_survive_a_restart_and_a_bad_bans_file_stops_the_start(
+    regtest_node: ManagedNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    payout = await wallet_address(regtest_node)
+    worker = f"{await wallet_address(regtest_node)}.banned"
+    config = api_config(pool_config(regtest_node, tmp_path, payout))
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    app = await start_pool(config)
+    api = ApiServer(app)
+    try:
+        base = f"http://127.0.0.1:{await api.start()}"
+        async with aiohttp.ClientSession() as http:
+            for body in ({"ip": "10.9.8.7"}, {"worker": worker}, {"ip": "10.1.1.1"}):
+                async with http.post(base + "/api/admin/ban", json=body, headers=headers) as r:
+                    assert r.status == 200, await r.json()
+            async with http.post(
+                base + "/api/admin/unban", json={"ip": "10.1.1.1"}, headers=headers
+            ) as r:
+                assert r.status == 200, await r.json()
+    finally:
+        await api.stop()
+        await app.stop()
+    saved = json.loads((tmp_path / "bans.json").read_text())
+    assert saved == {"version": 1, "ips": ["10.9.8.7"], "workers": [worker]}
+    # Restarted on the same data directory: the bans are in force before any miner arrives.
+    app = await start_pool(config)
+    try:
+        assert app.server is not None
+        assert app.server.banned_ips == {"10.9.8.7"} and app.server.banned_workers == {worker}
+        client, reply = await authorize(app.server.bound_ports[0], worker)
+        await client.close()
+        assert reply["error"][0] == 24 and "banned" in reply["error"][1]
+    finally:
+        await app.stop()
+    # A bans file the pool cannot trust: it refuses to start (and says which file), rather
+    # than letting banned miners back in.
+    (tmp_path / "bans.json").write_text('{"version": 1, "ips": "10.9.8.7"}')
+    app = PoolApp(config)
+    try:
+        with pytest.raises(StartupError) as info:
+            await app.start()
+    finally:
+        await app.stop()
+    assert str(tmp_path / "bans.json") in str(info.value) and "'ips'" in str(info.value)

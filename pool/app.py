@@ -34,7 +34,7 @@ from pool.node.managed import ManagedNode, ensure_wallet, prepare_regtest_wallet
 from pool.node.rpc import BitcoinRpc, RetryPolicy, RpcError, RpcRefused
 from pool.node.submit import BlockSubmission, submit_block
 from pool.node.templates import TemplateWatcher
-from pool.server.bans import BansFileError
+from pool.server.bans import BansFileError, load_bans
 from pool.server.server import StratumServer
 from pool.shares import ShareResult
 
@@ -134,6 +134,11 @@ class PoolApp:
         cfg = self.config
         log.info("limits", **limits_summary(cfg))
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        bans_path = self.data_dir / "bans.json"
+        try:  # first: a bad bans file stops the start before anything else happens
+            bans = load_bans(bans_path)
+        except BansFileError as exc:
+            raise StartupError(f"{exc} (fix or remove it; the pool keeps its bans there)") from exc
         self.rpc = rpc = await self._connect_node()
         info = await rpc.call("getblockchaininfo")
         self.network = network = network_for_chain(info["chain"])
@@ -171,10 +176,7 @@ class PoolApp:
         self.payouts = Payouts(ledger.store, rpc, cfg.ledger, network, cfg.node.wallet)
         await self._settle_payouts()
         self.server = StratumServer(cfg, network, submit_block=self.submit)
-        try:
-            self.server.load_bans(self.data_dir / "bans.json")
-        except BansFileError as exc:
-            raise StartupError(f"{exc} (fix or remove it; the pool keeps its bans there)") from exc
+        self.server.use_bans(bans_path, bans)
         self.server.share_listeners.append(ledger.on_share)
         self.watcher = TemplateWatcher(
             rpc,

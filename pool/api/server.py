@@ -26,6 +26,7 @@ from pool.api.collect import collect
 from pool.api.metrics import CONTENT_TYPE, render
 from pool.api.views import ApiError, Views
 from pool.node.rpc import RpcError
+from pool.server.bans import save_bans
 
 if TYPE_CHECKING:
     from pool.app import PoolApp
@@ -337,8 +338,13 @@ class ApiServer:
         return web.json_response({"banned": {kind: value}, "dropped": dropped, **self._bans()})
 
     async def _save_bans(self, server: StratumServer, done: str) -> None:
+        """Save the bans as they are now; saves run one at a time and each writes the state
+        at its own turn, so the file always ends with the latest list."""
+        if server.bans_path is None:
+            return
         try:
-            await asyncio.to_thread(server.save_bans)
+            async with server.bans_lock:
+                await asyncio.to_thread(save_bans, server.bans_path, server.bans_snapshot())
         except OSError as exc:
             log.error("bans_not_saved", path=str(server.bans_path), error=repr(exc))
             raise ApiError(

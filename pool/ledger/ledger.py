@@ -24,7 +24,7 @@ import structlog
 from pool.bitcoin import Network
 from pool.bitcoin.target import target_to_difficulty
 from pool.config import LedgerConfig
-from pool.ledger.journal import Journal, JournalPosition, read_records
+from pool.ledger.journal import Journal, JournalPosition, read_records, segment_files
 from pool.ledger.pps import (
     UNITS_PER_SAT,
     Scheme,
@@ -163,6 +163,16 @@ class Ledger:
         self.store.open()
         cp = self.store.checkpoint()
         start = JournalPosition(cp.segment, cp.offset) if cp else None
+        if cp is not None and cp.segment not in dict(segment_files(self.journal_dir)):
+            # Retention never deletes the checkpoint's segment: the store is older than the
+            # journal (restored from a backup?) or files were removed by hand. Shares between
+            # the checkpoint and the oldest segment left cannot be replayed.
+            log.error(
+                "journal_checkpoint_segment_missing",
+                checkpoint=f"{cp.segment}:{cp.offset}",
+                segments=[n for n, _ in segment_files(self.journal_dir)],
+                note="shares journaled after the checkpoint in missing segments are not credited",
+            )
         replayed = 0
         for position, record in read_records(self.journal_dir, start):
             self._apply(position, record)
@@ -179,7 +189,10 @@ class Ledger:
             fee_bps=self.config.fee_bps,
             journal_fsync=self.config.journal_fsync,
         )
-        self.prune_journal(time.time())
+        try:
+            self.prune_journal(time.time(), self.store.checkpoint())
+        except OSError as exc:  # retention is housekeeping: never stop the ledger
+            log.warning("journal_prune_failed", error=repr(exc))
         await self.journal.open()
         self._commit_task = asyncio.create_task(self._commit_loop(), name="ledger-commit")
 
@@ -202,15 +215,18 @@ class Ledger:
             if time.monotonic() - last_prune >= JOURNAL_PRUNE_SECONDS:
                 last_prune = time.monotonic()
                 try:
-                    await asyncio.to_thread(self.prune_journal, time.time())
-                except OSError as exc:  # retention is housekeeping: never stop the ledger
+                    # The checkpoint is read here, on the loop's thread (the store's connection
+                    # is not shared with threads); only the file work runs in a thread.
+                    cp = self.store.checkpoint() if self.broken is None else None
+                    await asyncio.to_thread(self.prune_journal, time.time(), cp)
+                except Exception as exc:  # retention is housekeeping: never stop the ledger
                     log.warning("journal_prune_failed", error=repr(exc))
 
-    def prune_journal(self, now: float) -> list[int]:
-        """Retention: delete journal segments wholly before the committed checkpoint and older
-        than ``journal_retention_days`` (0: keep everything). Returns the removed numbers."""
+    def prune_journal(self, now: float, cp: Checkpoint | None) -> list[int]:
+        """Retention: delete journal segments wholly before ``cp`` (the store's committed
+        checkpoint, read by the caller on the store's thread) and older than
+        ``journal_retention_days`` (0: keep everything). Returns the removed numbers."""
         days = self.config.journal_retention_days
-        cp = self.store.checkpoint()
         if days <= 0 or cp is None or self.broken is not None:
             return []
         removed = remove_expired_segments(
@@ -262,6 +278,8 @@ class Ledger:
         real and must be tracked to maturity) even though the share is not credited."""
         block = record["block"]
         try:
+            if self.broken is not None:
+                raise LedgerError(f"the ledger store failed earlier: {self.broken}")
             self.store.record_block(share_record_from(record))
         except Exception as exc:
             log.critical(
@@ -289,6 +307,10 @@ class Ledger:
             except Exception as exc:  # the journal has it; a restart replays it
                 if self.broken is None:
                     self.broken = repr(exc)
+                    # Undo the half-applied record (and the uncommitted ones before it): no
+                    # later commit (a block status, a payout, close) may make it durable.
+                    with contextlib.suppress(Exception):
+                        self.store.rollback()
                     log.error(
                         "ledger_store_failed",
                         error=repr(exc),

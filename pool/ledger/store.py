@@ -302,6 +302,14 @@ class Store:
             raise
         self.conn.execute("COMMIT")
 
+    def rollback(self) -> None:
+        """Discard the shares applied since the last commit (they stay in the journal and are
+        replayed at the next start). Used when applying failed part-way through a record, so
+        no later commit can make a half-applied record durable."""
+        if self.db is not None and self.db.in_transaction:
+            self.db.execute("ROLLBACK")
+        self._applied_to = None
+
     def commit(self) -> None:
         """Make every share applied so far durable, with the journal checkpoint, atomically."""
         self._begin()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,16 +62,24 @@ def load_bans(path: Path) -> Bans:
 
 
 def save_bans(path: Path, bans: Bans) -> None:
-    """Write atomically: a temporary file, fsync, rename over the old one, fsync the folder.
-    A crash leaves either the old or the new list, never a torn one."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """Write atomically: a temporary file of its own, fsync, rename over the old one, fsync the
+    folder. A crash leaves either the old or the new list, never a torn one. Callers serialise
+    their saves (the API holds a lock), so an older list never replaces a newer one."""
+    data = (bans.to_json() + "\n").encode()
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
-        os.write(fd, (bans.to_json() + "\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     with contextlib.suppress(OSError):  # some filesystems cannot fsync a directory
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:

@@ -24,7 +24,7 @@ from pool.hashrate import HashrateBook
 from pool.jobs import Job, JobTable
 from pool.node.submit import BlockSubmission
 from pool.server.auth import Credentials
-from pool.server.bans import Bans, load_bans, save_bans
+from pool.server.bans import Bans
 from pool.server.session import Session, notify_event
 from pool.shares import DuplicateFilter, ShareResult
 from pool.stats import FoundBlock, PoolStats
@@ -82,6 +82,7 @@ class StratumServer:
         self.banned_ips: set[str] = set()
         self.banned_workers: set[str] = set()
         self.bans_path: Path | None = None
+        self.bans_lock = asyncio.Lock()  # one save of the bans file at a time
 
     # -- config -----------------------------------------------------------------------------------
     def vardiff_config(self, port: PortConfig) -> VardiffConfig:
@@ -233,16 +234,16 @@ class StratumServer:
             self.hashrate.start_worker(creds.name, creds.address, now)
 
     # -- bans -------------------------------------------------------------------------------------
-    def load_bans(self, path: Path) -> None:
-        """Take the saved bans (raises ``BansFileError`` for a file it cannot trust)."""
-        bans = load_bans(path)
+    def use_bans(self, path: Path, bans: Bans) -> None:
+        """Enforce ``bans`` (as loaded from ``path``, see ``bans.load_bans``) and save every
+        change there."""
         self.bans_path = path
         self.banned_ips, self.banned_workers = bans.ips, bans.workers
         log.info("bans_loaded", path=str(path), ips=len(bans.ips), workers=len(bans.workers))
 
-    def save_bans(self) -> None:
-        if self.bans_path is not None:
-            save_bans(self.bans_path, Bans(set(self.banned_ips), set(self.banned_workers)))
+    def bans_snapshot(self) -> Bans:
+        """A copy of the bans, taken on the event loop's thread (the sets change there)."""
+        return Bans(set(self.banned_ips), set(self.banned_workers))
 
     def worker_banned(self, creds: Credentials) -> bool:
         return creds.name in self.banned_workers or creds.address in self.banned_workers

@@ -281,18 +281,25 @@ async def test_bans_survive_a_restart_and_a_bad_bans_file_stops_the_start(
     try:
         base = f"http://127.0.0.1:{await api.start()}"
         async with aiohttp.ClientSession() as http:
-            for body in ({"ip": "10.9.8.7"}, {"worker": worker}, {"ip": "10.1.1.1"}):
-                async with http.post(base + "/api/admin/ban", json=body, headers=headers) as r:
+
+            async def admin(path: str, body: dict[str, str]) -> None:
+                async with http.post(base + path, json=body, headers=headers) as r:
                     assert r.status == 200, await r.json()
-            async with http.post(
-                base + "/api/admin/unban", json={"ip": "10.1.1.1"}, headers=headers
-            ) as r:
-                assert r.status == 200, await r.json()
+
+            # Concurrent bans: every save sees the latest list, the file ends complete.
+            others = [f"10.1.1.{i}" for i in range(1, 13)]
+            await asyncio.gather(
+                admin("/api/admin/ban", {"ip": "10.9.8.7"}),
+                admin("/api/admin/ban", {"worker": worker}),
+                *(admin("/api/admin/ban", {"ip": ip}) for ip in others),
+            )
+            await asyncio.gather(*(admin("/api/admin/unban", {"ip": ip}) for ip in others))
     finally:
         await api.stop()
         await app.stop()
     saved = json.loads((tmp_path / "bans.json").read_text())
     assert saved == {"version": 1, "ips": ["10.9.8.7"], "workers": [worker]}
+    assert [n for n in os.listdir(tmp_path) if n.startswith("bans.json")] == ["bans.json"]
     # Restarted on the same data directory: the bans are in force before any miner arrives.
     app = await start_pool(config)
     try:

@@ -143,6 +143,13 @@ async def test_miners_credits_blocks_and_a_confirmed_payout(
             b["hash"] for b in found if await rpc.call("getblockhash", b["height"]) == b["hash"]
         }
         assert in_chain, found
+        submitted = {r["block"]["hash"]: r["block"]["status"] for r in journal if "block" in r}
+        won_heights = {b["height"] for b in found if b["hash"] in in_chain}
+        for b in found:
+            if b["hash"] in in_chain:
+                assert submitted[b["hash"]] == "accepted", b
+            else:  # only ever the loser of a same-height race, never a block bitcoind refused
+                assert b["height"] in won_heights and submitted[b["hash"]] == "inconclusive", b
         await ledger.check_blocks(rpc)
         status = {b["hash"]: b["status"] for b in ledger.store.blocks()}
         assert status == {

@@ -189,7 +189,8 @@ async def test_vardiff_converges_from_1000x_too_low_and_too_high(
     assert app.server is not None
     workers = [f"{address}.low", f"{address}.high"]
     # The miners run as their own processes, as real miners do: the pool's process then handles
-    # the first seconds' flood of shares (1000x too low: ~2000 shares/s) on its own.
+    # the first seconds' flood of shares (1000x too low: ~25 000 shares/s nominal, a few hundred
+    # in all before the first retargets lift the difficulty) on its own.
     miners = [
         await asyncio.create_subprocess_exec(
             sys.executable,
@@ -228,7 +229,9 @@ async def test_vardiff_converges_from_1000x_too_low_and_too_high(
         await app.stop()
     for worker, summary in zip(workers, summaries, strict=True):
         actual = summary["hashrate"] * interval / 2**32  # the rate the miner really hashed at
-        assert actual == pytest.approx(ideal, rel=0.1), summary
+        # The checks below are against ``actual``; this only makes sure the throttle worked
+        # (a loaded CI machine may slow a miner a little, which is no fault of the pool).
+        assert actual == pytest.approx(ideal, rel=0.25), summary
         for when, value in (("2 min", at_two_minutes[worker]), ("2 min 20 s", later[worker])):
             assert value == pytest.approx(actual, rel=0.25), (
                 worker,

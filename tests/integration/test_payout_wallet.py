@@ -48,7 +48,7 @@ async def test_payout_address_outside_the_wallet_is_a_startup_warning(
     assert isinstance(config.node, NodeConfig) and config.node.wallet == "pool"
     with capture_logs() as logs:
         app = await start_pool(config)
-    await app.stop()
+        await app.stop()
     [warning] = [e for e in logs if e["event"] == "payout_address_not_in_wallet"]
     assert warning["address"] == foreign and warning["wallet"] == "pool"
     assert warning["log_level"] == "warning"

@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from structlog.testing import capture_logs
+
 from pool.bitcoin import REGTEST
 from pool.bitcoin.target import difficulty_to_target
 from pool.config import LedgerConfig
@@ -113,7 +115,7 @@ async def test_retention_zero_keeps_every_segment(tmp_path: Path) -> None:
     await ledger.open()
     try:
         assert [n for n, _ in segment_files(journal_dir)] == [1, 2, 3]
-        assert ledger.prune_journal(time.time()) == []
+        assert ledger.prune_journal(time.time(), ledger.store.checkpoint()) == []
     finally:
         await ledger.close()
 
@@ -126,6 +128,23 @@ async def test_young_segments_are_kept(tmp_path: Path) -> None:
     try:
         assert [n for n, _ in segment_files(journal_dir)] == [1, 2, 3, 4]
         # A day later segments 1 and 2 qualify (3 holds the checkpoint, 4 is open).
-        assert ledger.prune_journal(time.time() + 1.5 * DAY) == [1, 2]
+        assert ledger.prune_journal(time.time() + 1.5 * DAY, ledger.store.checkpoint()) == [1, 2]
+        assert ledger.prune_journal(time.time() + 9 * DAY, None) == []  # no checkpoint: keep
     finally:
         await ledger.close()
+
+
+async def test_a_missing_checkpoint_segment_is_reported(tmp_path: Path) -> None:
+    journal_dir = tmp_path / "journal"
+    await write_segments(journal_dir, per_segment=2, segments=2)
+    ledger = Ledger(LedgerConfig(), tmp_path, REGTEST)
+    await ledger.open()
+    await ledger.close()  # checkpoint in segment 2; segment 3 opened (empty)
+    (journal_dir / "shares-00000002.journal").unlink()  # e.g. an old store restored
+    again = Ledger(LedgerConfig(), tmp_path, REGTEST)
+    with capture_logs() as logs:
+        await again.open()
+    await again.close()
+    [error] = [e for e in logs if e["event"] == "journal_checkpoint_segment_missing"]
+    assert error["log_level"] == "error" and error["checkpoint"].startswith("2:")
+    assert error["segments"] == [1, 3]

@@ -91,6 +91,17 @@ def test_shares_and_checkpoint_commit_together(tmp_path: Path) -> None:
     again.close()
 
 
+def test_rollback_discards_uncommitted_shares_and_their_checkpoint(store: Store) -> None:
+    store.apply_share(share(credit=10), Checkpoint(1, 100))
+    store.commit()
+    store.apply_share(share(credit=7), Checkpoint(1, 200))  # e.g. half-applied, then failed
+    store.rollback()
+    store.set_block_status("ef" * 32, ORPHANED, -1, 1.0)  # a later own transaction commits
+    store.commit()
+    assert store.checkpoint() == Checkpoint(1, 100)
+    assert store.totals() == {"shares": 1, "credit_units": 10, "fee_units": 1}
+
+
 def test_share_minutes_and_luck_inputs(store: Store) -> None:
     store.apply_share(share(time=60.0), Checkpoint(1, 1))
     store.apply_share(share(time=119.0), Checkpoint(1, 2))

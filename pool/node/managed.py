@@ -130,6 +130,10 @@ class ManagedNode:
                     f"bitcoind exited with code {self.process.returncode} while starting.\n"
                     f"{out.strip()}\n--- debug.log tail ---\n{self.log_tail()}"
                 )
+            if not self.cookie_file.exists():  # bitcoind writes it when RPC is up: not yet
+                last_error = f"no cookie file yet at {self.cookie_file}"
+                await asyncio.sleep(0.05)
+                continue
             try:
                 await self.rpc.call("getblockchaininfo", retry=False, timeout=5.0)
             except RpcUnavailable as exc:

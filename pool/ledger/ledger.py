@@ -163,14 +163,15 @@ class Ledger:
         self.store.open()
         cp = self.store.checkpoint()
         start = JournalPosition(cp.segment, cp.offset) if cp else None
-        if cp is not None and cp.segment not in dict(segment_files(self.journal_dir)):
+        segments = [n for n, _ in segment_files(self.journal_dir)]
+        if cp is not None and cp.segment not in segments:
             # Retention never deletes the checkpoint's segment: the store is older than the
             # journal (restored from a backup?) or files were removed by hand. Shares between
             # the checkpoint and the oldest segment left cannot be replayed.
             log.error(
                 "journal_checkpoint_segment_missing",
                 checkpoint=f"{cp.segment}:{cp.offset}",
-                segments=[n for n, _ in segment_files(self.journal_dir)],
+                segments=segments,
                 note="shares journaled after the checkpoint in missing segments are not credited",
             )
         replayed = 0
@@ -377,7 +378,7 @@ class Ledger:
         defined in the economics notes: expected / found (above 1: fewer blocks than the
         work deserved; None while no block was found). Orphaned blocks count as found: luck
         measures the work against the solutions it produced; what orphans cost shows in the
-        blocks' status and in the reserve, which only counts confirmed rewards."""
+        blocks' status and in the reserve, which leaves their rewards out."""
         out: dict[str, dict[str, float | int | None]] = {}
         windows = dict(LUCK_WINDOWS, all=now)
         for name, span in windows.items():

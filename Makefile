@@ -47,7 +47,7 @@ unit: $(STAMP)
 integration: $(STAMP) bitcoind chromium
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
 
-bench: $(STAMP)
+bench: $(STAMP) bitcoind
 	$(BIN)/python -m benchmarks
 
 clean:

@@ -2,7 +2,9 @@
 
 - share validation (``pool.shares.validate_share``), the per-share cost of the pool;
 - decoding a ``mining.submit`` line (``stratum.ServerConnection``);
-- the bundled miner's hashing loop (``pool.miner.scan``).
+- the bundled miner's hashing loop (``pool.miner.scan``);
+- the whole pool end to end (``benchmarks/pool_shares.py``: TCP, validation, journal with each
+  fsync policy, answers) on a regtest bitcoind.
 
 Each is timed several times; the best run is reported (least disturbed by other load).
 """
@@ -14,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 
+from benchmarks import pool_shares
 from pool.bitcoin import REGTEST, address_to_script
 from pool.jobs import JobConfig, Template, build_job
 from pool.miner import scan
@@ -99,6 +102,7 @@ def main() -> int:
         "validate_share_per_s": round(bench_validate()),
         "decode_submit_per_s": round(bench_decode()),
         "miner_hashes_per_s_per_core": round(bench_scan()),
+        "pool_end_to_end": pool_shares.measure_all(),
         "python": sys.version.split()[0],
     }
     print(json.dumps(results, indent=2))

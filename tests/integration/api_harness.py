@@ -161,16 +161,3 @@ async def mined_pool(
         await api.stop()
         await app.stop()
         os.environ.pop(TOKEN_ENV, None)
-
-
-def journal_identity(record: dict[str, Any]) -> tuple[str, str, str, str]:
-    return (record["extranonce"], record["job"], f"{record['ntime']:08x}", f"{record['nonce']:08x}")
-
-
-def pending_identity(share: dict[str, Any]) -> tuple[str, str, str, str]:
-    return (
-        share["extranonce1"] + share["extranonce2"],
-        share["job_id"],
-        share["ntime"],
-        share["nonce"],
-    )

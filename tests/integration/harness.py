@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,8 @@ from pool.config import (
 )
 from pool.miner import header_prefix as miner_header_prefix
 from pool.miner import scan
-from pool.node.managed import ManagedNode
+from pool.node.binaries import Binaries
+from pool.node.managed import ManagedNode, prepare_regtest_wallet
 from stratum.events import Notify
 
 
@@ -70,21 +72,20 @@ def pool_config(
 ShareId = tuple[str, str, str, str]  # extranonce1+2, job id as sent, ntime, nonce (hex)
 
 
+def miner_share_identity(share: dict[str, Any]) -> ShareId:
+    """A share as the bundled miner records it (``--record``, or its pending list)."""
+    return (
+        share["extranonce1"] + share["extranonce2"],
+        share["job_id"],
+        share["ntime"],
+        share["nonce"],
+    )
+
+
 def told_accepted(record_file: Path) -> list[ShareId]:
     """The shares a bundled miner (``--record FILE``) was told were accepted."""
-    out = []
-    for line in record_file.read_text().splitlines():
-        entry = json.loads(line)
-        if entry["accepted"]:
-            out.append(
-                (
-                    entry["extranonce1"] + entry["extranonce2"],
-                    entry["job_id"],
-                    entry["ntime"],
-                    entry["nonce"],
-                )
-            )
-    return out
+    entries = (json.loads(line) for line in record_file.read_text().splitlines())
+    return [miner_share_identity(e) for e in entries if e["accepted"]]
 
 
 def journal_identity(record: dict[str, Any]) -> ShareId:
@@ -95,6 +96,20 @@ def journal_identity(record: dict[str, Any]) -> ShareId:
         f"{record['ntime']:08x}",
         f"{record['nonce']:08x}",
     )
+
+
+@contextlib.asynccontextmanager
+async def own_node(binaries: Binaries, datadir: Path) -> AsyncIterator[ManagedNode]:
+    """A regtest bitcoind of a test module's own, with a funded "pool" wallet and a "miners"
+    wallet; stopped afterwards, also when a test failed."""
+    node = ManagedNode(datadir, binaries=binaries)
+    await node.start()
+    try:
+        await prepare_regtest_wallet(node, "pool")
+        await node.ensure_wallet("miners")
+        yield node
+    finally:
+        await node.stop()
 
 
 async def start_pool(config: Config) -> PoolApp:

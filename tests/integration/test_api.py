@@ -31,11 +31,9 @@ from tests.integration.api_harness import (
     Mined,
     by_name,
     get,
-    journal_identity,
     mined_pool,
-    pending_identity,
 )
-from tests.integration.harness import wallet_address
+from tests.integration.harness import journal_identity, miner_share_identity, wallet_address
 from tests.unit.test_metrics import parse_exposition
 
 pytestmark = pytest.mark.integration
@@ -65,7 +63,7 @@ async def test_share_counts_agree_exactly_with_the_ledger_and_the_miners(mined: 
         # Shares the miner sent but stopped before reading the answer to (it stops reading at
         # once): the pool judged them; those it accepted are in the journal.
         pending = [p for c in mined.miners[i].connections for p in c.pending]
-        answered_late = sum(1 for p in pending if pending_identity(p) in in_journal)
+        answered_late = sum(1 for p in pending if miner_share_identity(p) in in_journal)
         accepted = w["shares"]["accepted"]
         assert accepted == summary["accepted"] + answered_late, (summary, len(pending))
         assert accepted == stored["shares"] == w["ledger"]["shares"]

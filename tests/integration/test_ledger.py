@@ -21,10 +21,11 @@ from pool.ledger.journal import read_records
 from pool.ledger.payouts import btc_to_sat
 from pool.miner import Miner, MinerOptions
 from pool.node.binaries import Binaries
-from pool.node.managed import ManagedNode, prepare_regtest_wallet
+from pool.node.managed import ManagedNode
 from tests.integration.harness import (
     RawClient,
     journal_identity,
+    own_node,
     pool_config,
     solve,
     start_pool,
@@ -45,14 +46,8 @@ async def ledger_node(
     bitcoind_binaries: Binaries, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[ManagedNode]:
     """A regtest bitcoind of its own (blocks get invalidated here), pool wallet funded."""
-    node = ManagedNode(tmp_path_factory.mktemp("bitcoind-ledger"), binaries=bitcoind_binaries)
-    await node.start()
-    try:
-        await prepare_regtest_wallet(node, "pool")
-        await node.ensure_wallet("miners")
+    async with own_node(bitcoind_binaries, tmp_path_factory.mktemp("bitcoind-ledger")) as node:
         yield node
-    finally:
-        await node.stop()
 
 
 def ledger_config(node: ManagedNode, data_dir: Path, payout: str, **ledger: Any) -> Any:

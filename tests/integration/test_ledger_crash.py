@@ -27,8 +27,8 @@ import pytest_asyncio
 from pool.ledger.journal import read_records
 from pool.ledger.store import Store
 from pool.node.binaries import Binaries
-from pool.node.managed import ManagedNode, free_port, prepare_regtest_wallet
-from tests.integration.harness import journal_identity, told_accepted, wallet_address
+from pool.node.managed import ManagedNode, free_port
+from tests.integration.harness import journal_identity, own_node, told_accepted, wallet_address
 
 pytestmark = pytest.mark.integration
 
@@ -39,14 +39,8 @@ ROOT = Path(__file__).resolve().parents[2]
 async def crash_node(
     bitcoind_binaries: Binaries, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[ManagedNode]:
-    node = ManagedNode(tmp_path_factory.mktemp("bitcoind-crash"), binaries=bitcoind_binaries)
-    await node.start()
-    try:
-        await prepare_regtest_wallet(node, "pool")
-        await node.ensure_wallet("miners")
+    async with own_node(bitcoind_binaries, tmp_path_factory.mktemp("bitcoind-crash")) as node:
         yield node
-    finally:
-        await node.stop()
 
 
 def write_config(

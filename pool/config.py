@@ -82,6 +82,7 @@ class LimitsConfig:
     max_workers_per_connection: int = 64
     send_queue_bytes: int = 1 << 20  # a reader this far behind is dropped
     max_invalid_shares_in_row: int = 1000
+    listen_backlog: int = 8192  # pending TCP connections per port (the kernel caps it at somaxconn)
 
 
 @dataclass(frozen=True)
@@ -317,6 +318,7 @@ def validate(config: Config, where: str) -> None:
         "max_workers_per_connection",
         "send_queue_bytes",
         "max_invalid_shares_in_row",
+        "listen_backlog",
     ):
         if getattr(limits, name) < 1:
             fail(f"limits.{name}", "must be at least 1")

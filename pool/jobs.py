@@ -7,8 +7,10 @@ coinb2), the merkle branch, version, nbits, ntime and the template's transaction
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import random
+import struct
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +28,9 @@ from pool.bitcoin import (
     serialize_block,
     serialize_header,
 )
+
+_sha256 = hashlib.sha256
+_pack_u32 = struct.Struct("<I").pack
 
 
 class TemplateError(ValueError):
@@ -138,6 +143,20 @@ class Job:
     # The target a share must meet to be submitted as a block: the template's own target, or a
     # harder simulated one (chain simulation on regtest). Never easier than the template's.
     block_target: int = field(default=0)
+    # Per-job constants for the share hot path, computed once (see ``__post_init__``).
+    coinb1: bytes = field(init=False, repr=False, compare=False)
+    coinb2: bytes = field(init=False, repr=False, compare=False)
+    prev_hash: bytes = field(init=False, repr=False, compare=False)
+    bits_bytes: bytes = field(init=False, repr=False, compare=False)
+    branch_bytes: tuple[bytes, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "coinb1", self.coinbase.coinb1)
+        set_(self, "coinb2", self.coinbase.coinb2)
+        set_(self, "prev_hash", self.template.prev_hash)
+        set_(self, "bits_bytes", struct.pack("<I", self.template.bits))
+        set_(self, "branch_bytes", tuple(self.merkle_branch))
 
     @property
     def height(self) -> int:
@@ -167,6 +186,27 @@ class Job:
 
     def merkle_root(self, extranonce: bytes) -> bytes:
         return root_from_branch(self.coinbase.txid(extranonce), self.merkle_branch)
+
+    def header_hash(self, extranonce: bytes, ntime: int, nonce: int, version: int) -> bytes:
+        """sha256d of the header (internal byte order): the per-share hot path, from the
+        precomputed coinbase halves, branch and header fields. Equals
+        ``block_hash(self.header(...))`` (tested)."""
+        if len(extranonce) != self.coinbase.extranonce_size:
+            raise ValueError(
+                f"extranonce is {len(extranonce)} bytes, expected {self.coinbase.extranonce_size}"
+            )
+        root = _sha256(_sha256(self.coinb1 + extranonce + self.coinb2).digest()).digest()
+        for h in self.branch_bytes:
+            root = _sha256(_sha256(root + h).digest()).digest()
+        header = (
+            _pack_u32(version & 0xFFFFFFFF)
+            + self.prev_hash
+            + root
+            + _pack_u32(ntime)
+            + self.bits_bytes
+            + _pack_u32(nonce)
+        )
+        return _sha256(_sha256(header).digest()).digest()
 
     def header(self, extranonce: bytes, ntime: int, nonce: int, version: int) -> bytes:
         return serialize_header(

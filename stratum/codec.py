@@ -91,6 +91,29 @@ def encode_response(id: RequestId, result: Any = None, error: ErrorTuple | None 
     return dumps_line({"id": check_id(id), "result": result, "error": wire_error})
 
 
+_RESULT_TRUE = b',"result":true,"error":null}\n'
+_error_tails: dict[ErrorTuple, bytes] = {}
+
+
+def encode_result_true_or_error(id: RequestId, error: ErrorTuple | None) -> bytes:
+    """The answer to a submit, byte for byte what :func:`encode_response` gives for
+    ``result`` true or ``(None, error)``, built from cached pieces: error tails are cached
+    per (code, message), so answering costs one small join whatever the verdict."""
+    if type(id) is int:
+        head = b'{"id":' + str(id).encode()
+    else:
+        head = b'{"id":' + dumps_line(check_id(id))[:-1]
+    if error is None:
+        return head + _RESULT_TRUE
+    tail = _error_tails.get(error)
+    if tail is None:
+        body = encode_response(0, None, error)
+        tail = body[body.index(b',"result"') :]
+        if len(_error_tails) < 1024:
+            _error_tails[error] = tail
+    return head + tail
+
+
 def encode_request(id: RequestId, method: str, params: Sequence[Any] = ()) -> bytes:
     """``{"id": id, "method": method, "params": [...]}`` as a line."""
     if not isinstance(method, str) or not method:
@@ -155,6 +178,19 @@ def decode_request(line: bytes) -> ClientRequest:
         return InvalidRequest(
             id, ErrorCode.INVALID_REQUEST, f"params must be an array, not {json_type(params)}"
         )
+    if method == SUBMIT and 5 <= len(params) <= 6:  # the hot path: five or six strings
+        p = params
+        w, j, e, t, n = p[0], p[1], p[2], p[3], p[4]
+        v = p[5] if len(p) == 6 else None
+        if (
+            type(w) is str
+            and type(j) is str
+            and type(e) is str
+            and type(t) is str
+            and type(n) is str
+            and (v is None or type(v) is str)
+        ):
+            return Submit(id, w, j, e, t, n, v)
     parser = _PARSERS.get(method)
     if parser is None:
         return UnknownMethod(id, method, params)

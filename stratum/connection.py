@@ -34,7 +34,7 @@ from typing import Any
 
 from ._json import check_id, is_hex
 from ._stream import StreamCore
-from .codec import decode_request, encode_response
+from .codec import decode_request, encode_response, encode_result_true_or_error
 from .errors import ErrorCode, LocalProtocolError
 from .events import (
     Authorize,
@@ -273,6 +273,12 @@ class ServerConnection:
             return self.reply_error(req, ErrorCode.OTHER, f"unknown method {req.method[:64]}")
         return self.reply_error(req, req.code, req.message)
 
+    def answer_submit(self, req: Submit, error: ErrorTuple | None) -> bytes:
+        """The answer to a mining.submit: ``true`` (error None) or ``[code, message, null]``.
+        The same bytes as ``reply(req, True)`` / ``reply_error(req, *error)``, faster."""
+        check_send(self.state, Outgoing.RESPONSE)
+        return encode_result_true_or_error(check_id(req.id), error)
+
     def check_submit(self, req: Submit) -> ErrorTuple | None:
         """The connection-level verdict on a submit: (25, ...), (24, ...) or None if fine."""
         if not self._subscribed:
@@ -281,8 +287,11 @@ class ServerConnection:
             return int(ErrorCode.UNAUTHORIZED), f"unauthorized worker {req.worker[:64]}"
         return None
 
-    def notify(self, event: PoolNotification) -> bytes:
-        """Encode a notification, check it is allowed now, and record what it changes."""
+    def notify(self, event: PoolNotification, *, encoded: bytes | None = None) -> bytes:
+        """Encode a notification, check it is allowed now, and record what it changes.
+
+        ``encoded``: the event's line, already made by :func:`encode_notification` (a job
+        broadcast to many connections is encoded once); it is returned as it is."""
         kind = _KIND.get(type(event))
         if kind is None:
             raise LocalProtocolError(f"not a notification: {type(event).__name__}")
@@ -291,7 +300,7 @@ class ServerConnection:
             raise LocalProtocolError("set_extranonce needs mining.extranonce.subscribe first")
         if isinstance(event, SetVersionMask) and self._version_mask is None:
             raise LocalProtocolError("set_version_mask needs negotiated version rolling")
-        data = encode_notification(event)
+        data = encode_notification(event) if encoded is None else encoded
         if isinstance(event, SetDifficulty):
             self._difficulty = float(event.difficulty)
         elif isinstance(event, SetExtranonce):

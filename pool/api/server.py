@@ -372,12 +372,9 @@ class ApiServer:
         if type(wait) is not int or not 0 <= wait <= MAX_RECONNECT_WAIT:
             raise ApiError(400, f"wait must be a whole number of seconds 0..{MAX_RECONNECT_WAIT}")
         server = self.views.parts().server
-        sessions = list(server.sessions.values())
-        for session in sessions:
-            session.reconnect(wait=wait)
-            session.writer.close()
-        log.warning("api_reconnect_all", connections=len(sessions), wait=wait)
-        return web.json_response({"reconnected": len(sessions), "wait": wait})
+        count = server.reconnect_all(wait)
+        log.warning("api_reconnect_all", connections=count, wait=wait)
+        return web.json_response({"reconnected": count, "wait": wait})
 
     async def post_payout(self, request: web.Request) -> web.Response:
         log.warning("api_payout_round", peer=request.remote)

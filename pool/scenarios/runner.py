@@ -124,7 +124,7 @@ class ScenarioRun:
         self._target = app.chain_sim.target
         self.url = f"stratum+tcp://127.0.0.1:{app.server.bound_ports[0]}"
         self.dashboard = f"http://127.0.0.1:{app.api.port}/" if app.api and app.api.port else ""
-        app.server.share_listeners.insert(0, self._on_share)
+        app.server.block_listeners.insert(0, self._on_share)
         interval = self.spec.run.share_interval_seconds
         for m in self.spec.miners:
             self.records[m.name] = MinerRecord(
@@ -238,8 +238,8 @@ class ScenarioRun:
         now: float,
         submission: BlockSubmission | None,
     ) -> None:
-        """Share listener: runs after a block candidate was submitted (and counted by the
-        simulated chain). Never raises: that would fail the miner's share."""
+        """Block listener: runs after a block candidate was submitted (and counted by the
+        simulated chain). Never raises."""
         if submission is None:
             return
         try:

@@ -1,8 +1,10 @@
-"""The Stratum listeners: ports, sessions, extranonce1 allocation, job broadcast, limits.
+"""The Stratum listeners: ports, admission, job broadcast, share recording, block submission.
 
-Data flows one way: the app hands finished jobs to ``publish``; sessions turn miners' bytes into
-shares; every judged share goes to ``on_share`` (stats, hashrate, vardiff feedback through the
-session, block submission for candidates before the miner gets its answer).
+Data flows one way: the app hands finished jobs to ``publish``; sessions move miners' bytes
+through their pure PoolConnection; accepted shares come back here to be journaled (the
+``share_listeners``, the ledger first) before their answers go out; a block candidate is
+submitted in the background at once, so no miner's answer ever waits for bitcoind, and the
+outcome goes to the ``block_listeners``.
 """
 
 from __future__ import annotations
@@ -10,9 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import os
+import socket
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -25,25 +26,28 @@ from pool.jobs import Job, JobTable
 from pool.node.submit import BlockSubmission
 from pool.server.auth import Credentials
 from pool.server.bans import Bans
-from pool.server.session import Session, notify_event
+from pool.server.context import PoolContext
+from pool.server.core import CoreSettings, PoolConnection, ShareEvent, notify_event
+from pool.server.session import Session
 from pool.shares import DuplicateFilter, ShareResult
 from pool.stats import FoundBlock, PoolStats
 from pool.vardiff import VardiffConfig
-from stratum.codec import encode_notification
+from stratum.notifications import encode_notification
 
 log = structlog.get_logger("pool.server")
 
 BlockSubmitter = Callable[[ShareResult], Awaitable[BlockSubmission]]
-# Called for every judged share, after a block candidate was submitted and BEFORE the miner is
-# answered (the ledger journals accepted shares here). An exception means "not recorded": the
-# miner is told the share failed instead of "accepted".
+# Called for every accepted share BEFORE the miner is answered (the ledger journals it here).
+# An exception means "not recorded": the miner is told the share failed instead of "accepted".
 ShareListener = Callable[
     [ShareResult, Credentials | None, float, BlockSubmission | None], Awaitable[None]
 ]
+# Called once a block candidate's submission is settled (after its share was recorded).
+BlockListener = Callable[[ShareResult, Credentials | None, float, BlockSubmission], Awaitable[None]]
 
-TICK_SECONDS = 2.0
+TICK_SECONDS = 1.0  # connection deadlines are checked this often
 PRUNE_SECONDS = 300.0
-RESUMABLE_SESSIONS = 4096
+REJECT_SUMMARY_SECONDS = 60.0  # rejected shares are logged as one summary this often
 
 
 class StratumServer:
@@ -58,31 +62,50 @@ class StratumServer:
         self.config = config
         self.network = network
         self.jobs = jobs or JobTable(max_jobs=config.pool.max_jobs)
-        self.duplicates = DuplicateFilter()
-        self.stats = PoolStats()
-        self.hashrate = HashrateBook(time.time())
+        self.ctx = PoolContext(
+            network=network,
+            jobs=self.jobs,
+            extranonce1_size=config.pool.extranonce1_size,
+            now=time.time(),
+        )
         self.submit_block = submit_block
         self.share_listeners: list[ShareListener] = []
+        self.block_listeners: list[BlockListener] = []
         self.sessions: dict[int, Session] = {}
-        self._servers: list[asyncio.Server] = []
+        self._servers: list[asyncio.AbstractServer] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._tick_task: asyncio.Task[None] | None = None
         self._conn_ids = itertools.count(1)
         self._per_ip: dict[str, int] = {}
-        size = config.pool.extranonce1_size
-        self._en1_bits = 8 * size
-        self._en1_next = int.from_bytes(os.urandom(size), "big")
-        self._en1_live: set[bytes] = set()
-        self._en1_released: OrderedDict[bytes, None] = OrderedDict()
         self.bound_ports: list[int] = []
         self.accepting = True
         # Bans (the admin API edits them; saved to ``bans_path`` when set, see bans.py): IPs
         # refused at accept; worker names or bare addresses (all of that address's workers)
         # refused at authorize.
         self.banned_ips: set[str] = set()
-        self.banned_workers: set[str] = set()
         self.bans_path: Path | None = None
         self.bans_lock = asyncio.Lock()  # one save of the bans file at a time
+
+    # -- shared state (read by the API and the tests) ---------------------------------------------
+    @property
+    def stats(self) -> PoolStats:
+        return self.ctx.stats
+
+    @property
+    def hashrate(self) -> HashrateBook:
+        return self.ctx.hashrate
+
+    @property
+    def duplicates(self) -> DuplicateFilter:
+        return self.ctx.duplicates
+
+    @property
+    def banned_workers(self) -> set[str]:
+        return self.ctx.banned_workers
+
+    @banned_workers.setter
+    def banned_workers(self, value: set[str]) -> None:
+        self.ctx.banned_workers = value
 
     # -- config -----------------------------------------------------------------------------------
     def vardiff_config(self, port: PortConfig) -> VardiffConfig:
@@ -97,16 +120,35 @@ class StratumServer:
             enabled=v.enabled,
         )
 
+    def core_settings(self, port: PortConfig) -> CoreSettings:
+        cfg = self.config
+        limits = cfg.limits
+        return CoreSettings(
+            extranonce2_size=cfg.pool.extranonce2_size,
+            version_rolling_mask=int(cfg.stratum.version_rolling_mask, 16),
+            vardiff=self.vardiff_config(port),
+            start_difficulty=port.start_difficulty,
+            max_line_bytes=limits.max_line_bytes,
+            handshake_timeout=limits.handshake_timeout_seconds,
+            idle_timeout=limits.idle_timeout_seconds,
+            max_workers=limits.max_workers_per_connection,
+            max_invalid_in_row=limits.max_invalid_shares_in_row,
+            max_ntime_ahead=cfg.stratum.max_ntime_ahead_seconds,
+            max_sent_jobs=2 * self.jobs.max_jobs,
+        )
+
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> list[int]:
         host = self.config.stratum.host
+        loop = asyncio.get_running_loop()
         for port in self.config.stratum.ports:
-            server = await asyncio.start_server(
-                lambda r, w, p=port: self._accept(r, w, p),  # type: ignore[misc]
+            settings = self.core_settings(port)
+            server = await loop.create_server(
+                lambda s=settings: self._new_session(s),  # type: ignore[misc]
                 host=host,
                 port=port.port,
-                limit=self.config.limits.max_line_bytes * 2,
                 reuse_address=True,
+                backlog=self.config.limits.listen_backlog,
             )
             self._servers.append(server)
             bound = server.sockets[0].getsockname()[1]
@@ -118,6 +160,7 @@ class StratumServer:
                 start_difficulty=port.start_difficulty,
                 min_difficulty=port.min_difficulty,
                 max_difficulty=port.max_difficulty,
+                backlog=self.config.limits.listen_backlog,
             )
         self._tick_task = asyncio.create_task(self._tick_loop(), name="stratum-tick")
         return self.bound_ports
@@ -132,25 +175,29 @@ class StratumServer:
         for session in list(self.sessions.values()):
             if reconnect:
                 session.reconnect(wait=5)
-            session.writer.close()
+            session.close("pool stopping")
         for server in self._servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 5)
         tasks = list(self._tasks)
+        if tasks:  # block submissions in flight: let them finish (each has its own timeout)
+            await asyncio.wait(tasks, timeout=30)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self._log_reject_summary()
         log.info("stratum_stopped")
 
     # -- connections ------------------------------------------------------------------------------
-    async def _accept(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: PortConfig
-    ) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        peername = writer.get_extra_info("peername") or ("?", 0)
-        ip = str(peername[0])
+    def _new_session(self, settings: CoreSettings) -> Session:
+        return Session(self, settings)
+
+    def admit(self, session: Session) -> None:
+        """A new TCP connection: refuse it (closed at once, logged) or give it its core."""
+        settings = session.settings
+        transport = session.transport
+        assert transport is not None
+        ip = session.ip
         limits = self.config.limits
         refusal = None
         if not self.accepting:
@@ -163,75 +210,40 @@ class StratumServer:
             refusal = f"limits.max_connections_per_ip ({limits.max_connections_per_ip}) reached"
         if refusal:
             log.warning("connection_refused", peer=ip, reason=refusal)
-            writer.close()
-            self._tasks.discard(task)
+            session.closed = True
+            transport.close()
             return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn_id = next(self._conn_ids)
-        session = Session(
-            self,
-            reader,
-            writer,
-            port=port,
+        session.conn_id = conn_id
+        session.core = PoolConnection(
+            self.ctx,
+            settings,
             conn_id=conn_id,
-            extranonce1=self._allocate_extranonce(),
-            peer=f"{ip}:{peername[1]}",
+            extranonce1=self.ctx.extranonces.allocate(),
+            now=time.time(),
+            peer=session.peer,
         )
         self.sessions[conn_id] = session
         self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
-        session.log.info("connected")
-        try:
-            await session.run()
-        finally:
-            self.sessions.pop(conn_id, None)
-            self._per_ip[ip] -= 1
-            if not self._per_ip[ip]:
-                del self._per_ip[ip]
-            self._release_extranonce(session.extranonce1)
-            for creds in session.workers.values():
-                self.stats.worker(creds.name, creds.address).connections -= 1
-            session.log.info("disconnected", reason=session.close_reason)
-            self._tasks.discard(task)
+        session.core.log.info("connected")
 
-    def _allocate_extranonce(self) -> bytes:
-        size = self.config.pool.extranonce1_size
-        for _ in range(1 << 16):
-            self._en1_next = (self._en1_next + 1) % (1 << self._en1_bits)
-            en1 = self._en1_next.to_bytes(size, "big")
-            if en1 not in self._en1_live and en1 not in self._en1_released:
-                self._en1_live.add(en1)
-                return en1
-        # Every nearby value is taken or parked for resumption: reuse the oldest parked one.
-        en1, _ = self._en1_released.popitem(last=False)
-        self._en1_live.add(en1)
-        return en1
-
-    def _release_extranonce(self, en1: bytes) -> None:
-        self._en1_live.discard(en1)
-        self._en1_released[en1] = None
-        while len(self._en1_released) > RESUMABLE_SESSIONS:
-            self._en1_released.popitem(last=False)
-
-    def resume_extranonce(self, session: Session, session_id: str) -> bool:
-        """Give a reconnecting miner its previous extranonce1 if it is free (session resume)."""
-        try:
-            wanted = bytes.fromhex(session_id)
-        except ValueError:
-            return False
-        if len(wanted) != len(session.extranonce1) or wanted not in self._en1_released:
-            return False
-        del self._en1_released[wanted]
-        self._en1_live.discard(session.extranonce1)
-        self._en1_released[session.extranonce1] = None
-        self._en1_live.add(wanted)
-        session.extranonce1 = wanted
-        return True
-
-    def worker_connected(self, session: Session, creds: Credentials) -> None:
-        now = time.time()
-        stats = self.stats.worker(creds.name, creds.address)
-        stats.connections += 1
-        if self.hashrate.worker(creds.name) is None:
-            self.hashrate.start_worker(creds.name, creds.address, now)
+    def forget(self, session: Session) -> None:
+        """The connection is gone: free its slot, extranonce1 and worker counts."""
+        core = session.core
+        if core is None or self.sessions.pop(session.conn_id, None) is None:
+            return
+        ip = session.ip
+        self._per_ip[ip] -= 1
+        if not self._per_ip[ip]:
+            del self._per_ip[ip]
+        self.ctx.extranonces.release(core.extranonce1)
+        for creds in core.workers.values():
+            self.ctx.worker_disconnected(creds)
+        core.log.info("disconnected", reason=core.close_reason)
 
     # -- bans -------------------------------------------------------------------------------------
     def use_bans(self, path: Path, bans: Bans) -> None:
@@ -246,32 +258,43 @@ class StratumServer:
         return Bans(set(self.banned_ips), set(self.banned_workers))
 
     def worker_banned(self, creds: Credentials) -> bool:
-        return creds.name in self.banned_workers or creds.address in self.banned_workers
+        return self.ctx.worker_banned(creds)
 
     def drop_banned(self) -> int:
         """Close the live connections of banned IPs and banned workers; how many were closed."""
         dropped = 0
         for session in list(self.sessions.values()):
-            ip = session.peer.rsplit(":", 1)[0]
-            if ip in self.banned_ips:
-                session.abort(f"IP {ip} banned")
-            elif any(self.worker_banned(c) for c in session.workers.values()):
+            core = session.core
+            if session.ip in self.banned_ips:
+                session.abort(f"IP {session.ip} banned")
+            elif core is not None and any(self.worker_banned(c) for c in core.workers.values()):
                 session.abort("worker banned")
             else:
                 continue
             dropped += 1
         return dropped
 
+    def reconnect_all(self, wait: int = 0) -> int:
+        """client.reconnect to every miner, then close (miners that ignore it reconnect too)."""
+        sessions = list(self.sessions.values())
+        for session in sessions:
+            session.reconnect(wait=wait)
+            session.close("asked to reconnect")
+        return len(sessions)
+
     # -- jobs -------------------------------------------------------------------------------------
     def publish(self, job: Job) -> None:
         """A new job: into the table (retiring old ones), then to every ready miner."""
         retired = self.jobs.add(job)
-        self.duplicates.forget(j.job_id for j in retired)
-        line = encode_notification(notify_event(job, job.job_id, job.clean))
+        self.ctx.duplicates.forget(j.job_id for j in retired)
+        event = notify_event(job, job.job_id, job.clean)
+        notify = (event, encode_notification(event))
+        now = time.time()
         sent = 0
         for session in list(self.sessions.values()):
-            if session.ready:
-                session.send_job(job, notify_line=line)
+            core = session.core
+            if core is not None and core.ready:
+                session.send(core.on_job(job, now, notify=notify))
                 sent += 1
         log.info(
             "job_published",
@@ -283,49 +306,105 @@ class StratumServer:
         )
 
     # -- shares -----------------------------------------------------------------------------------
-    async def on_share(
-        self, session: Session, creds: Credentials | None, result: ShareResult, now: float
-    ) -> None:
-        name = creds.name if creds else None
-        address = creds.address if creds else ""
-        submission: BlockSubmission | None = None
-        if result.accepted and result.block_candidate:
-            submission = await self.submit_block(result)
-            self.stats.record_block(
-                FoundBlock(
-                    height=submission.height,
-                    hash=submission.block_hash,
-                    worker=name or "",
-                    status=submission.status.value,
-                    reason=submission.reason,
-                    time=now,
-                )
-            )
-        # The ledger journals the share first: if it cannot, the share is not counted anywhere
-        # and the miner is told so (the exception reaches the session).
-        for listener in self.share_listeners:
-            await listener(result, creds, now, submission)
-        self.stats.record(name, address, result, now)
-        if result.accepted and creds is not None:
-            self.hashrate.add_share(
-                worker=creds.name, address=creds.address, difficulty=result.difficulty, now=now
-            )
-        else:
-            session.log.info(
-                "share_rejected",
-                worker=name or result.worker[:128],
-                code=result.code,
-                reason=result.message,
-                job_id=result.job.job_id if result.job else None,
-            )
+    def record_shares(
+        self, session: Session, items: list[bytes | ShareEvent]
+    ) -> asyncio.Future[list[bool]]:
+        """Journal the accepted shares of one read; the future says, per share in order,
+        whether it was recorded (the session answers then). Block candidates are submitted
+        at once, in the background."""
+        now = time.time()
+        events = [item for item in items if type(item) is ShareEvent]
+        task = asyncio.ensure_future(self._record(events, now))
+        task.add_done_callback(session.flush)
+        for event in events:
+            if event.result.block_candidate:
+                self._spawn(self._submit_block(event, now, task))
+        return task
 
+    async def _record(self, events: list[ShareEvent], now: float) -> list[bool]:
+        listeners = self.share_listeners
+        if len(events) == 1:
+            outcomes = [await self._record_one(events[0], now, listeners)]
+        else:
+            outcomes = list(
+                await asyncio.gather(*(self._record_one(e, now, listeners) for e in events))
+            )
+        for event, ok in zip(events, outcomes, strict=True):
+            if ok:
+                self.ctx.count_accepted(event.result, event.creds, now)
+        return outcomes
+
+    @staticmethod
+    async def _record_one(event: ShareEvent, now: float, listeners: list[ShareListener]) -> bool:
+        try:
+            for listener in listeners:
+                await listener(event.result, event.creds, now, None)
+        except Exception as exc:  # not recorded (e.g. the ledger's disk): never say "accepted"
+            log.error("share_not_recorded", worker=event.creds.name, error=repr(exc))
+            return False
+        return True
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _submit_block(
+        self, event: ShareEvent, now: float, recorded: asyncio.Future[list[bool]]
+    ) -> None:
+        result, creds = event.result, event.creds
+        try:
+            submission = await self.submit_block(result)
+        except Exception as exc:
+            log.exception("block_submission_crashed", hash=result.hash_hex, error=repr(exc))
+            return
+        self.stats.record_block(
+            FoundBlock(
+                height=submission.height,
+                hash=submission.block_hash,
+                worker=creds.name,
+                status=submission.status.value,
+                reason=submission.reason,
+                time=now,
+            )
+        )
+        with contextlib.suppress(Exception):
+            await asyncio.shield(recorded)  # the share's journal record comes first
+        for listener in self.block_listeners:
+            try:
+                await listener(result, creds, now, submission)
+            except Exception as exc:
+                log.exception("block_listener_failed", hash=result.hash_hex, error=repr(exc))
+
+    # -- time -------------------------------------------------------------------------------------
     async def _tick_loop(self) -> None:
-        last_prune = time.time()
+        last_prune = last_summary = time.time()
         while True:
             await asyncio.sleep(TICK_SECONDS)
             now = time.time()
             for session in list(self.sessions.values()):
-                session.tick(now)
+                core = session.core
+                if core is None or now < core.next_timer():
+                    continue
+                session.send(core.handle_timer(now))
+                if core.closing:
+                    session.abort(core.close_reason)
+            if now - last_summary >= REJECT_SUMMARY_SECONDS:
+                last_summary = now
+                self._log_reject_summary()
             if now - last_prune >= PRUNE_SECONDS:
                 last_prune = now
                 self.hashrate.prune(now)  # meters idle longer than their largest window
+
+    def _log_reject_summary(self) -> None:
+        summary = self.ctx.take_reject_summary()
+        if summary is not None:
+            log.info(
+                "shares_rejected",
+                total=summary.total,
+                by_reason=summary.by_reason,
+                top_workers=[
+                    {"worker": (w or "(not authorized)")[:128], "reason": r, "count": c}
+                    for w, r, c in summary.by_worker
+                ],
+            )

@@ -1,0 +1,447 @@
+"""One miner connection, pure: bytes and ``now`` in, bytes and share events out.
+
+:class:`PoolConnection` is the pool's whole per-connection state (aioquic's QuicConnection is
+the model): the stratum :class:`~stratum.connection.ServerConnection` (every outgoing message
+passes its state machine), the authorized workers, the jobs sent with the difficulty in force
+for each, vardiff, the invalid-share counter and the deadlines. No asyncio, no sockets, no
+clock: the asyncio session (:mod:`pool.server.session`) only moves bytes.
+
+Usage::
+
+    core = PoolConnection(context, settings, conn_id=1, extranonce1=en1, now=now)
+    items, shares = core.receive_data(data, now)   # bytes answers, ShareEvent for accepted shares
+    # journal every ShareEvent, then, in order, replace each by
+    core.share_recorded(event, error, now)          # its answer (+ a new difficulty and job)
+    core.on_job(job, now)                           # a new job: set_difficulty? + notify
+    if now >= core.next_timer(): core.handle_timer(now)
+    core.closing                                    # set when the connection must be closed
+
+Accepted shares are not answered by the core: the answer waits until the ledger has the
+share (a share is acknowledged only once it is durable). Rejected shares are answered at once
+and counted (no log line, no object, no formatted message per rejected share).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import structlog
+
+from pool.jobs import Job
+from pool.server.auth import AuthError, Credentials, parse_credentials
+from pool.server.context import PoolContext
+from pool.shares import Reject, ShareResult, judge_share
+from pool.vardiff import Vardiff, VardiffConfig
+from stratum.connection import ServerConnection
+from stratum.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from stratum.events import (
+    Authorize,
+    ClientRequest,
+    Configure,
+    ConnectionClosed,
+    ExtranonceSubscribe,
+    GetTransactions,
+    InvalidRequest,
+    NeedData,
+    Notify,
+    Reconnect,
+    SetDifficulty,
+    ShowMessage,
+    Submit,
+    Subscribe,
+    SuggestDifficulty,
+    UnknownMethod,
+)
+from stratum.notifications import encode_notification
+
+log = structlog.get_logger("pool.server.core")
+
+NOT_RECORDED = (int(ErrorCode.OTHER), "the pool could not record the share")
+_NOT_SUBSCRIBED = (Reject.NOT_SUBSCRIBED.code, Reject.NOT_SUBSCRIBED.message)
+_UNAUTHORIZED = (Reject.UNAUTHORIZED.code, Reject.UNAUTHORIZED.message)
+_STALE = (Reject.STALE.code, Reject.STALE.message)
+
+
+@dataclass(frozen=True, slots=True)
+class CoreSettings:
+    """Everything a connection needs from the config (one per port, shared)."""
+
+    extranonce2_size: int
+    version_rolling_mask: int
+    vardiff: VardiffConfig
+    start_difficulty: float
+    max_line_bytes: int = 16384
+    handshake_timeout: float = 30.0
+    idle_timeout: float = 600.0
+    max_workers: int = 64
+    max_invalid_in_row: int = 1000
+    max_ntime_ahead: int = 7200
+    max_sent_jobs: int = 32
+    tick_seconds: float = 2.0  # vardiff's idle decay and time-based retargets
+
+
+class ShareEvent(NamedTuple):
+    """An accepted share waiting for the ledger; its answer comes from ``share_recorded``."""
+
+    request: Submit
+    result: ShareResult
+    creds: Credentials
+
+
+def notify_event(job: Job, job_id: str, clean: bool) -> Notify:
+    params = job.notify_params()
+    return Notify(
+        job_id=job_id,
+        prevhash=params[1],
+        coinb1=params[2],
+        coinb2=params[3],
+        merkle_branch=tuple(params[4]),
+        version=params[5],
+        nbits=params[6],
+        ntime=params[7],
+        clean_jobs=clean,
+    )
+
+
+class PoolConnection:
+    __slots__ = (
+        "_close_reason",
+        "_next_tick",
+        "closing",
+        "conn",
+        "conn_id",
+        "connected_at",
+        "ctx",
+        "difficulty_sent",
+        "extranonce1",
+        "invalid_in_row",
+        "last_request",
+        "log",
+        "sent",
+        "settings",
+        "user_agent",
+        "vardiff",
+        "workers",
+    )
+
+    def __init__(
+        self,
+        ctx: PoolContext,
+        settings: CoreSettings,
+        *,
+        conn_id: int,
+        extranonce1: bytes,
+        now: float,
+        peer: str = "",
+    ) -> None:
+        self.ctx = ctx
+        self.settings = settings
+        self.conn_id = conn_id
+        self.extranonce1 = extranonce1
+        self.conn = ServerConnection(max_line_bytes=settings.max_line_bytes)
+        self.vardiff = Vardiff(settings.vardiff, settings.start_difficulty, now)
+        self.sent: OrderedDict[str, tuple[Job, float]] = OrderedDict()
+        self.workers: dict[str, Credentials] = {}
+        self.difficulty_sent: float | None = None
+        self.invalid_in_row = 0
+        self.connected_at = now
+        self.last_request = now
+        self._next_tick = now + settings.tick_seconds
+        self.closing = False
+        self._close_reason = ""
+        self.user_agent: str | None = None
+        self.log = log.bind(conn_id=conn_id, peer=peer)
+
+    # -- state ------------------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        """Subscribed and at least one worker authorized: jobs go out."""
+        return self.conn.subscribed and bool(self.workers) and not self.closing
+
+    @property
+    def close_reason(self) -> str:
+        return self._close_reason
+
+    def close(self, reason: str) -> None:
+        """Nothing more is received or sent; the adapter closes the socket."""
+        if not self.closing:
+            self.closing = True
+            self._close_reason = reason
+            self.conn.close()
+
+    # -- receiving --------------------------------------------------------------------------------
+    def receive_data(self, data: bytes, now: float) -> tuple[list[bytes | ShareEvent], int]:
+        """Handle every complete line in ``data`` (``b""``: the peer closed). Returns the
+        answers in request order (bytes, or a ShareEvent for an accepted share whose answer
+        waits for the ledger) and how many ShareEvents there are."""
+        out: list[bytes | ShareEvent] = []
+        if self.closing:
+            return out, 0
+        conn = self.conn
+        conn.receive_data(data)
+        shares = 0
+        while True:
+            try:
+                event = conn.next_event()
+            except RemoteProtocolError as exc:
+                self.log.info("protocol_error", error=exc.message)
+                self.close(f"protocol error: {exc.message}")
+                break
+            kind = type(event)
+            if kind is Submit:
+                self.last_request = now
+                answer = self._submit(event, now)  # type: ignore[arg-type]
+                out.append(answer)
+                if type(answer) is ShareEvent:
+                    shares += 1
+                elif self.invalid_in_row >= self.settings.max_invalid_in_row:
+                    limit = self.settings.max_invalid_in_row
+                    self.close(
+                        f"{limit} invalid shares in a row (limits.max_invalid_shares_in_row)"
+                    )
+                    break
+                continue
+            if kind is NeedData:
+                break
+            if kind is ConnectionClosed:
+                self.close("peer closed")
+                break
+            self.last_request = now
+            try:
+                self._request(event, now, out)  # type: ignore[arg-type]
+            except LocalProtocolError as exc:
+                # A request the state machine will not let us answer normally (e.g. a second
+                # mining.subscribe): answer with an error instead of dropping the miner.
+                self.log.info("request_refused", error=exc.message, request=kind.__name__)
+                out.append(
+                    conn.reply_error(
+                        event,  # type: ignore[arg-type]
+                        ErrorCode.OTHER,
+                        exc.message,
+                    )
+                )
+            if self.closing:
+                break
+        return out, shares
+
+    def _submit(self, req: Submit, now: float) -> bytes | ShareEvent:
+        conn = self.conn
+        if not conn.subscribed:
+            return self._rejected(req, None, Reject.NOT_SUBSCRIBED, _NOT_SUBSCRIBED)
+        creds = self.workers.get(req.worker)
+        if creds is None:
+            return self._rejected(req, None, Reject.UNAUTHORIZED, _UNAUTHORIZED)
+        entry = self.sent.get(req.job_id)
+        if entry is None or self.ctx.jobs.get(entry[0].job_id) is not entry[0]:
+            return self._rejected(req, creds, Reject.STALE, _STALE)
+        job, difficulty = entry
+        verdict = judge_share(
+            job,
+            req.worker,
+            req.job_id,
+            req.extranonce2,
+            req.ntime,
+            req.nonce,
+            req.version_bits,
+            extranonce1=self.extranonce1,
+            extranonce2_size=self.settings.extranonce2_size,
+            version_mask=conn.version_mask or 0,
+            duplicates=self.ctx.duplicates,
+            difficulty=difficulty,
+            now=now,
+            max_ntime_ahead=self.settings.max_ntime_ahead,
+        )
+        if type(verdict) is tuple:
+            reject, message = verdict
+            return self._rejected(req, creds, reject, (reject.code, message))
+        return ShareEvent(req, verdict, creds)  # type: ignore[arg-type]
+
+    def _rejected(
+        self, req: Submit, creds: Credentials | None, reject: Reject, error: tuple[int, str]
+    ) -> bytes:
+        self.invalid_in_row += 1
+        self.ctx.count_rejected(creds, reject)
+        return self.conn.answer_submit(req, error)
+
+    def share_recorded(self, event: ShareEvent, recorded: bool, now: float) -> bytes:
+        """The ledger has the share (``recorded``) or could not record it: the answer, and on
+        a vardiff change the new difficulty with the current job again."""
+        if self.closing:
+            return b""
+        if not recorded:
+            return self.conn.answer_submit(event.request, NOT_RECORDED)
+        self.invalid_in_row = 0
+        answer = self.conn.answer_submit(event.request, None)
+        if self.vardiff.on_share(event.result.difficulty, now) is not None:
+            answer += self.resend_current(now)
+        return answer
+
+    def _request(self, event: ClientRequest, now: float, out: list[bytes | ShareEvent]) -> None:
+        conn = self.conn
+        if isinstance(event, Subscribe):
+            self._subscribe(event, now, out)
+        elif isinstance(event, Authorize):
+            self._authorize(event, now, out)
+        elif isinstance(event, Configure):
+            out.append(
+                conn.configure_reply(event, pool_version_mask=self.settings.version_rolling_mask)
+            )
+        elif isinstance(event, SuggestDifficulty):
+            before = self.vardiff.difficulty
+            applied = self.vardiff.suggest(event.difficulty, now)
+            out.append(conn.reply(event, True))
+            self.log.info("difficulty_suggested", suggested=event.difficulty, applied=applied)
+            if self.ready and applied != before:
+                out.append(self.resend_current(now))
+        elif isinstance(event, ExtranonceSubscribe):
+            out.append(conn.reply(event, True))
+        elif isinstance(event, GetTransactions):
+            entry = self.sent.get(event.job_id or "")
+            txs = [tx.data.hex() for tx in entry[0].template.transactions] if entry else []
+            out.append(conn.reply(event, txs))
+        elif isinstance(event, UnknownMethod | InvalidRequest):
+            out.append(conn.reject(event))
+
+    def _subscribe(self, req: Subscribe, now: float, out: list[bytes | ShareEvent]) -> None:
+        self.user_agent = req.user_agent
+        if req.session_id:
+            resumed = self.ctx.extranonces.resume(self.extranonce1, req.session_id)
+            if resumed is not None:
+                self.extranonce1 = resumed
+                self.log.info("session_resumed", session_id=req.session_id)
+        sid = self.extranonce1.hex()
+        out.append(
+            self.conn.subscribe_ok(
+                req,
+                extranonce1=sid,
+                extranonce2_size=self.settings.extranonce2_size,
+                subscription_id=sid,
+            )
+        )
+        self.log.info("subscribed", user_agent=req.user_agent, extranonce1=sid)
+        out.append(self._first_job(now))
+
+    def _authorize(self, req: Authorize, now: float, out: list[bytes | ShareEvent]) -> None:
+        conn = self.conn
+        limit = self.settings.max_workers
+        if req.username not in self.workers and len(self.workers) >= limit:
+            message = (
+                f"too many workers on one connection (limits.max_workers_per_connection = {limit})"
+            )
+            out.append(conn.reply_error(req, ErrorCode.UNAUTHORIZED, message))
+            return
+        try:
+            creds = parse_credentials(req.username, req.password, self.ctx.network)
+        except AuthError as exc:
+            self.log.info("authorize_refused", username=req.username[:100], reason=str(exc))
+            out.append(conn.reply_error(req, ErrorCode.UNAUTHORIZED, str(exc)))
+            return
+        if self.ctx.worker_banned(creds):
+            self.log.info("authorize_refused", username=creds.name, reason="banned")
+            message = f"worker {creds.name} is banned from this pool"
+            out.append(conn.reply_error(req, ErrorCode.UNAUTHORIZED, message))
+            return
+        first = not self.workers
+        if creds.username not in self.workers:
+            self.ctx.worker_connected(creds, now)
+        self.workers[creds.username] = creds
+        if creds.fixed_difficulty is not None:
+            self.vardiff.fix(creds.fixed_difficulty)
+        out.append(conn.authorize_ok(req, creds.username))
+        self.log.info("authorized", worker=creds.name, fixed_difficulty=creds.fixed_difficulty)
+        if first:
+            out.append(self._first_job(now))
+
+    def _first_job(self, now: float) -> bytes:
+        job = self.ctx.jobs.current
+        if self.ready and not self.sent and job is not None:
+            return self.on_job(job, now, clean=True)
+        return b""
+
+    # -- sending ----------------------------------------------------------------------------------
+    def on_job(
+        self,
+        job: Job,
+        now: float,
+        *,
+        clean: bool | None = None,
+        job_id: str | None = None,
+        notify: tuple[Notify, bytes] | None = None,
+    ) -> bytes:
+        """A job for this miner: set_difficulty (when it changed) then mining.notify; the
+        difficulty in force is remembered with the job id. ``notify``: the job's event and
+        line, made once for all connections by the server. Nothing before subscribe+authorize.
+        """
+        if not self.ready:
+            return b""
+        conn = self.conn
+        difficulty = self.vardiff.difficulty
+        data = b""
+        if difficulty != self.difficulty_sent:
+            data = conn.notify(SetDifficulty(difficulty))
+            self.difficulty_sent = difficulty
+            for creds in self.workers.values():
+                self.ctx.stats.worker(creds.name, creds.address).difficulty = difficulty
+        clean = job.clean if clean is None else clean
+        jid = job_id or job.job_id
+        if notify is None or job_id is not None or notify[0].clean_jobs != clean:
+            event = notify_event(job, jid, clean)
+            line = encode_notification(event)
+        else:
+            event, line = notify
+        if clean:
+            self.sent.clear()
+        sent = self.sent
+        sent[jid] = (job, difficulty)
+        while len(sent) > self.settings.max_sent_jobs:
+            sent.popitem(last=False)
+        return data + conn.notify(event, encoded=line)
+
+    def resend_current(self, now: float) -> bytes:
+        """After a difficulty change: the current job again under a new id, not clean, so the
+        new difficulty governs it at once (miners apply set_difficulty at the next notify)."""
+        job = self.ctx.jobs.current
+        if job is None or not self.ready:
+            return b""
+        return self.on_job(job, now, clean=False, job_id=self.ctx.jobs.next_id())
+
+    def reconnect(self, host: str | None = None, port: int | None = None, wait: int = 0) -> bytes:
+        """client.reconnect (only to a subscribed miner: others would not understand it)."""
+        if not self.conn.subscribed or self.closing:
+            return b""
+        return self.conn.notify(Reconnect(host, port, wait))
+
+    def show_message(self, text: str) -> bytes:
+        if not self.conn.subscribed or self.closing:
+            return b""
+        return self.conn.notify(ShowMessage(text))
+
+    # -- time -------------------------------------------------------------------------------------
+    def next_timer(self) -> float:
+        """When ``handle_timer`` has something to do (inf once closing)."""
+        if self.closing:
+            return math.inf
+        if not self.ready:
+            return self.connected_at + self.settings.handshake_timeout
+        return min(self.last_request + self.settings.idle_timeout, self._next_tick)
+
+    def handle_timer(self, now: float) -> bytes:
+        """Deadlines: handshake and idle timeouts close; vardiff's tick may send a job."""
+        if self.closing:
+            return b""
+        settings = self.settings
+        if not self.ready:
+            if now >= self.connected_at + settings.handshake_timeout:
+                self.close("no subscribe/authorize in time")
+            return b""
+        if now >= self.last_request + settings.idle_timeout:
+            self.close("idle timeout")
+            return b""
+        if now >= self._next_tick:
+            self._next_tick = now + settings.tick_seconds
+            if self.vardiff.on_tick(now) is not None:
+                return self.resend_current(now)
+        return b""

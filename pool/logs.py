@@ -1,9 +1,18 @@
-"""structlog set-up: readable lines on a TTY, JSON lines otherwise."""
+"""structlog set-up: readable lines on a TTY, JSON lines otherwise; buffered output.
+
+Lines are not written one by one: debug/info lines collect in a buffer that a background
+thread writes out every ``FLUSH_SECONDS`` (or sooner once it holds ``FLUSH_BYTES``); a warning
+or worse is written at once, together with everything before it, so the order is kept and
+nothing important waits. The buffer is written at exit too.
+"""
 
 from __future__ import annotations
 
+import atexit
 import logging
 import sys
+import threading
+from typing import Any, TextIO
 
 import structlog
 
@@ -13,16 +22,81 @@ LEVELS = {
     "warning": logging.WARNING,
     "error": logging.ERROR,
 }
+FLUSH_SECONDS = 0.2
+FLUSH_BYTES = 64 * 1024
+
+
+class BufferedLogger:
+    """A structlog logger writing whole lines to ``stream`` in batches (thread-safe)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self._lines: list[str] = []
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def _buffer(self, message: str) -> None:
+        with self._lock:
+            self._lines.append(message)
+            self._size += len(message) + 1
+            full = self._size >= FLUSH_BYTES
+        if full:
+            self.flush()
+
+    def _urgent(self, message: str) -> None:
+        self._buffer(message)
+        self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            if not self._lines:
+                return
+            lines, self._lines, self._size = self._lines, [], 0
+            try:
+                self.stream.write("\n".join(lines) + "\n")
+                self.stream.flush()
+            except (OSError, ValueError):  # a closed stream at exit: nothing to write to
+                pass
+
+    debug = info = msg = log = _buffer
+    warning = warn = error = critical = exception = fatal = failure = _urgent
+
+
+_current: BufferedLogger | None = None
+_flusher: threading.Thread | None = None
+_wake = threading.Event()
+
+
+def _flush_loop() -> None:
+    while True:
+        _wake.wait(FLUSH_SECONDS)
+        logger = _current
+        if logger is not None:
+            logger.flush()
+
+
+def flush() -> None:
+    """Write out whatever is buffered now."""
+    if _current is not None:
+        _current.flush()
 
 
 def configure(level: str = "info", fmt: str = "auto", stream: object = None) -> None:
-    out = stream if stream is not None else sys.stderr
+    global _current, _flusher
+    out: Any = stream if stream is not None else sys.stderr
     use_json = fmt == "json" or (fmt == "auto" and not getattr(out, "isatty", lambda: False)())
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer()
         if use_json
         else structlog.dev.ConsoleRenderer(colors=False)
     )
+    flush()
+    logger = BufferedLogger(out)
+    _current = logger
+    if _flusher is None:
+        _flusher = threading.Thread(target=_flush_loop, name="log-flush", daemon=True)
+        _flusher.start()
+        atexit.register(flush)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -32,6 +106,6 @@ def configure(level: str = "info", fmt: str = "auto", stream: object = None) -> 
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(file=out),  # type: ignore[arg-type]
+        logger_factory=lambda *args: logger,
         cache_logger_on_first_use=False,
     )

@@ -30,7 +30,7 @@ from pool.bitcoin import (
 )
 
 _sha256 = hashlib.sha256
-_pack_u32 = struct.Struct("<I").pack
+_pack_header = struct.Struct("<I32s32sIII").pack
 
 
 class TemplateError(ValueError):
@@ -195,18 +195,14 @@ class Job:
             raise ValueError(
                 f"extranonce is {len(extranonce)} bytes, expected {self.coinbase.extranonce_size}"
             )
-        root = _sha256(_sha256(self.coinb1 + extranonce + self.coinb2).digest()).digest()
+        sha = _sha256
+        root = sha(sha(self.coinb1 + extranonce + self.coinb2).digest()).digest()
         for h in self.branch_bytes:
-            root = _sha256(_sha256(root + h).digest()).digest()
-        header = (
-            _pack_u32(version & 0xFFFFFFFF)
-            + self.prev_hash
-            + root
-            + _pack_u32(ntime)
-            + self.bits_bytes
-            + _pack_u32(nonce)
+            root = sha(sha(root + h).digest()).digest()
+        header = _pack_header(
+            version & 0xFFFFFFFF, self.prev_hash, root, ntime, self.template.bits, nonce
         )
-        return _sha256(_sha256(header).digest()).digest()
+        return sha(sha(header).digest()).digest()
 
     def header(self, extranonce: bytes, ntime: int, nonce: int, version: int) -> bytes:
         return serialize_header(

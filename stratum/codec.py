@@ -159,6 +159,23 @@ def encode_client_request(event: ClientRequest) -> bytes:
 def decode_request(line: bytes) -> ClientRequest:
     """Decode one line from a miner. Never raises: anything wrong is an InvalidRequest."""
     obj = load_object(line)
+    if type(obj) is dict and obj.get("method") == SUBMIT:  # the hot path: 5 or 6 strings
+        id = obj.get("id")
+        p = obj.get("params")
+        if (type(id) is int or type(id) is str or id is None) and type(p) is list:
+            n = len(p)
+            if n == 5 or n == 6:
+                w, j, e, t, nonce = p[0], p[1], p[2], p[3], p[4]
+                v = p[5] if n == 6 else None
+                if (
+                    type(w) is str
+                    and type(j) is str
+                    and type(e) is str
+                    and type(t) is str
+                    and type(nonce) is str
+                    and (v is None or type(v) is str)
+                ):
+                    return Submit(id, w, j, e, t, nonce, v)
     if isinstance(obj, tuple):
         return InvalidRequest(None, obj[0], obj[1])
     id, id_problem = read_id(obj)
@@ -178,19 +195,6 @@ def decode_request(line: bytes) -> ClientRequest:
         return InvalidRequest(
             id, ErrorCode.INVALID_REQUEST, f"params must be an array, not {json_type(params)}"
         )
-    if method == SUBMIT and 5 <= len(params) <= 6:  # the hot path: five or six strings
-        p = params
-        w, j, e, t, n = p[0], p[1], p[2], p[3], p[4]
-        v = p[5] if len(p) == 6 else None
-        if (
-            type(w) is str
-            and type(j) is str
-            and type(e) is str
-            and type(t) is str
-            and type(n) is str
-            and (v is None or type(v) is str)
-        ):
-            return Submit(id, w, j, e, t, n, v)
     parser = _PARSERS.get(method)
     if parser is None:
         return UnknownMethod(id, method, params)

@@ -35,6 +35,7 @@ sub-satoshi rest stays on the miner's balance for the next payout, so nothing is
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -73,10 +74,14 @@ def exact_gross_units(difficulty: float, network_target: int, block_value_sat: i
     return ratio * block_value_sat * UNITS_PER_SAT
 
 
+@functools.lru_cache(maxsize=4096)
 def share_value(
     difficulty: float, network_target: int, block_value_sat: int, fee_bps: int
 ) -> ShareValue:
-    """The credit for one accepted share (see the module docstring for the rounding)."""
+    """The credit for one accepted share (see the module docstring for the rounding).
+
+    Memoised: a connection's shares repeat the same four inputs until its difficulty or the
+    job changes, and the exact Fraction arithmetic is the costly part of crediting a share."""
     if not 0 <= fee_bps <= FEE_DENOMINATOR:
         raise ValueError(f"fee must be 0..{FEE_DENOMINATOR} basis points, got {fee_bps}")
     exact = exact_gross_units(difficulty, network_target, block_value_sat)
@@ -86,6 +91,7 @@ def share_value(
     return ShareValue(gross=gross, credit=credit, fee=gross - credit)
 
 
+@functools.lru_cache(maxsize=4096)
 def expected_blocks(difficulty: float, network_target: int) -> float:
     """min(d / D, 1): the probability that a share of difficulty d is a block (for luck)."""
     return float(min(Fraction(difficulty) * network_target / DIFF1_TARGET, Fraction(1)))

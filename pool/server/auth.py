@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pool.bitcoin import AddressError, Network, address_to_script
 
@@ -27,11 +27,13 @@ class Credentials:
     worker: str  # "" when the username is a bare address
     payout_script: bytes
     fixed_difficulty: float | None
+    # The canonical worker name: ``address.worker`` or ``address`` (made once: it keys every
+    # per-worker counter on the share path).
+    name: str = field(init=False)
 
-    @property
-    def name(self) -> str:
-        """The canonical worker name: ``address.worker`` or ``address``."""
-        return f"{self.address}.{self.worker}" if self.worker else self.address
+    def __post_init__(self) -> None:
+        name = f"{self.address}.{self.worker}" if self.worker else self.address
+        object.__setattr__(self, "name", name)
 
 
 def parse_password(password: str) -> float | None:

@@ -15,7 +15,8 @@ estimate honest:
   30 s for 1 hour), each holding the work and the share count that fell in it. An add touches one
   bucket per window (plus clearing buckets that time has passed, each at most once per turn of
   the ring); a query sums one ring (in C: ``math.fsum`` over array slices). Memory is
-  3 * 121 * 2 numbers per meter, about 6 KB, whatever the share rate.
+  3 * 121 * 2 numbers per meter, about 6 KB, whatever the share rate, allocated at the
+  meter's first share (an idle worker's meter is a few hundred bytes).
 * **No bias at the bucket edges.** The window ``(now - window, now]`` starts inside the oldest
   bucket. That bucket is counted pro rata: with a fraction ``f`` of its (occupied) time span inside
   the window, ``f`` of its work counts. For shares arriving at a constant rate this is exact in
@@ -41,6 +42,8 @@ HASHES_PER_DIFF1 = 2**32
 WINDOWS: tuple[int, ...] = (60, 300, 3600)
 BUCKETS_PER_WINDOW = 120
 MIN_WINDOW = 1.0  # seconds: the effective window never goes below this
+_EMPTY_WORK = array("d")
+_EMPTY_COUNT = array("q")
 
 
 class _Ring:
@@ -53,14 +56,18 @@ class _Ring:
         self.buckets = buckets
         self.size = buckets + 1
         self.width = self.window / buckets
-        self.work = array("d", bytes(8 * self.size))
-        self.count = array("q", bytes(8 * self.size))
+        # The buckets are allocated at the first add: an idle worker's meter costs ~nothing.
+        self.work = _EMPTY_WORK
+        self.count = _EMPTY_COUNT
         self.head = self._index(now)  # absolute index of the newest bucket the ring holds
 
     def _index(self, t: float) -> int:
         return math.floor(t / self.width)
 
     def add(self, difficulty: float, t: float) -> None:
+        if not self.work:
+            self.work = array("d", bytes(8 * self.size))
+            self.count = array("q", bytes(8 * self.size))
         i = self._index(t)
         if i > self.head:
             for j in range(max(self.head + 1, i - self.size + 1), i + 1):
@@ -76,6 +83,8 @@ class _Ring:
 
     def totals(self, now: float, started: float) -> tuple[float, float]:
         """(work, shares) in ``(now - window, now]``; the oldest bucket pro rata."""
+        if not self.work:
+            return 0.0, 0.0
         i_now = self._index(now)
         oldest = i_now - self.buckets  # the bucket the window's start falls in
         lo = max(oldest, self.head - self.size + 1)

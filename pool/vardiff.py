@@ -94,7 +94,6 @@ the port's range, below the suggestion too. ``fix`` (password ``d=...``) pins th
 from __future__ import annotations
 
 import math
-from collections import deque
 from dataclasses import dataclass
 
 HASHES_PER_DIFF1 = 2**32
@@ -172,7 +171,9 @@ class Vardiff:
     _exposure: float  # pooled integral of dt / difficulty
     _seg_shares: float  # the same two totals for the stretch since the last look
     _seg_exposure: float
-    _segments: deque[tuple[float, float]]  # the last looks' stretches, for change detection
+    # The last looks' stretches, for change detection (a list trimmed to _SEGMENTS: an empty
+    # list is 56 bytes where an empty deque is ~600, and there is one per connection).
+    _segments: list[tuple[float, float]]
     _quiet_exposure: float  # integral of dt / difficulty since the last share
     _last_share: float
     _look_time: float
@@ -273,7 +274,7 @@ class Vardiff:
         self._exposure = 0.0
         self._seg_shares = 0.0
         self._seg_exposure = 0.0
-        self._segments = deque(maxlen=_SEGMENTS)
+        self._segments = []
         self._quiet_exposure = 0.0
         self._last_share = now
         self._look_time = now
@@ -298,7 +299,7 @@ class Vardiff:
         self._exposure *= f
         self._seg_shares *= f
         self._seg_exposure *= f
-        self._segments = deque(((n * f, x * f) for n, x in self._segments), maxlen=_SEGMENTS)
+        self._segments = [(n * f, x * f) for n, x in self._segments]
 
     def _estimate(self, phantom: float = 0.0) -> float | None:
         """Ideal difficulty ``T * shares / exposure`` (with ``phantom`` extra shares)."""
@@ -316,6 +317,8 @@ class Vardiff:
         self._look_time = now
         self._look_shares = 0.0
         self._segments.append((self._seg_shares, self._seg_exposure))
+        if len(self._segments) > _SEGMENTS:
+            del self._segments[0]
         self._seg_shares = 0.0
         self._seg_exposure = 0.0
         self._detect_change()

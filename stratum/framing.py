@@ -17,8 +17,6 @@ Guarantees:
 
 from __future__ import annotations
 
-from collections import deque
-
 from .errors import LineTooLong
 
 __all__ = ["DEFAULT_MAX_LINE_BYTES", "LineBuffer"]
@@ -34,15 +32,17 @@ class LineBuffer:
     non-blank line without terminator is then returned as a last line.
     """
 
-    __slots__ = ("_closed", "_dead", "_error", "_lines", "_max", "_partial")
+    __slots__ = ("_closed", "_dead", "_error", "_head", "_lines", "_max", "_partial")
 
     def __init__(self, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
         if max_line_bytes < 1:
             raise ValueError("max_line_bytes must be at least 1")
         self._max = max_line_bytes
         self._partial = bytearray()
-        # Complete lines not yet returned; an error instance marks where the stream broke.
-        self._lines: deque[bytes | LineTooLong] = deque()
+        # Complete lines not yet returned (from ``_head`` on; a list, not a deque: an idle
+        # connection's buffer stays small); an error instance marks where the stream broke.
+        self._lines: list[bytes | LineTooLong] = []
+        self._head = 0
         self._dead = False  # an error is queued: everything after it is discarded
         self._error: LineTooLong | None = None  # raised already: sticky
         self._closed = False
@@ -59,7 +59,7 @@ class LineBuffer:
     @property
     def buffered_bytes(self) -> int:
         """Bytes held: complete lines waiting to be read plus the unterminated tail."""
-        held = sum(len(x) for x in self._lines if isinstance(x, bytes))
+        held = sum(len(x) for x in self._lines[self._head :] if isinstance(x, bytes))
         return held + len(self._partial)
 
     def feed(self, data: bytes) -> None:
@@ -102,9 +102,14 @@ class LineBuffer:
         """
         if self._error is not None:
             raise self._error
-        if not self._lines:
+        lines = self._lines
+        if self._head >= len(lines):
+            if lines:
+                lines.clear()
+                self._head = 0
             return None
-        item = self._lines.popleft()
+        item = lines[self._head]
+        self._head += 1
         if isinstance(item, LineTooLong):
             self._error = item
             raise item

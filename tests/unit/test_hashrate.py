@@ -162,9 +162,13 @@ def test_window_contents_follow_time() -> None:
 
 def test_memory_stays_bounded() -> None:
     meter = HashrateMeter(0.0)
-    sizes = [(len(r.work), len(r.count)) for r in meter._rings.values()]
+    # An idle meter (a worker that never had a share) holds no buckets at all.
+    assert [(len(r.work), len(r.count)) for r in meter._rings.values()] == [(0, 0)] * len(WINDOWS)
+    assert meter.hashrate(60, 10.0) == 0.0 and meter.shares(3600, 10.0) == 0
     rng = random.Random(6)
     t = 0.0
+    meter.add(1.0, t)
+    sizes = [(len(r.work), len(r.count)) for r in meter._rings.values()]
     for _ in range(50_000):
         t += rng.expovariate(5.0)
         meter.add(rng.choice((0.001, 1.0, 1000.0)), t)

@@ -162,8 +162,10 @@ class _Pending(NamedTuple):
 
 
 # Called after each batch is written (and fsynced per policy), in journal order, before any
-# append of the batch returns: the ledger applies records to its store here, so its checkpoint
-# is always "everything up to this position".
+# append of the batch returns: the ledger hands the records to its store's thread here (queued,
+# never waited for), so the store's checkpoint is always "everything up to this position" and
+# anything asked of the store after an append returned sees that append's record. The hook
+# must be quick and must not raise.
 WrittenHook = Callable[[Sequence[tuple[JournalPosition, dict[str, Any]]]], None]
 
 

@@ -3,10 +3,18 @@
 Order of events for an accepted share (``on_share``, awaited by the server BEFORE the miner is
 answered): the credit is computed (``pps``), the record is appended to the journal and the
 call returns once the journal has written it (and fsynced it, per ``ledger.journal_fsync``).
-The journal then hands every written batch, in journal order, to ``_on_written``, which
-applies it to the store's open transaction; a timer commits the store with the journal
-position of the last applied record. On start-up the journal past that checkpoint is
-replayed: nothing acknowledged is lost and nothing is credited twice.
+The journal then hands every written batch, in journal order, to the store's thread
+(``StoreThread.apply_nowait``: queued, never awaited), which applies it to the store's open
+transaction; a timer commits the store with the journal position of the last applied record.
+On start-up the journal past that checkpoint is replayed: nothing acknowledged is lost and
+nothing is credited twice. No SQLite work runs on the event loop (``pool.ledger.store_thread``);
+what the pool and its API read is the store's totals kept in memory (``aggregates``).
+
+Blocks: a share that is a block candidate is journaled BEFORE the block is submitted, with a
+``block`` entry of status ``submitted``; the store tracks it as ``pending``. When the
+submission is settled, ``block_submitted`` records the outcome: refused by bitcoind ->
+``rejected`` (never in the reserve, never found in the luck, never checked again); anything
+else stays pending for ``check_blocks`` to settle from the chain (confirmed or orphaned).
 """
 
 from __future__ import annotations
@@ -14,8 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,38 +30,75 @@ import structlog
 from pool.bitcoin import Network
 from pool.bitcoin.target import target_to_difficulty
 from pool.config import LedgerConfig
-from pool.ledger.journal import Journal, JournalPosition, read_records, segment_files
-from pool.ledger.pps import (
-    UNITS_PER_SAT,
-    Scheme,
-    block_value,
-    expected_blocks,
-    share_value,
-)
-from pool.ledger.retention import remove_expired_segments
-from pool.ledger.store import (
+from pool.ledger.aggregates import (
     CONFIRMED,
+    LUCK_WINDOWS,
     ORPHANED,
     PENDING,
+    Aggregates,
     Checkpoint,
+    Reserve,
     ShareRecord,
-    Store,
 )
+from pool.ledger.journal import Journal, JournalPosition, read_records, segment_files
+from pool.ledger.pps import Scheme, block_value, expected_blocks, share_value
+from pool.ledger.retention import remove_expired_segments
+from pool.ledger.store import Store
+from pool.ledger.store_thread import StoreThread
 from pool.node.rpc import BitcoinRpc, RpcError, RpcRefused
 from pool.node.submit import BlockSubmission, SubmitStatus
 from pool.server.auth import Credentials
 from pool.shares import ShareResult
 
+__all__ = [
+    "LUCK_WINDOWS",
+    "Ledger",
+    "LedgerError",
+    "Reserve",
+    "record_for_share",
+    "share_record_from",
+]
+
 log = structlog.get_logger("pool.ledger")
 
 RECORD_VERSION = 1
-LUCK_WINDOWS = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0}
 # A block submitted but neither accepted nor refused (bitcoind unreachable) is still tracked:
 # the maturity check settles it from the chain.
 TRACKED_SUBMISSIONS = (SubmitStatus.ACCEPTED, SubmitStatus.INCONCLUSIVE, SubmitStatus.FAILED)
+SUBMITTED = "submitted"  # a journal record's block status: journaled before its submission
 
 
 JOURNAL_PRUNE_SECONDS = 3600.0  # how often expired journal segments are looked for
+REPLAY_CHUNK = 4096  # journal records applied per store call while replaying
+
+# Per-share conversions memoised (``pps`` memoises the credit maths itself): a connection's
+# difficulty and a job's target change rarely. Bounded; cleared when full.
+_MEMO_SIZE = 4096
+_expected: dict[tuple[float, bytes], tuple[float, float]] = {}
+_target_bytes: dict[int, bytes] = {}
+
+
+def _target_to_bytes(target: int) -> bytes:
+    raw = _target_bytes.get(target)
+    if raw is None:
+        raw = target.to_bytes(32, "big")
+        if len(_target_bytes) >= _MEMO_SIZE:
+            _target_bytes.clear()
+        _target_bytes[target] = raw
+    return raw
+
+
+def _expected_and_difficulty(difficulty: float, target_raw: bytes) -> tuple[float, float]:
+    """(expected blocks of the share, network difficulty of the target)."""
+    key = (difficulty, target_raw)
+    found = _expected.get(key)
+    if found is None:
+        target = int.from_bytes(target_raw, "big")
+        found = (expected_blocks(difficulty, target), target_to_difficulty(target))
+        if len(_expected) >= _MEMO_SIZE:
+            _expected.clear()
+        _expected[key] = found
+    return found
 
 
 class LedgerError(RuntimeError):
@@ -72,7 +115,11 @@ def record_for_share(
     scheme: Scheme,
     fee_bps: int,
 ) -> dict[str, Any]:
-    """The journal record of one accepted share: everything needed to recompute its credit."""
+    """The journal record of one accepted share: everything needed to recompute its credit.
+
+    A block candidate journaled before its submission (``submission`` None) carries a
+    ``block`` entry with status ``submitted``; with a submission (the older order: submitted
+    first), only a tracked outcome (accepted, inconclusive, failed) carries one."""
     job = result.job
     assert job is not None
     template = job.template
@@ -85,7 +132,7 @@ def record_for_share(
         "worker": creds.name,
         "address": creds.address,
         "difficulty": result.difficulty,
-        "target": job.block_target.to_bytes(32, "big"),
+        "target": _target_to_bytes(job.block_target),
         "height": template.height,
         "scheme": scheme.value,
         "block_value_sat": value_sat,
@@ -100,7 +147,15 @@ def record_for_share(
         "version": result.version,
         "hash": result.hash_hex,
     }
-    if submission is not None and submission.status in TRACKED_SUBMISSIONS:
+    if submission is None:
+        if result.block_candidate:
+            record["block"] = {
+                "hash": result.hash_hex,
+                "height": template.height,
+                "reward_sat": template.coinbase_value,
+                "status": SUBMITTED,
+            }
+    elif submission.status in TRACKED_SUBMISSIONS:
         record["block"] = {
             "hash": submission.block_hash,
             "height": submission.height,
@@ -111,33 +166,42 @@ def record_for_share(
 
 
 def share_record_from(record: dict[str, Any]) -> ShareRecord:
-    target = int.from_bytes(record["target"], "big")
+    difficulty = float(record["difficulty"])
+    expected, network_difficulty = _expected_and_difficulty(difficulty, record["target"])
     block = record.get("block")
     return ShareRecord(
         time=float(record["time"]),
         worker=str(record["worker"]),
         address=str(record["address"]),
-        difficulty=float(record["difficulty"]),
-        expected_blocks=expected_blocks(float(record["difficulty"]), target),
+        difficulty=difficulty,
+        expected_blocks=expected,
         credit_units=int(record["credit"]),
         fee_units=int(record["fee"]),
         block_hash=str(block["hash"]) if block else None,
         block_height=int(block["height"]) if block else None,
         block_reward_sat=int(block["reward_sat"]) if block else None,
-        network_difficulty=target_to_difficulty(target),
+        network_difficulty=network_difficulty,
     )
 
 
-@dataclass(frozen=True)
-class Reserve:
-    rewards_earned_units: int  # pending + confirmed blocks (orphans excluded)
-    rewards_confirmed_units: int
-    credits_units: int
-    fees_units: int
-
-    @property
-    def reserve_units(self) -> int:
-        return self.rewards_earned_units - self.credits_units - self.fees_units
+def block_record(result: ShareResult, creds: Credentials | None, now: float) -> ShareRecord:
+    """The store's record of a block candidate, without the share's credit (for a block
+    whose share the store does not have)."""
+    job = result.job
+    assert job is not None
+    return ShareRecord(
+        time=now,
+        worker=creds.name if creds is not None else "",
+        address=creds.address if creds is not None else "",
+        difficulty=result.difficulty,
+        expected_blocks=0.0,
+        credit_units=0,
+        fee_units=0,
+        block_hash=result.hash_hex,
+        block_height=job.template.height,
+        block_reward_sat=job.template.coinbase_value,
+        network_difficulty=target_to_difficulty(job.block_target),
+    )
 
 
 class Ledger:
@@ -146,24 +210,34 @@ class Ledger:
         self.network = network
         self.scheme = Scheme(config.scheme)
         self.journal_dir = data_dir / "journal"
-        self.store = Store(data_dir / "ledger.sqlite3")
+        # The store and its connection live on a thread of their own; the loop reads the
+        # in-memory totals (``aggregates``).
+        self.store = StoreThread(data_dir / "ledger.sqlite3", convert=share_record_from)
         self.journal = Journal(
             self.journal_dir,
             fsync=config.journal_fsync,
             fsync_interval_ms=config.journal_fsync_interval_ms,
             segment_bytes=config.journal_segment_bytes,
-            on_written=self._on_written,
+            on_written=self.store.apply_nowait,
         )
-        self.broken: str | None = None
         self.replayed = 0
         self._commit_task: asyncio.Task[None] | None = None
 
+    @property
+    def broken(self) -> str | None:
+        """Why the store stopped applying shares (None while it works)."""
+        return self.store.broken
+
+    @property
+    def aggregates(self) -> Aggregates:
+        """The store's totals in memory (read on the loop; never touches SQLite)."""
+        return self.store.aggregates
+
     # -- lifecycle ------------------------------------------------------------------------------
     async def open(self) -> None:
-        self.store.open()
-        cp = self.store.checkpoint()
-        start = JournalPosition(cp.segment, cp.offset) if cp else None
-        segments = [n for n, _ in segment_files(self.journal_dir)]
+        await self.store.open()
+        cp = await self.store.run(Store.checkpoint)
+        segments, replayed = await self.store.run(self._replay, cp)
         if cp is not None and cp.segment not in segments:
             # Retention never deletes the checkpoint's segment: the store is older than the
             # journal (restored from a backup?) or files were removed by hand. Shares between
@@ -174,11 +248,7 @@ class Ledger:
                 segments=segments,
                 note="shares journaled after the checkpoint in missing segments are not credited",
             )
-        replayed = 0
-        for position, record in read_records(self.journal_dir, start):
-            self._apply(position, record)
-            replayed += 1
-        self.store.commit()
+        await self.store.load(time.time())
         self.replayed = replayed
         log.info(
             "ledger_opened",
@@ -191,34 +261,58 @@ class Ledger:
             journal_fsync=self.config.journal_fsync,
         )
         try:
-            self.prune_journal(time.time(), self.store.checkpoint())
+            cp = await self.store.run(Store.checkpoint)
+            await asyncio.to_thread(self.prune_journal, time.time(), cp)
         except OSError as exc:  # retention is housekeeping: never stop the ledger
             log.warning("journal_prune_failed", error=repr(exc))
         await self.journal.open()
         self._commit_task = asyncio.create_task(self._commit_loop(), name="ledger-commit")
+
+    def _replay(self, store: Store, cp: Checkpoint | None) -> tuple[list[int], int]:
+        """On the store's thread: apply the journal past the checkpoint and commit. Returns the
+        segment numbers found and the records replayed. A record that cannot be applied stops
+        the start (the store is rolled back to its checkpoint first)."""
+        segments = [n for n, _ in segment_files(self.journal_dir)]
+        start = JournalPosition(cp.segment, cp.offset) if cp else None
+        replayed = 0
+        chunk: list[ShareRecord] = []
+        last = start
+        try:
+            for position, record in read_records(self.journal_dir, start):
+                chunk.append(share_record_from(record))
+                last = position
+                replayed += 1
+                if len(chunk) >= REPLAY_CHUNK:
+                    store.apply_batch(chunk, Checkpoint(position.segment, position.offset))
+                    chunk = []
+            if chunk and last is not None:
+                store.apply_batch(chunk, Checkpoint(last.segment, last.offset))
+            store.commit()
+        except BaseException as exc:
+            self.store.broken = repr(exc)
+            with contextlib.suppress(Exception):
+                store.rollback()
+            raise
+        return segments, replayed
 
     async def close(self) -> None:
         if self._commit_task is not None:
             self._commit_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._commit_task
-        await self.journal.close()
-        if self.broken is None:
-            self.store.commit()
-        self.store.close()
-        log.info("ledger_closed")
+        await self.journal.close()  # its last batches go to the store's thread first
+        await self.store.close()  # applies them, commits (unless broken), closes
+        log.info("ledger_closed", applied_records=self.store.applied)
 
     async def _commit_loop(self) -> None:
         last_prune = time.monotonic()
         while True:
             await asyncio.sleep(self.config.checkpoint_seconds)
-            self.commit()
+            await self.commit()
             if time.monotonic() - last_prune >= JOURNAL_PRUNE_SECONDS:
                 last_prune = time.monotonic()
                 try:
-                    # The checkpoint is read here, on the loop's thread (the store's connection
-                    # is not shared with threads); only the file work runs in a thread.
-                    cp = self.store.checkpoint() if self.broken is None else None
+                    cp = await self.store.run(Store.checkpoint) if self.broken is None else None
                     await asyncio.to_thread(self.prune_journal, time.time(), cp)
                 except Exception as exc:  # retention is housekeeping: never stop the ledger
                     log.warning("journal_prune_failed", error=repr(exc))
@@ -242,9 +336,10 @@ class Ledger:
             )
         return removed
 
-    def commit(self) -> None:
-        if self.broken is None:
-            self.store.commit()
+    async def commit(self) -> None:
+        """Make every share applied so far durable with its journal checkpoint (on the store's
+        thread; nothing when the store is broken)."""
+        await self.store.commit()
 
     # -- shares ---------------------------------------------------------------------------------
     async def on_share(
@@ -254,7 +349,10 @@ class Ledger:
         now: float,
         submission: BlockSubmission | None,
     ) -> None:
-        """Server share listener: journal an accepted share before the miner hears of it."""
+        """Server share listener: journal an accepted share before the miner hears of it.
+
+        A block candidate is journaled before its submission (``submission`` None; the outcome
+        comes later through ``block_submitted``)."""
         if not result.accepted or creds is None:
             return
         record = record_for_share(
@@ -271,17 +369,15 @@ class Ledger:
         except Exception as exc:
             log.error("share_not_journaled", worker=creds.name, error=repr(exc))
             if "block" in record:
-                self._record_unjournaled_block(record)
+                await self._record_unjournaled_block(record)
             raise LedgerError(f"the pool could not record the share: {exc}") from exc
 
-    def _record_unjournaled_block(self, record: dict[str, Any]) -> None:
-        """The share was a block, already submitted: the store keeps the block (its reward is
-        real and must be tracked to maturity) even though the share is not credited."""
+    async def _record_unjournaled_block(self, record: dict[str, Any]) -> None:
+        """The share was a block: the store keeps the block (its reward is real and must be
+        tracked to maturity) even though the share is not credited."""
         block = record["block"]
         try:
-            if self.broken is not None:
-                raise LedgerError(f"the ledger store failed earlier: {self.broken}")
-            self.store.record_block(share_record_from(record))
+            await self.store.record_block(share_record_from(record))
         except Exception as exc:
             log.critical(
                 "block_not_recorded",
@@ -289,7 +385,7 @@ class Ledger:
                 height=block["height"],
                 reward_sat=block["reward_sat"],
                 error=repr(exc),
-                note="the block is on the chain but not in the ledger; record it by hand",
+                note="the block may be on the chain but is not in the ledger; record it by hand",
             )
             return
         log.error(
@@ -300,40 +396,58 @@ class Ledger:
             note="the journal refused the share: the block is tracked, the share not credited",
         )
 
-    def _on_written(self, batch: Sequence[tuple[JournalPosition, dict[str, Any]]]) -> None:
-        """Called by the journal after each batch is written, in journal order."""
-        for position, record in batch:
-            try:
-                self._apply(position, record)
-            except Exception as exc:  # the journal has it; a restart replays it
-                if self.broken is None:
-                    self.broken = repr(exc)
-                    # Undo the half-applied record (and the uncommitted ones before it): no
-                    # later commit (a block status, a payout, close) may make it durable.
-                    with contextlib.suppress(Exception):
-                        self.store.rollback()
-                    log.error(
-                        "ledger_store_failed",
-                        error=repr(exc),
-                        note="shares stay in the journal and are replayed at the next start",
-                    )
+    async def block_submitted(
+        self,
+        result: ShareResult,
+        creds: Credentials | None,
+        submission: BlockSubmission,
+        now: float,
+    ) -> None:
+        """A block candidate's submission is settled (the server calls this after
+        ``on_share`` journaled the share and the block went to bitcoind).
 
-    def _apply(self, position: JournalPosition, record: dict[str, Any]) -> None:
-        if self.broken is not None:
+        REJECTED: the block becomes ``rejected`` (out of the reserve and the luck, never
+        checked again), unless the chain already holds it. ACCEPTED, DUPLICATE, INCONCLUSIVE,
+        FAILED: it stays pending; ``check_blocks`` settles it from the chain. A block the
+        store does not have (its share was never journaled) is recorded now with that status.
+        Idempotent: a second call, or a replay of the journal, changes nothing. Never raises
+        (the block is logged for the operator when the store cannot take it)."""
+        if result.job is None or not result.hash_hex:
             return
-        self.store.apply_share(
-            share_record_from(record), Checkpoint(position.segment, position.offset)
-        )
+        rejected = submission.status is SubmitStatus.REJECTED
+        rec = block_record(result, creds, now)
+        try:
+            outcome = await self.store.block_outcome(rec, rejected=rejected, now=now)
+        except Exception as exc:
+            log.critical(
+                "block_not_recorded",
+                hash=rec.block_hash,
+                height=rec.block_height,
+                reward_sat=rec.block_reward_sat,
+                submission=submission.status.value,
+                error=repr(exc),
+                note="the block's outcome is not in the ledger; record it by hand",
+            )
+            return
+        if outcome.action != "unchanged":
+            log.info(
+                "block_outcome_recorded",
+                hash=rec.block_hash,
+                height=rec.block_height,
+                submission=submission.status.value,
+                action=outcome.action,
+                status=outcome.row["status"] if outcome.row else None,
+            )
 
     # -- blocks ---------------------------------------------------------------------------------
     async def check_blocks(self, rpc: BitcoinRpc, now: float | None = None) -> list[str]:
         """Settle found blocks from the chain: confirmed after ``block_maturity`` confirmations,
         orphaned when the chain holds another block at that height (confirmations -1).
-        Returns a list of changes for the log/tests."""
+        Rejected blocks are never looked at. Returns a list of changes for the log/tests."""
         now = time.time() if now is None else now
         changes: list[str] = []
         maturity = self.config.block_maturity
-        for block in self.store.blocks((PENDING, ORPHANED)):
+        for block in await self.store.run(Store.blocks, (PENDING, ORPHANED)):
             try:
                 header = await rpc.call("getblockheader", block["hash"], True)
                 confirmations = int(header["confirmations"])
@@ -348,8 +462,13 @@ class Ledger:
                 status = CONFIRMED
             else:
                 status = PENDING
-            if status != block["status"] or confirmations != block["confirmations"]:
-                self.store.set_block_status(block["hash"], status, confirmations, now)
+            if status == block["status"] and confirmations == block["confirmations"]:
+                continue
+            # only if nothing else (a rejection) changed the block meanwhile
+            if not await self.store.set_block_status(
+                block["hash"], status, confirmations, now, expect=block["status"]
+            ):
+                continue
             if status != block["status"]:
                 changes.append(f"{block['hash']}:{block['status']}->{status}")
                 log.info(
@@ -362,32 +481,15 @@ class Ledger:
                 )
         return changes
 
-    # -- reports --------------------------------------------------------------------------------
+    # -- reports (in memory: no SQLite) ---------------------------------------------------------
     def reserve(self) -> Reserve:
-        rewards = self.store.rewards_sat()
-        totals = self.store.totals()
-        return Reserve(
-            rewards_earned_units=(rewards[PENDING] + rewards[CONFIRMED]) * UNITS_PER_SAT,
-            rewards_confirmed_units=rewards[CONFIRMED] * UNITS_PER_SAT,
-            credits_units=totals["credit_units"],
-            fees_units=totals["fee_units"],
-        )
+        return self.aggregates.reserve()
 
     def luck(self, now: float) -> dict[str, dict[str, float | int | None]]:
         """Per window: expected blocks (sum of d/D of the shares), blocks found, and luck as
         defined in the economics notes: expected / found (above 1: fewer blocks than the
         work deserved; None while no block was found). Orphaned blocks count as found: luck
         measures the work against the solutions it produced; what orphans cost shows in the
-        blocks' status and in the reserve, which leaves their rewards out."""
-        out: dict[str, dict[str, float | int | None]] = {}
-        windows = dict(LUCK_WINDOWS, all=now)
-        for name, span in windows.items():
-            since = now - span if name != "all" else 0.0
-            expected = self.store.expected_blocks_since(since)
-            found = self.store.blocks_found_since(since)
-            out[name] = {
-                "expected_blocks": expected,
-                "found_blocks": found,
-                "luck": expected / found if found else None,
-            }
-        return out
+        blocks' status and in the reserve, which leaves their rewards out. Rejected blocks
+        (bitcoind refused them) are not solutions and never count."""
+        return self.aggregates.luck(now)

@@ -18,6 +18,8 @@ A round:
    next reconcile to settle from the wallet.
 6. sent payouts with a confirmed transaction become ``confirmed``.
 The pool pays the transaction fee: every address receives exactly its amount.
+
+Every store read and write runs on the store's thread (``StoreThread``), never on the loop.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from pool.ledger.store import (
     PAYOUT_SENT,
     Store,
 )
+from pool.ledger.store_thread import StoreThread
 from pool.node.rpc import BitcoinRpc, RpcError, RpcRefused
 
 log = structlog.get_logger("pool.ledger.payouts")
@@ -96,7 +99,12 @@ class RoundResult:
 
 class Payouts:
     def __init__(
-        self, store: Store, rpc: BitcoinRpc, config: LedgerConfig, network: Network, wallet: str
+        self,
+        store: StoreThread,
+        rpc: BitcoinRpc,
+        config: LedgerConfig,
+        network: Network,
+        wallet: str,
     ) -> None:
         self.store = store
         self.rpc = rpc
@@ -123,11 +131,11 @@ class Payouts:
     async def reconcile(self) -> list[str]:
         """Settle every payout left pending (e.g. by a crash). Returns the ids settled."""
         settled = []
-        for payout in self.store.payouts((PAYOUT_PENDING,)):
+        for payout in await self.store.run(Store.payouts, (PAYOUT_PENDING,)):
             pid = payout["id"]
             txid = await self.find_in_wallet(pid)
             if txid is not None:
-                self.store.finish_payout(pid, PAYOUT_SENT, time.time(), txid=txid)
+                await self.store.finish_payout(pid, PAYOUT_SENT, time.time(), txid=txid)
                 log.info("payout_reconciled", payout_id=pid, txid=txid, found_in_wallet=True)
             else:
                 log.info("payout_resumed", payout_id=pid, note="not in the wallet: sending now")
@@ -136,23 +144,24 @@ class Payouts:
         return settled
 
     async def update_confirmations(self) -> None:
-        for payout in self.store.payouts((PAYOUT_SENT,)):
+        for payout in await self.store.run(Store.payouts, (PAYOUT_SENT,)):
             try:
                 tx = await self._wallet("gettransaction", payout["txid"])
             except RpcError as exc:
                 log.warning("payout_check_failed", payout_id=payout["id"], error=str(exc))
                 continue
             if int(tx.get("confirmations", 0)) >= 1:
-                self.store.finish_payout(payout["id"], PAYOUT_CONFIRMED, time.time())
+                await self.store.finish_payout(payout["id"], PAYOUT_CONFIRMED, time.time())
                 log.info("payout_confirmed", payout_id=payout["id"], txid=payout["txid"])
 
     # -- a round --------------------------------------------------------------------------------
-    def due(self) -> tuple[dict[str, int], dict[str, str]]:
-        """Addresses due a payout (whole satoshis) and the ones skipped, with why."""
+    async def due(self) -> tuple[dict[str, int], dict[str, str]]:
+        """Addresses due a payout (whole satoshis) and the ones skipped, with why (the balances
+        as the store has them, read on its thread)."""
         threshold = self.config.payout_threshold_sat
         due: dict[str, int] = {}
         skipped: dict[str, str] = {}
-        for bal in self.store.balances():
+        for bal in await self.store.run(Store.balances):
             amount = payable_sat(bal.balance_units)
             if amount < threshold or amount <= 0:
                 continue
@@ -173,7 +182,7 @@ class Payouts:
     async def run_round(self) -> RoundResult:
         await self.reconcile()
         await self.update_confirmations()
-        due, skipped = self.due()
+        due, skipped = await self.due()
         for address, reason in skipped.items():
             log.warning("payout_skipped", address=address, reason=reason)
         if not due:
@@ -201,7 +210,7 @@ class Payouts:
                 message=message,
             )
         payout_id = uuid.uuid4().hex
-        self.store.create_payout(payout_id, due.items(), time.time())
+        await self.store.create_payout(payout_id, due.items(), time.time())
         log.info("payout_recorded", payout_id=payout_id, total_sat=needed, recipients=len(due))
         result = await self._send(payout_id, due)
         result.skipped.update(skipped)
@@ -229,7 +238,7 @@ class Payouts:
                 if bad is not None:
                     skipped[bad] = exc.message
                     amounts.pop(bad)
-                    self.store.remove_payout_item(payout_id, bad, time.time(), exc.message)
+                    await self.store.remove_payout_item(payout_id, bad, time.time(), exc.message)
                     log.warning(
                         "payout_address_refused",
                         payout_id=payout_id,
@@ -237,7 +246,9 @@ class Payouts:
                         reason=exc.message,
                     )
                     continue
-                self.store.finish_payout(payout_id, PAYOUT_FAILED, time.time(), error=exc.message)
+                await self.store.finish_payout(
+                    payout_id, PAYOUT_FAILED, time.time(), error=exc.message
+                )
                 log.error("payout_failed", payout_id=payout_id, reason=exc.message)
                 return RoundResult("failed", payout_id, skipped=skipped, message=exc.message)
             except RpcError as exc:
@@ -249,7 +260,7 @@ class Payouts:
                 )
                 return RoundResult("pending", payout_id, skipped=skipped, message=str(exc))
             _crash_point("payout_after_send")
-            self.store.finish_payout(payout_id, PAYOUT_SENT, time.time(), txid=txid)
+            await self.store.finish_payout(payout_id, PAYOUT_SENT, time.time(), txid=txid)
             log.info(
                 "payout_sent",
                 payout_id=payout_id,
@@ -258,7 +269,9 @@ class Payouts:
                 recipients=len(amounts),
             )
             return RoundResult("paid", payout_id, txid=txid, paid=amounts, skipped=skipped)
-        self.store.finish_payout(payout_id, PAYOUT_FAILED, time.time(), error="no payable address")
+        await self.store.finish_payout(
+            payout_id, PAYOUT_FAILED, time.time(), error="no payable address"
+        )
         return RoundResult("failed", payout_id, skipped=skipped, message="no payable address")
 
     @staticmethod

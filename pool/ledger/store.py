@@ -3,10 +3,15 @@
 What it keeps: per-worker share aggregates, per-minute share buckets (hashrate history and
 luck), per-address balances, found blocks, payouts, and the checkpoint into the share journal.
 
-Exactly once: share records are applied to the store inside an open transaction; ``commit``
-writes the aggregates together with the journal position just after the last applied record,
-in ONE transaction. After a crash the journal is replayed from that position, so a share is
-credited once whether the crash came before or after the commit.
+Exactly once: share records are applied to the store inside an open transaction, a batch at a
+time (``apply_batch``: one upsert per worker, address and minute of the batch, not per share);
+``commit`` writes the aggregates together with the journal position just after the last applied
+record, in ONE transaction. After a crash the journal is replayed from that position, so a share
+is credited once whether the crash came before or after the commit.
+
+Threads: a ``Store`` is used by one thread only (the ledger runs it on a thread of its own,
+``pool.ledger.store_thread``); what changed comes back as values (``BatchDelta``, rows) for
+the in-memory ``Aggregates`` the event loop reads.
 
 Amounts: ``*_units`` columns are micro-satoshis (see ``pool.ledger.pps``), ``*_sat`` columns
 whole satoshis. The schema is versioned with ``PRAGMA user_version`` and migrated forward on
@@ -17,11 +22,43 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pool.ledger.aggregates import (
+    BLOCK_STATUSES,
+    CONFIRMED,
+    KEEP_MINUTES,
+    ORPHANED,
+    PENDING,
+    REJECTED,
+    Aggregates,
+    Balance,
+    BatchDelta,
+    Checkpoint,
+    MinuteTotals,
+    ShareRecord,
+    WorkerTotals,
+)
 from pool.ledger.pps import UNITS_PER_SAT
+
+__all__ = [
+    "BLOCK_STATUSES",
+    "CONFIRMED",
+    "ORPHANED",
+    "PAYOUT_CONFIRMED",
+    "PAYOUT_FAILED",
+    "PAYOUT_PENDING",
+    "PAYOUT_SENT",
+    "PENDING",
+    "REJECTED",
+    "SCHEMA_VERSION",
+    "Balance",
+    "Checkpoint",
+    "ShareRecord",
+    "Store",
+    "StoreError",
+]
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: the first schema
@@ -82,11 +119,14 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX payout_items_address ON payout_items (address);
     """,
+    # 2: indexes for the API's bounded reads (one worker's or address's history, newest blocks)
+    """
+    CREATE INDEX share_minutes_worker ON share_minutes (worker, minute);
+    CREATE INDEX workers_address ON workers (address);
+    CREATE INDEX blocks_height ON blocks (height);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
-
-# Block statuses
-PENDING, CONFIRMED, ORPHANED = "pending", "confirmed", "orphaned"
 # Payout statuses: pending (recorded, maybe not yet sent), sent (txid known), confirmed,
 # failed (never sent; its amounts went back to the balances)
 PAYOUT_PENDING, PAYOUT_SENT, PAYOUT_CONFIRMED, PAYOUT_FAILED = (
@@ -101,39 +141,33 @@ class StoreError(RuntimeError):
     """The database cannot be used; the message says why."""
 
 
-@dataclass(frozen=True)
-class Checkpoint:
-    segment: int
-    offset: int
-
-
-@dataclass(frozen=True)
-class ShareRecord:
-    """The part of a journal record the store aggregates (built by the ledger)."""
-
-    time: float
-    worker: str
-    address: str
-    difficulty: float
-    expected_blocks: float
-    credit_units: int
-    fee_units: int
-    block_hash: str | None = None
-    block_height: int | None = None
-    block_reward_sat: int | None = None
-    network_difficulty: float | None = None
-
-
-@dataclass(frozen=True)
-class Balance:
-    address: str
-    credited_units: int
-    paid_units: int
-    pending_units: int
-
-    @property
-    def balance_units(self) -> int:
-        return self.credited_units - self.paid_units - self.pending_units
+_UPSERT_WORKER = """
+    INSERT INTO workers (name, address, shares, difficulty_sum, credit_units, fee_units,
+                         first_share, last_share)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (name) DO UPDATE SET
+        address = excluded.address,
+        shares = shares + excluded.shares,
+        difficulty_sum = difficulty_sum + excluded.difficulty_sum,
+        credit_units = credit_units + excluded.credit_units,
+        fee_units = fee_units + excluded.fee_units,
+        last_share = MAX(COALESCE(last_share, 0), excluded.last_share)
+"""
+_UPSERT_BALANCE = """
+    INSERT INTO balances (address, credited_units) VALUES (?, ?)
+    ON CONFLICT (address) DO UPDATE SET
+        credited_units = credited_units + excluded.credited_units
+"""
+_UPSERT_MINUTE = """
+    INSERT INTO share_minutes (minute, worker, shares, difficulty_sum, expected_blocks,
+                               credit_units)
+    VALUES (?, ?, ?, ?, ?, ?)
+    ON CONFLICT (minute, worker) DO UPDATE SET
+        shares = shares + excluded.shares,
+        difficulty_sum = difficulty_sum + excluded.difficulty_sum,
+        expected_blocks = expected_blocks + excluded.expected_blocks,
+        credit_units = credit_units + excluded.credit_units
+"""
 
 
 class Store:
@@ -146,7 +180,7 @@ class Store:
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db = sqlite3.connect(self.path, isolation_level=None)  # one thread only
             db.row_factory = sqlite3.Row
             mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         except sqlite3.DatabaseError as exc:
@@ -207,100 +241,93 @@ class Store:
         self.conn.execute("BEGIN IMMEDIATE")
 
     # -- shares (applied in the open transaction; made durable by commit) -----------------------
-    def apply_share(self, rec: ShareRecord, position: Checkpoint) -> None:
-        """Apply one journal record; ``position`` is the journal point just after it."""
+    def apply_batch(self, records: Sequence[ShareRecord], position: Checkpoint) -> BatchDelta:
+        """Apply journal records (in journal order); ``position`` is the journal point just
+        after the last. Returns what they added, for the in-memory aggregates."""
+        delta = BatchDelta.of(records)
         self._begin()
-        self._applied_to = position
         db = self.conn
-        db.execute(
-            """
-            INSERT INTO workers (name, address, shares, difficulty_sum, credit_units, fee_units,
-                                 first_share, last_share)
-            VALUES (?, ?, 1, ?, ?, ?, ?, ?)
-            ON CONFLICT (name) DO UPDATE SET
-                address = excluded.address,
-                shares = shares + 1,
-                difficulty_sum = difficulty_sum + excluded.difficulty_sum,
-                credit_units = credit_units + excluded.credit_units,
-                fee_units = fee_units + excluded.fee_units,
-                last_share = MAX(COALESCE(last_share, 0), excluded.last_share)
-            """,
-            (
-                rec.worker,
-                rec.address,
-                rec.difficulty,
-                rec.credit_units,
-                rec.fee_units,
-                rec.time,
-                rec.time,
-            ),
+        db.executemany(
+            _UPSERT_WORKER,
+            [
+                (
+                    w.name,
+                    w.address,
+                    w.shares,
+                    w.difficulty_sum,
+                    w.credit_units,
+                    w.fee_units,
+                    w.first_share,
+                    w.last_share,
+                )
+                for w in delta.workers.values()
+            ],
         )
-        db.execute(
-            """
-            INSERT INTO balances (address, credited_units) VALUES (?, ?)
-            ON CONFLICT (address) DO UPDATE SET
-                credited_units = credited_units + excluded.credited_units
-            """,
-            (rec.address, rec.credit_units),
+        db.executemany(_UPSERT_BALANCE, list(delta.credits.items()))
+        db.executemany(
+            _UPSERT_MINUTE,
+            [
+                (minute, worker, m.shares, m.difficulty_sum, m.expected_blocks, m.credit_units)
+                for (minute, worker), m in delta.minutes.items()
+            ],
         )
-        db.execute(
-            """
-            INSERT INTO share_minutes (minute, worker, shares, difficulty_sum, expected_blocks,
-                                       credit_units)
-            VALUES (?, ?, 1, ?, ?, ?)
-            ON CONFLICT (minute, worker) DO UPDATE SET
-                shares = shares + 1,
-                difficulty_sum = difficulty_sum + excluded.difficulty_sum,
-                expected_blocks = expected_blocks + excluded.expected_blocks,
-                credit_units = credit_units + excluded.credit_units
-            """,
-            (
-                int(rec.time // 60),
-                rec.worker,
-                rec.difficulty,
-                rec.expected_blocks,
-                rec.credit_units,
-            ),
-        )
-        if rec.block_hash is not None:
-            self._insert_block(rec)
+        for rec in records:
+            if rec.block_hash is not None:
+                row = self._insert_block(rec, PENDING)
+                if row is not None:
+                    delta.blocks.append(row)
+        self._applied_to = position
+        return delta
 
-    def _insert_block(self, rec: ShareRecord) -> None:
+    def apply_share(self, rec: ShareRecord, position: Checkpoint) -> BatchDelta:
+        """Apply one journal record; ``position`` is the journal point just after it."""
+        return self.apply_batch((rec,), position)
+
+    def _insert_block(self, rec: ShareRecord, status: str) -> dict[str, Any] | None:
+        """Insert the block of ``rec``; its row, or None when the block is already there."""
         assert rec.block_hash is not None
         assert rec.block_height is not None and rec.block_reward_sat is not None
-        self.conn.execute(
+        row = {
+            "hash": rec.block_hash,
+            "height": rec.block_height,
+            "worker": rec.worker,
+            "address": rec.address,
+            "reward_sat": rec.block_reward_sat,
+            "network_difficulty": rec.network_difficulty or 0.0,
+            "found_at": rec.time,
+            "status": status,
+            "confirmations": 0,
+            "updated_at": rec.time,
+        }
+        cursor = self.conn.execute(
             """
             INSERT OR IGNORE INTO blocks (hash, height, worker, address, reward_sat,
                 network_difficulty, found_at, status, confirmations, updated_at)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?)
+            VALUES (:hash, :height, :worker, :address, :reward_sat, :network_difficulty,
+                    :found_at, :status, :confirmations, :updated_at)
             """,
-            (
-                rec.block_hash,
-                rec.block_height,
-                rec.worker,
-                rec.address,
-                rec.block_reward_sat,
-                rec.network_difficulty or 0.0,
-                rec.time,
-                PENDING,
-                rec.time,
-            ),
+            row,
         )
+        return row if cursor.rowcount == 1 else None
 
-    def record_block(self, rec: ShareRecord) -> None:
-        """Record the block of a share that could not be journaled, in a transaction of its
-        own. The block is on the chain whatever happened to the share: its reward belongs in
-        the reserve. The share itself is not credited (its miner was told it was not recorded).
-        A block already recorded is left as it is."""
+    def record_block(self, rec: ShareRecord, status: str = PENDING) -> dict[str, Any] | None:
+        """Record the block of a share that could not be journaled (or whose record is not in
+        the store), in a transaction of its own. The block is on the chain whatever happened
+        to the share: its reward belongs in the reserve. The share itself is not credited (its
+        miner was told it was not recorded). A block already recorded is left as it is.
+        Returns the new row, or None when the block was already there."""
         if rec.block_hash is None:
             raise ValueError("record_block needs a share record that found a block")
+        if status not in BLOCK_STATUSES:
+            raise ValueError(f"unknown block status {status!r}")
         self._begin_own()
         try:
-            self._insert_block(rec)
+            row = self._insert_block(rec, status)
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
         self.conn.execute("COMMIT")
+        return row
 
     def rollback(self) -> None:
         """Discard the shares applied since the last commit (they stay in the journal and are
@@ -359,6 +386,9 @@ class Store:
         r = self.conn.execute("SELECT * FROM balances WHERE address = ?", (address,)).fetchone()
         return None if r is None else Balance(r[0], r[1], r[2], r[3])
 
+    def balances_of(self, addresses: Iterable[str]) -> list[Balance]:
+        return [b for a in dict.fromkeys(addresses) if (b := self.balance(a)) is not None]
+
     def totals(self) -> dict[str, int]:
         """Sums over all workers (Python-side: SQLite's SUM would overflow at 2^63)."""
         shares = credit = fee = 0
@@ -384,6 +414,48 @@ class Store:
             ).fetchall()
         return [dict(r) for r in rows]
 
+    def address_minutes(self, since_minute: int, address: str) -> list[dict[str, Any]]:
+        """Per minute, the shares of every worker of ``address`` together."""
+        rows = self.conn.execute(
+            "SELECT minute, SUM(shares) AS shares, SUM(difficulty_sum) AS difficulty_sum, "
+            "SUM(expected_blocks) AS expected_blocks FROM share_minutes "
+            "WHERE minute >= ? AND worker IN (SELECT name FROM workers WHERE address = ?) "
+            "GROUP BY minute ORDER BY minute",
+            (since_minute, address),
+        ).fetchall()
+        return [dict(r) for r in rows]
+
+    def load_aggregates(self, now: float) -> Aggregates:
+        """The in-memory totals of everything committed or applied so far (read at start, and
+        again after a rollback)."""
+        db = self.conn
+        workers = [
+            WorkerTotals(
+                r["name"],
+                r["address"],
+                r["shares"],
+                r["difficulty_sum"],
+                r["credit_units"],
+                r["fee_units"],
+                r["first_share"],
+                r["last_share"],
+            )
+            for r in db.execute("SELECT * FROM workers")
+        ]
+        minutes = [
+            (int(r[0]), MinuteTotals(int(r[1]), float(r[2]), float(r[3])))
+            for r in db.execute(
+                "SELECT minute, SUM(shares), SUM(difficulty_sum), SUM(expected_blocks) "
+                "FROM share_minutes WHERE minute >= ? GROUP BY minute ORDER BY minute",
+                (int(now // 60) - KEEP_MINUTES,),
+            )
+        ]
+        expected_all = float(
+            db.execute("SELECT TOTAL(expected_blocks) FROM share_minutes").fetchone()[0]
+        )
+        blocks = [dict(r) for r in db.execute("SELECT * FROM blocks")]
+        return Aggregates.from_rows(workers, self.balances(), blocks, minutes, expected_all)
+
     def expected_blocks_since(self, since: float) -> float:
         row = self.conn.execute(
             "SELECT TOTAL(expected_blocks) FROM share_minutes WHERE minute >= ?",
@@ -403,28 +475,48 @@ class Store:
             ).fetchall()
         else:
             rows = self.conn.execute(
-                "SELECT * FROM blocks ORDER BY height DESC, found_at DESC LIMIT ?", (limit,)
+                "SELECT * FROM blocks ORDER BY height DESC, found_at DESC, hash LIMIT ?",
+                (limit,),
             ).fetchall()
         return [dict(r) for r in rows]
 
+    def block(self, block_hash: str) -> dict[str, Any] | None:
+        row = self.conn.execute("SELECT * FROM blocks WHERE hash = ?", (block_hash,)).fetchone()
+        return None if row is None else dict(row)
+
     def blocks_found_since(self, since: float) -> int:
+        """Blocks found from ``since`` on; rejected ones (bitcoind refused them) never count."""
         row = self.conn.execute(
-            "SELECT COUNT(*) FROM blocks WHERE found_at >= ?", (since,)
+            "SELECT COUNT(*) FROM blocks WHERE found_at >= ? AND status != ?", (since, REJECTED)
         ).fetchone()
         return int(row[0])
 
     def set_block_status(
-        self, block_hash: str, status: str, confirmations: int, now: float
-    ) -> None:
+        self,
+        block_hash: str,
+        status: str,
+        confirmations: int,
+        now: float,
+        *,
+        expect: str | None = None,
+    ) -> bool:
+        """Change a block's status and confirmations (only while its status is ``expect``,
+        when given: a check that read the block earlier never overwrites a newer outcome).
+        Returns whether a row changed."""
+        if status not in BLOCK_STATUSES:
+            raise ValueError(f"unknown block status {status!r}")
         self._begin_own()
-        self.conn.execute(
-            "UPDATE blocks SET status = ?, confirmations = ?, updated_at = ? WHERE hash = ?",
-            (status, confirmations, now, block_hash),
-        )
+        sql = "UPDATE blocks SET status = ?, confirmations = ?, updated_at = ? WHERE hash = ?"
+        args: tuple[Any, ...] = (status, confirmations, now, block_hash)
+        if expect is not None:
+            sql += " AND status = ?"
+            args += (expect,)
+        changed = self.conn.execute(sql, args).rowcount
         self.conn.execute("COMMIT")
+        return changed > 0
 
     def rewards_sat(self) -> dict[str, int]:
-        out = {PENDING: 0, CONFIRMED: 0, ORPHANED: 0}
+        out = dict.fromkeys(BLOCK_STATUSES, 0)
         for row in self.conn.execute("SELECT status, reward_sat FROM blocks"):
             out[row[0]] = out.get(row[0], 0) + int(row[1])
         return out
@@ -531,6 +623,12 @@ class Store:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    def payout_addresses(self, payout_id: str) -> list[str]:
+        rows = self.conn.execute(
+            "SELECT address FROM payout_items WHERE payout_id = ? ORDER BY address", (payout_id,)
+        )
+        return [str(r[0]) for r in rows]
 
     def payouts(
         self, statuses: Sequence[str] | None = None, limit: int = 1000, address: str | None = None

@@ -19,6 +19,7 @@ from pool.bitcoin.target import DIFF1_TARGET
 from pool.config import ChainConfig, LedgerConfig, PortConfig, SimulationConfig, VardiffSettings
 from pool.ledger.journal import read_records
 from pool.ledger.payouts import btc_to_sat
+from pool.ledger.store import Store
 from pool.miner import Miner, MinerOptions
 from pool.node.binaries import Binaries
 from pool.node.managed import ManagedNode
@@ -72,6 +73,21 @@ def ledger_config(node: ManagedNode, data_dir: Path, payout: str, **ledger: Any)
     )
 
 
+async def settled_blocks(app: Any) -> list[dict[str, Any]]:
+    """The store's blocks, once bitcoind has answered every submission (the server submits
+    block candidates in the background, after journaling their shares)."""
+    assert app.ledger is not None and app.server is not None
+    await app.ledger.commit()
+    blocks: list[dict[str, Any]] = await app.ledger.store.run(Store.blocks)
+    await wait_for(
+        lambda: len(app.server.stats.blocks) >= len(blocks),
+        30,
+        "every block submission to be answered",
+        lambda: (len(app.server.stats.blocks), len(blocks)),
+    )
+    return blocks
+
+
 def independent_credit(record: dict[str, Any]) -> int:
     """The PPS formula recomputed from the journal record's inputs, not from its result."""
     subsidy = (50 * COIN) >> (record["height"] // REGTEST_HALVING)
@@ -107,20 +123,22 @@ async def test_miners_credits_blocks_and_a_confirmed_payout(
         ]
         summaries = await asyncio.gather(*(m.run() for m in miners))
         ledger = app.ledger
-        ledger.commit()
+        await ledger.commit()
 
         # 1. The credits equal the formula recomputed from the journal, to the unit.
         journal = [rec for _, rec in read_records(tmp_path / "ledger" / "journal")]
         assert len(journal) >= 100, summaries
-        totals = ledger.store.totals()
+        totals = await ledger.store.run(Store.totals)
+        assert ledger.aggregates.totals() == totals  # what the API reads, in memory
         assert totals["shares"] == len(journal)
         assert totals["credit_units"] == sum(independent_credit(r) for r in journal)
         per_address: Counter[str] = Counter()
         for rec in journal:
             per_address[rec["address"]] += independent_credit(rec)
         for address in miners_addr:
-            balance = ledger.store.balance(address)
+            balance = await ledger.store.run(Store.balance, address)
             assert balance is not None and balance.credited_units == per_address[address]
+            assert ledger.aggregates.balances[address] == balance
 
         # 2. Every share a miner was told "accepted" is in the journal, exactly once.
         identities = Counter(journal_identity(r) for r in journal)
@@ -130,7 +148,7 @@ async def test_miners_credits_blocks_and_a_confirmed_payout(
         assert set(told) <= set(identities)
 
         # 3. Found blocks are recorded and mature after 100 confirmations.
-        found = ledger.store.blocks()
+        found = await settled_blocks(app)
         assert found, "no block found: the simulated difficulty is too high for the test"
         # Both miners can solve the same height within a few ms: the second block is valid but
         # stale (bitcoind says "inconclusive") and must end orphaned, never confirmed.
@@ -138,25 +156,30 @@ async def test_miners_credits_blocks_and_a_confirmed_payout(
             b["hash"] for b in found if await rpc.call("getblockhash", b["height"]) == b["hash"]
         }
         assert in_chain, found
+        # Journaled before their submission ("submitted"); with the older order (submitted
+        # first) the record holds the outcome.
         submitted = {r["block"]["hash"]: r["block"]["status"] for r in journal if "block" in r}
         won_heights = {b["height"] for b in found if b["hash"] in in_chain}
         for b in found:
+            assert b["status"] == "pending", b  # none refused by bitcoind
             if b["hash"] in in_chain:
-                assert submitted[b["hash"]] == "accepted", b
+                assert submitted[b["hash"]] in ("submitted", "accepted"), b
             else:  # only ever the loser of a same-height race, never a block bitcoind refused
-                assert b["height"] in won_heights and submitted[b["hash"]] == "inconclusive", b
+                assert b["height"] in won_heights, b
+                assert submitted[b["hash"]] in ("submitted", "inconclusive"), b
         await ledger.check_blocks(rpc)
-        status = {b["hash"]: b["status"] for b in ledger.store.blocks()}
+        status = {b["hash"]: b["status"] for b in await ledger.store.run(Store.blocks)}
         assert status == {
             b["hash"]: "pending" if b["hash"] in in_chain else "orphaned" for b in found
         }
         sink = await wallet_address(ledger_node, "miners")
         await rpc.call("generatetoaddress", 100, sink)
         await ledger.check_blocks(rpc)
-        status = {b["hash"]: b["status"] for b in ledger.store.blocks()}
+        status = {b["hash"]: b["status"] for b in await ledger.store.run(Store.blocks)}
         assert status == {
             b["hash"]: "confirmed" if b["hash"] in in_chain else "orphaned" for b in found
         }
+        assert {h: b["status"] for h, b in ledger.aggregates.blocks.items()} == status
         luck = ledger.luck(time.time())["all"]
         assert luck["found_blocks"] == len(found)
         expected = sum(
@@ -171,7 +194,7 @@ async def test_miners_credits_blocks_and_a_confirmed_payout(
         )
 
         # 4. Balances over the threshold are paid: one sendmany, exact amounts.
-        before = {a: ledger.store.balance(a) for a in miners_addr}
+        before = {a: await ledger.store.run(Store.balance, a) for a in miners_addr}
         result = await app.run_payout_round()
         assert result.status == "paid", result
         assert set(result.paid) == set(miners_addr)
@@ -179,8 +202,8 @@ async def test_miners_credits_blocks_and_a_confirmed_payout(
             bal_before = before[address]
             assert bal_before is not None
             assert result.paid[address] == bal_before.balance_units // 1_000_000
-            after = ledger.store.balance(address)
-            assert after is not None
+            after = await ledger.store.run(Store.balance, address)
+            assert after is not None and ledger.aggregates.balances[address] == after
             assert after.paid_units == result.paid[address] * 1_000_000
             assert after.balance_units == bal_before.balance_units % 1_000_000
         await rpc.call("generatetoaddress", 1, sink)
@@ -189,7 +212,7 @@ async def test_miners_credits_blocks_and_a_confirmed_payout(
             assert btc_to_sat(received) == result.paid[address]
         assert app.payouts is not None
         await app.payouts.update_confirmations()
-        [paid] = ledger.store.payouts()
+        [paid] = await ledger.store.run(Store.payouts)
         assert paid["status"] == "confirmed" and paid["txid"] == result.txid
         # Nothing more is due: a second round pays nothing.
         assert (await app.run_payout_round()).status == "nothing_due"
@@ -221,13 +244,13 @@ async def test_invalidated_block_is_orphaned_and_leaves_the_reserve(
         await wait_for(lambda: bool(app.server and app.server.stats.blocks), 60, "a block")
         miner.stopping.set()
         await task
-        await asyncio.sleep(0.2)
-        ledger.commit()
+        await settled_blocks(app)
         await ledger.check_blocks(rpc)
-        block = ledger.store.blocks()[0]  # the highest: invalidating it orphans only it
+        # the highest: invalidating it orphans only it
+        block = (await ledger.store.run(Store.blocks))[0]
         assert block["status"] == "pending"
         before = ledger.reserve()
-        balance_before = ledger.store.balance(miner_addr)
+        balance_before = await ledger.store.run(Store.balance, miner_addr)
         await rpc.call("invalidateblock", block["hash"])
         try:
             changes = await ledger.check_blocks(rpc)
@@ -238,12 +261,12 @@ async def test_invalidated_block_is_orphaned_and_leaves_the_reserve(
                 == block["reward_sat"] * 1_000_000
             )
             assert after.credits_units == before.credits_units  # PPS credits stay
-            assert ledger.store.balance(miner_addr) == balance_before
+            assert await ledger.store.run(Store.balance, miner_addr) == balance_before
             assert after.reserve_units == before.reserve_units - block["reward_sat"] * 1_000_000
         finally:
             await rpc.call("reconsiderblock", block["hash"])
         await ledger.check_blocks(rpc)  # back on the best chain: pending again
-        assert ledger.store.blocks()[0]["status"] == "pending"
+        assert (await ledger.store.run(Store.blocks))[0]["status"] == "pending"
     finally:
         miner.stopping.set()
         await task
@@ -269,7 +292,7 @@ async def test_a_share_the_ledger_cannot_record_is_not_acknowledged(
         assert answer["result"] is not True
         assert "could not record" in json.dumps(answer["error"])
         assert app.server.stats.accepted == 0
-        assert app.ledger.store.totals()["shares"] == 0
+        assert (await app.ledger.store.run(Store.totals))["shares"] == 0
     finally:
         await client.close()
         await app.stop()
@@ -278,9 +301,9 @@ async def test_a_share_the_ledger_cannot_record_is_not_acknowledged(
 async def test_a_block_whose_share_cannot_be_journaled_is_still_tracked(
     ledger_node: ManagedNode, tmp_path: Path
 ) -> None:
-    """A share that is also a block reaches bitcoind before the journal; if the journal then
-    refuses it, the miner hears an error and is not credited, but the block (on the chain, with
-    its reward) is recorded in the store, pending maturity like any other."""
+    """A share that is also a block: if the journal refuses it, the miner hears an error and is
+    not credited, but the block (submitted to bitcoind all the same, on the chain, with its
+    reward) is recorded in the store, pending maturity like any other."""
     rpc = ledger_node.rpc
     assert rpc is not None
     payout = await wallet_address(ledger_node, "pool")
@@ -303,14 +326,23 @@ async def test_a_block_whose_share_cannot_be_journaled_is_still_tracked(
         answer = await client.response(5)
         assert answer["result"] is not True
         assert "could not record" in json.dumps(answer["error"])
-        [block] = app.ledger.store.blocks()
-        assert await rpc.call("getblockhash", block["height"]) == block["hash"]  # on the chain
+        [block] = await app.ledger.store.run(Store.blocks)
         assert block["status"] == "pending" and block["worker"] == f"{miner_addr}.lucky"
+        # submitted in the background (or before the answer): on the chain soon
+        deadline = time.monotonic() + 30
+        while await rpc.call("getblockcount") < block["height"]:
+            assert time.monotonic() < deadline, "the block never reached the chain"
+            await asyncio.sleep(0.05)
+        assert await rpc.call("getblockhash", block["height"]) == block["hash"]  # on the chain
         header = await rpc.call("getblockheader", block["hash"])
         assert int(header["nonce"]) == int(solution.nonce, 16)
+        await wait_for(lambda: bool(app.server and app.server.stats.blocks), 10, "the outcome")
+        [block] = await app.ledger.store.run(Store.blocks)
+        assert block["status"] == "pending"  # accepted: the chain checks settle it
         assert app.ledger.reserve().rewards_earned_units == block["reward_sat"] * 1_000_000
-        assert app.ledger.store.totals()["shares"] == 0  # the share itself is not credited
-        assert app.ledger.store.balance(miner_addr) is None
+        totals = await app.ledger.store.run(Store.totals)
+        assert totals["shares"] == 0  # the share itself is not credited
+        assert await app.ledger.store.run(Store.balance, miner_addr) is None
     finally:
         await client.close()
         await app.stop()

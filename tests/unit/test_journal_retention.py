@@ -16,6 +16,7 @@ from pool.config import LedgerConfig
 from pool.ledger.journal import Journal, segment_files
 from pool.ledger.ledger import Ledger
 from pool.ledger.retention import expired_segments, remove_expired_segments
+from pool.ledger.store import Store
 
 DAY = 86400.0
 
@@ -88,19 +89,21 @@ async def test_ledger_prunes_applied_segments_past_the_retention(tmp_path: Path)
     ledger = Ledger(LedgerConfig(journal_retention_days=7), tmp_path, REGTEST)
     await ledger.open()  # replays all 15 records, commits, then prunes
     try:
-        cp = ledger.store.checkpoint()
+        cp = await ledger.store.run(Store.checkpoint)
         assert cp is not None and cp.segment == 3
         # 1 and 2 are applied and old: gone. 3 holds the checkpoint: kept. 4 is being written.
         assert [n for n, _ in segment_files(journal_dir)] == [3, 4]
-        assert ledger.store.totals()["shares"] == 15  # the store keeps their totals
-        assert ledger.store.totals()["credit_units"] == sum(1000 + i for i in range(15))
+        totals = await ledger.store.run(Store.totals)
+        assert totals["shares"] == 15  # the store keeps their totals
+        assert totals["credit_units"] == sum(1000 + i for i in range(15))
+        assert ledger.aggregates.totals() == totals
     finally:
         await ledger.close()
     reopened = Ledger(LedgerConfig(journal_retention_days=7), tmp_path, REGTEST)
     await reopened.open()  # nothing is replayed twice after the pruning
     try:
         assert reopened.replayed == 0
-        assert reopened.store.totals()["shares"] == 15
+        assert (await reopened.store.run(Store.totals))["shares"] == 15
     finally:
         await reopened.close()
 
@@ -115,7 +118,8 @@ async def test_retention_zero_keeps_every_segment(tmp_path: Path) -> None:
     await ledger.open()
     try:
         assert [n for n, _ in segment_files(journal_dir)] == [1, 2, 3]
-        assert ledger.prune_journal(time.time(), ledger.store.checkpoint()) == []
+        cp = await ledger.store.run(Store.checkpoint)
+        assert ledger.prune_journal(time.time(), cp) == []
     finally:
         await ledger.close()
 
@@ -128,7 +132,8 @@ async def test_young_segments_are_kept(tmp_path: Path) -> None:
     try:
         assert [n for n, _ in segment_files(journal_dir)] == [1, 2, 3, 4]
         # A day later segments 1 and 2 qualify (3 holds the checkpoint, 4 is open).
-        assert ledger.prune_journal(time.time() + 1.5 * DAY, ledger.store.checkpoint()) == [1, 2]
+        cp = await ledger.store.run(Store.checkpoint)
+        assert ledger.prune_journal(time.time() + 1.5 * DAY, cp) == [1, 2]
         assert ledger.prune_journal(time.time() + 9 * DAY, None) == []  # no checkpoint: keep
     finally:
         await ledger.close()

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
 
+from pool.ledger.aggregates import Aggregates, BatchDelta
 from pool.ledger.pps import UNITS_PER_SAT
 from pool.ledger.store import (
     CONFIRMED,
+    MIGRATIONS,
     ORPHANED,
     PAYOUT_CONFIRMED,
     PAYOUT_FAILED,
     PAYOUT_PENDING,
     PAYOUT_SENT,
+    PENDING,
+    REJECTED,
     SCHEMA_VERSION,
+    Balance,
     Checkpoint,
     ShareRecord,
     Store,
@@ -125,7 +131,12 @@ def test_found_block_recorded_once_and_settled(store: Store) -> None:
     assert block["status"] == "pending" and block["reward_sat"] == 5_000_000_000
     assert store.rewards_sat()["pending"] == 5_000_000_000
     store.set_block_status("ab" * 32, ORPHANED, -1, 500.0)
-    assert store.rewards_sat() == {"pending": 0, "confirmed": 0, "orphaned": 5_000_000_000}
+    assert store.rewards_sat() == {
+        "pending": 0,
+        "confirmed": 0,
+        "orphaned": 5_000_000_000,
+        "rejected": 0,
+    }
     store.set_block_status("ab" * 32, CONFIRMED, 100, 600.0)
     assert store.blocks((CONFIRMED,))[0]["confirmations"] == 100
     assert store.blocks_found_since(0) == 1
@@ -198,3 +209,200 @@ def test_payout_beyond_the_balance_is_refused_and_rolled_back(store: Store) -> N
     assert store.payouts() == []
     assert store.balance("addr-a").pending_units == 0  # type: ignore[union-attr]
     assert store.totals()["credit_units"] == 5 * UNITS_PER_SAT  # the share survived the rollback
+
+
+# -- batches, the in-memory aggregates, rejected blocks, the one-thread rule -----------------------
+
+
+def block_share(block_hash: str, **kw: object) -> ShareRecord:
+    return share(
+        block_hash=block_hash,
+        block_height=9,
+        block_reward_sat=3_000,
+        network_difficulty=2.0,
+        **kw,
+    )
+
+
+def mixed_shares() -> list[ShareRecord]:
+    """Shares of three workers (two addresses) over three minutes, one of them a block."""
+    out = []
+    for i in range(30):
+        worker, address = [("a.1", "addr-a"), ("a.2", "addr-a"), ("b.1", "addr-b")][i % 3]
+        out.append(
+            share(
+                worker=worker,
+                address=address,
+                credit=1000 + i,
+                time=60.0 + 5.5 * i,
+                difficulty=0.5 + i / 8,
+                expected_blocks=0.001 * (i + 1),
+            )
+        )
+    out[7] = block_share("ee" * 32, worker="a.2", address="addr-a", time=100.0)
+    return out
+
+
+def assert_same(agg: Aggregates, loaded: Aggregates) -> None:
+    assert agg.workers == loaded.workers  # exact, floats included
+    assert agg.names() == loaded.names() == sorted(loaded.workers)
+    assert agg.balances == loaded.balances
+    assert agg.blocks == loaded.blocks
+    assert agg.totals() == loaded.totals()
+    assert agg.reserve() == loaded.reserve()
+    same_minutes(agg.pool_minutes(0), loaded.pool_minutes(0))
+    assert agg.expected_all == pytest.approx(loaded.expected_all)
+
+
+def same_minutes(got: list[dict[str, float]], want: list[dict[str, float]]) -> None:
+    """Per-minute rows: the same minutes and shares, the float sums up to rounding."""
+    assert [(r["minute"], r["shares"]) for r in got] == [(r["minute"], r["shares"]) for r in want]
+    for g, w in zip(got, want, strict=True):
+        assert g["difficulty_sum"] == pytest.approx(w["difficulty_sum"])
+        assert g["expected_blocks"] == pytest.approx(w["expected_blocks"])
+
+
+def test_a_batch_is_the_same_as_its_shares_one_by_one(tmp_path: Path) -> None:
+    records = mixed_shares()
+    one = Store(tmp_path / "one.sqlite3")
+    one.open()
+    for i, rec in enumerate(records):
+        one.apply_share(rec, Checkpoint(1, i + 1))
+    one.commit()
+    batched = Store(tmp_path / "batched.sqlite3")
+    batched.open()
+    batched.apply_batch(records[:10], Checkpoint(1, 10))
+    batched.apply_batch(records[10:], Checkpoint(1, 30))
+    batched.commit()
+    for s in (one, batched):
+        assert s.checkpoint() == Checkpoint(1, 30)
+    assert one.workers() == batched.workers()
+    assert one.balances() == batched.balances()
+    assert (
+        one.totals()
+        == batched.totals()
+        == {
+            "shares": 30,
+            "credit_units": sum(r.credit_units for r in records),
+            "fee_units": 30,
+        }
+    )
+    assert one.minutes(0) == batched.minutes(0)
+    assert one.minutes(0, worker="a.2") == batched.minutes(0, worker="a.2")
+    assert one.blocks() == batched.blocks()
+    one.close()
+    batched.close()
+
+
+def test_aggregates_follow_the_store_exactly(store: Store) -> None:
+    """What the loop reads in memory equals what the store holds: loaded at start, then
+    merged from each batch's delta and each changed block or balance."""
+    store.apply_share(share(time=30.0), Checkpoint(1, 1))
+    store.commit()
+    agg = store.load_aggregates(now=1000.0)
+    records = mixed_shares()
+    for i in range(0, 30, 7):
+        agg.merge(store.apply_batch(records[i : i + 7], Checkpoint(2, i + 7)))
+    assert_same(agg, store.load_aggregates(now=1000.0))
+    # a block changes, a payout moves amounts: the rows come back and are set
+    assert store.set_block_status("ee" * 32, CONFIRMED, 100, 500.0)
+    agg.set_block(store.block("ee" * 32))  # type: ignore[arg-type]
+    agg.merge(store.apply_share(share(credit=5 * UNITS_PER_SAT), Checkpoint(3, 1)))
+    store.create_payout("p1", [("addr-a", 5)], 600.0)
+    agg.set_balances(store.balances_of(["addr-a"]))
+    assert agg.balances["addr-a"].pending_units == 5 * UNITS_PER_SAT
+    assert_same(agg, store.load_aggregates(now=1000.0))
+    # reads
+    assert agg.workers_of("addr-a") == ["a.1", "a.2"]
+    assert agg.recent_blocks(10) == store.blocks()
+    assert agg.luck(1000.0)["all"]["found_blocks"] == store.blocks_found_since(0) == 1
+    assert agg.expected_blocks_since(120.0) == pytest.approx(store.expected_blocks_since(120.0))
+    same_minutes(agg.pool_minutes(2), store.minutes(2))
+
+
+def test_luck_windows_from_minutes_and_hours() -> None:
+    minutes = 3 * 24 * 60  # three days, one share a minute, each 0.001 of a block
+    records = [share(time=60.0 * m + 1, expected_blocks=0.001, credit=1) for m in range(minutes)]
+    agg = Aggregates()
+    agg.merge(BatchDelta.of(records))
+    now = 60.0 * minutes - 0.5
+    luck = agg.luck(now)
+    assert luck["1h"]["expected_blocks"] == pytest.approx(0.001 * 61)  # minutes 60*.. partial
+    assert luck["24h"]["expected_blocks"] == pytest.approx(0.001 * (24 * 60 + 1))
+    assert luck["7d"]["expected_blocks"] == pytest.approx(0.001 * minutes)
+    assert luck["all"]["expected_blocks"] == pytest.approx(0.001 * minutes)
+    assert luck["all"]["found_blocks"] == 0 and luck["all"]["luck"] is None
+    for since in (0.0, 59.0, 3600.0 * 5 + 17, now - 3600 * 24):
+        direct = sum(0.001 for m in range(minutes) if m >= int(since // 60))
+        assert agg.expected_blocks_since(since) == pytest.approx(direct), since
+
+
+def test_a_rejected_block_is_never_counted(store: Store) -> None:
+    assert store.record_block(block_share("aa" * 32), REJECTED) is not None
+    store.apply_share(block_share("bb" * 32), Checkpoint(1, 1))
+    # a replay of the rejected block's share leaves it rejected
+    store.apply_share(block_share("aa" * 32), Checkpoint(1, 2))
+    store.commit()
+    status = {b["hash"]: b["status"] for b in store.blocks()}
+    assert status == {"aa" * 32: REJECTED, "bb" * 32: PENDING}
+    assert store.rewards_sat()[REJECTED] == 3_000 and store.rewards_sat()[PENDING] == 3_000
+    assert store.blocks_found_since(0) == 1
+    agg = store.load_aggregates(now=200.0)
+    assert agg.reserve().rewards_earned_units == 3_000 * UNITS_PER_SAT
+    assert agg.block_counts()[REJECTED] == 1 and agg.luck(200.0)["all"]["found_blocks"] == 1
+
+
+def test_block_status_changes_only_from_the_expected_status(store: Store) -> None:
+    store.apply_share(block_share("cc" * 32), Checkpoint(1, 1))
+    assert store.set_block_status("cc" * 32, REJECTED, 0, 5.0, expect=PENDING)
+    # a check that read it as pending earlier must not overwrite the rejection
+    assert not store.set_block_status("cc" * 32, ORPHANED, -1, 6.0, expect=PENDING)
+    assert store.block("cc" * 32)["status"] == REJECTED  # type: ignore[index]
+    assert not store.set_block_status("dd" * 32, ORPHANED, -1, 6.0)  # no such block
+    with pytest.raises(ValueError, match="unknown block status"):
+        store.set_block_status("cc" * 32, "lost", 0, 7.0)
+
+
+def test_a_first_version_database_gets_the_new_indexes(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    db = sqlite3.connect(path, isolation_level=None)
+    for statement in MIGRATIONS[0].split(";"):
+        if statement.strip():
+            db.execute(statement)
+    db.execute("PRAGMA user_version = 1")
+    db.execute("INSERT INTO balances (address, credited_units) VALUES ('addr-a', 7)")
+    db.close()
+    s = Store(path)
+    s.open()
+    assert s.schema_version == SCHEMA_VERSION == 2
+    indexes = {r[0] for r in s.conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert {"share_minutes_worker", "workers_address", "blocks_height"} <= indexes
+    assert s.balance("addr-a") == Balance("addr-a", 7, 0, 0)
+    s.close()
+
+
+def test_the_store_is_used_by_one_thread_only(store: Store) -> None:
+    errors: list[BaseException] = []
+
+    def other() -> None:
+        try:
+            store.totals()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    thread.join()
+    assert len(errors) == 1 and isinstance(errors[0], sqlite3.ProgrammingError)
+
+
+def test_address_minutes_sum_the_address_workers(store: Store) -> None:
+    records = mixed_shares()
+    store.apply_batch(records, Checkpoint(1, 30))
+    rows = store.address_minutes(0, "addr-a")
+    expected: dict[int, int] = {}
+    for r in records:
+        if r.address == "addr-a":
+            expected[int(r.time // 60)] = expected.get(int(r.time // 60), 0) + 1
+    assert {r["minute"]: r["shares"] for r in rows} == expected
+    assert store.address_minutes(0, "addr-z") == []

@@ -1,7 +1,16 @@
-"""The pool's Prometheus metrics: a snapshot of the app as ``Metric`` families."""
+"""The pool's Prometheus metrics: a snapshot of the app as ``Metric`` families.
+
+Bounded: per-worker series (hashrate, shares) are written for the ``METRICS_TOP_WORKERS``
+workers with the most accepted work since the previous ranking (their recent hashrate),
+ranked again at most every ``RANK_SECONDS`` so the exported set does not flap between scrapes;
+``stratum_pool_metrics_workers_omitted`` says how many were left out (the pool-wide series
+count every worker). Ledger numbers come from the ledger's in-memory totals. The server
+caches the rendered text (``pool.api.server.METRICS_CACHE_SECONDS``).
+"""
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
 from typing import TYPE_CHECKING
 
@@ -9,21 +18,49 @@ from pool.api.metrics import Metric, counter, gauge, sample
 from pool.api.views import Views, window_name
 from pool.bitcoin import target_to_difficulty
 from pool.ledger.pps import UNITS_PER_SAT
-from pool.ledger.store import CONFIRMED, ORPHANED, PENDING
 from pool.node.submit import SubmitStatus
 from pool.shares import Reject
+from pool.stats import PoolStats
 
 if TYPE_CHECKING:
     from pool.app import PoolApp
 
 PREFIX = "stratum_pool_"
 REJECT_REASONS = tuple(sorted({r.key for r in Reject} | {"other"}))
+METRICS_TOP_WORKERS = 100  # workers with series of their own in /metrics
+RANK_SECONDS = 10.0  # how often the top workers are chosen again
 
 
-def collect(app: PoolApp, views: Views, now: float) -> list[Metric]:
+class WorkerRanking:
+    """The workers that get per-worker series: the ``top`` with the most accepted work
+    (difficulty) since the previous ranking, chosen again at most every ``every`` seconds.
+    One pass over the workers' counters per ranking, no hashrate computed for the others."""
+
+    def __init__(self, top: int = METRICS_TOP_WORKERS, every: float = RANK_SECONDS) -> None:
+        self.top = top
+        self.every = every
+        self._chosen: list[str] | None = None
+        self._at = 0.0
+        self._work: dict[str, float] = {}
+
+    def select(self, stats: PoolStats, now: float) -> list[str]:
+        """The chosen workers' names, sorted."""
+        if self._chosen is not None and 0.0 <= now - self._at < self.every:
+            return self._chosen
+        work = {name: w.accepted_work for name, w in stats.workers.items()}
+        before = self._work
+        chosen = heapq.nlargest(self.top, work, key=lambda n: work[n] - before.get(n, 0.0))
+        self._chosen, self._at, self._work = sorted(chosen), now, work
+        return self._chosen
+
+
+def collect(
+    app: PoolApp, views: Views, now: float, ranking: WorkerRanking | None = None
+) -> list[Metric]:
     p = views.parts()
-    server, ledger = p.server, p.ledger
+    server, ledger = p.server, p.ledger.aggregates
     stats, book = server.stats, server.hashrate
+    chosen = (ranking or WorkerRanking()).select(stats, now)
     out: list[Metric] = [
         gauge(
             PREFIX + "info",
@@ -45,10 +82,16 @@ def collect(app: PoolApp, views: Views, now: float) -> list[Metric]:
             "Per-worker hashrate from accepted shares over a sliding window.",
             [
                 sample(meter.hashrate(w, now), {"worker": name, "window": window_name(w)})
-                for name in sorted(book.workers())
+                for name in chosen
                 if (meter := book.worker(name)) is not None
                 for w in book.windows
             ],
+        ),
+        gauge(
+            PREFIX + "metrics_workers_omitted",
+            f"Workers without per-worker series here (only the {METRICS_TOP_WORKERS} with the "
+            "most recent accepted work have them).",
+            max(0, len(stats.workers) - len(chosen)),
         ),
     ]
     rejected = Counter({reason: 0 for reason in REJECT_REASONS})
@@ -77,7 +120,8 @@ def collect(app: PoolApp, views: Views, now: float) -> list[Metric]:
             "Shares judged since the start, by worker and result.",
             [
                 sample(n, {"worker": name, "result": result})
-                for name, w in sorted(stats.workers.items())
+                for name in chosen
+                if (w := stats.workers.get(name)) is not None
                 for result, n in (("accepted", w.accepted), ("rejected", sum(w.rejected.values())))
             ],
         ),
@@ -96,14 +140,14 @@ def collect(app: PoolApp, views: Views, now: float) -> list[Metric]:
             ],
         ),
     ]
-    statuses = Counter({s: 0 for s in (PENDING, CONFIRMED, ORPHANED)})
-    statuses.update(b["status"] for b in ledger.store.blocks(limit=1 << 30))
+    statuses = ledger.block_counts()
     submissions = Counter({s.value: 0 for s in SubmitStatus})
     submissions.update(b.status for b in stats.blocks)
     out += [
         gauge(
             PREFIX + "blocks",
-            "Blocks found by the pool (all time), by ledger status.",
+            "Blocks found by the pool (all time), by ledger status (rejected: bitcoind refused "
+            "it).",
             [sample(n, {"status": s}) for s, n in sorted(statuses.items())],
         ),
         counter(
@@ -114,6 +158,18 @@ def collect(app: PoolApp, views: Views, now: float) -> list[Metric]:
     ]
     out += _chain(views)
     reserve = ledger.reserve()
+    out += [
+        gauge(
+            PREFIX + "ledger_backlog_records",
+            "Shares journaled (acknowledged) but not yet applied to the ledger store.",
+            p.ledger.store.backlog,
+        ),
+        counter(
+            PREFIX + "ledger_applied_records_total",
+            "Shares applied to the ledger store since the start.",
+            p.ledger.store.applied,
+        ),
+    ]
     out += [
         gauge(
             PREFIX + "reserve_satoshis",

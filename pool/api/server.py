@@ -13,6 +13,7 @@ import collections
 import contextlib
 import hmac
 import ipaddress
+import json
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -22,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiohttp import web
 
-from pool.api.collect import collect
+from pool.api.collect import WorkerRanking, collect
 from pool.api.metrics import CONTENT_TYPE, render
-from pool.api.views import ApiError, Views
+from pool.api.views import CACHE_SECONDS, ApiError, Views
 from pool.node.rpc import RpcError
 from pool.server.bans import save_bans
 
@@ -40,6 +41,10 @@ HEALTH_RPC_TIMEOUT = 2.0  # seconds for the health check's getblockcount
 SAMPLE_SECONDS = 5.0  # the live pool hashrate is sampled this often for the chart
 SAMPLE_KEEP_SECONDS = 3600.0
 MAX_LIMIT = 1000
+WORKERS_PAGE = 100  # workers per page by default (GET /api/workers, /api/addresses/{a})
+RENDER_CHUNK = 50  # workers rendered per turn of the event loop (miners are served between)
+RENDERS_AT_ONCE = 2  # worker lists rendered concurrently; more requests wait their turn
+PAGE_CACHE_ENTRIES = 256  # rendered /api/workers pages kept (for cache_seconds)
 MAX_HISTORY_MINUTES = 7 * 24 * 60
 MAX_RECONNECT_WAIT = 3600
 DASHBOARD_HEADERS = {
@@ -66,9 +71,19 @@ def dashboard_html() -> bytes:
 
 
 class ApiServer:
-    def __init__(self, app: PoolApp, *, sample_seconds: float = SAMPLE_SECONDS) -> None:
+    def __init__(
+        self,
+        app: PoolApp,
+        *,
+        sample_seconds: float = SAMPLE_SECONDS,
+        cache_seconds: float = CACHE_SECONDS,
+    ) -> None:
+        """``cache_seconds``: how long a rendered /metrics text, a rendered /api/workers page
+        and the worker directory are served again (a polling storm costs one render per page
+        per period); 0 renders every request afresh."""
         self.app = app
-        self.views = Views(app)
+        self.cache_seconds = cache_seconds
+        self.views = Views(app, cache_seconds=cache_seconds)
         self.sample_seconds = sample_seconds
         self.samples: collections.deque[tuple[float, float]] = collections.deque(
             maxlen=max(1, int(SAMPLE_KEEP_SECONDS / sample_seconds))
@@ -78,6 +93,10 @@ class ApiServer:
         self._runner: web.AppRunner | None = None
         self._sampler: asyncio.Task[None] | None = None
         self._page = b""
+        self._ranking = WorkerRanking()
+        self._metrics: tuple[float, bytes] | None = None  # (monotonic time, rendered text)
+        self._pages: dict[tuple[int, int], tuple[float, object, bytes]] = {}
+        self._renders = asyncio.Semaphore(RENDERS_AT_ONCE)
 
     # -- lifecycle --------------------------------------------------------------------------------
     def build(self) -> web.Application:
@@ -209,15 +228,45 @@ class ApiServer:
         if worker is not None and address is not None:
             raise ApiError(400, "give worker or address, not both")
         return web.json_response(
-            self.views.history(
+            await self.views.history(
                 time.time(), minutes, worker=worker, address=address, samples=list(self.samples)
             )
         )
 
+    def _fresh(self, at: float) -> bool:
+        return 0.0 <= time.monotonic() - at < self.cache_seconds
+
     async def get_workers(self, request: web.Request) -> web.Response:
+        """One page of the known workers in name order: ``?limit=`` (default 100, at most
+        1000) from ``&offset=``; the answer says the total and the next offset. A page is
+        rendered at most once per ``cache_seconds`` (while the worker directory stands)."""
+        limit = _int_param(request, "limit", WORKERS_PAGE, 1, MAX_LIMIT)
+        offset = _int_param(request, "offset", 0, 0, 1 << 62)
+        directory = self.views.directory(self.views.parts())
+        cached = self._pages.get((offset, limit))
+        if cached is not None and cached[1] is directory and self._fresh(cached[0]):
+            return _json_bytes(cached[2])
         now = time.time()
-        workers = self.views.workers(now)
-        return web.json_response({"time": now, "count": len(workers), "workers": workers})
+        head, names = self.views.workers_page(offset, limit)
+        body = await self._render_workers({"time": now, **head}, names, now)
+        if self.cache_seconds > 0:
+            if len(self._pages) >= PAGE_CACHE_ENTRIES:
+                self._pages.clear()
+            self._pages[(offset, limit)] = (time.monotonic(), directory, body)
+        return _json_bytes(body)
+
+    async def _render_workers(self, head: dict[str, Any], names: list[str], now: float) -> bytes:
+        """``head`` with ``"workers": [...]`` for ``names``, rendered and encoded
+        ``RENDER_CHUNK`` workers per turn of the loop, at most ``RENDERS_AT_ONCE`` lists at a
+        time: however many clients ask, a turn of the loop spends a few ms on them."""
+        parts: list[str] = []
+        async with self._renders:
+            for start in range(0, len(names), RENDER_CHUNK):
+                if start:
+                    await asyncio.sleep(0)
+                chunk = json.dumps(self.views.workers(now, names[start : start + RENDER_CHUNK]))
+                parts.append(chunk[1:-1])
+        return (json.dumps(head)[:-1] + ', "workers": [' + ", ".join(parts) + "]}").encode()
 
     async def get_worker(self, request: web.Request) -> web.Response:
         now = time.time()
@@ -225,7 +274,13 @@ class ApiServer:
         return web.json_response({"time": now, **worker})
 
     async def get_address(self, request: web.Request) -> web.Response:
-        return web.json_response(self.views.address(request.match_info["address"], time.time()))
+        """An address: its balance, payouts, hashrate and a page of its workers (``?limit=``,
+        ``&offset=`` as for /api/workers)."""
+        limit = _int_param(request, "limit", WORKERS_PAGE, 1, MAX_LIMIT)
+        offset = _int_param(request, "offset", 0, 0, 1 << 62)
+        now = time.time()
+        head, names = await self.views.address(request.match_info["address"], now, offset, limit)
+        return _json_bytes(await self._render_workers(head, names, now))
 
     async def get_blocks(self, request: web.Request) -> web.Response:
         limit = _int_param(request, "limit", 50, 1, MAX_LIMIT)
@@ -234,11 +289,17 @@ class ApiServer:
     async def get_payouts(self, request: web.Request) -> web.Response:
         limit = _int_param(request, "limit", 50, 1, MAX_LIMIT)
         address = request.query.get("address")
-        return web.json_response({"time": time.time(), **self.views.payouts(limit, address)})
+        return web.json_response(
+            {"time": time.time(), **(await self.views.payouts(limit, address))}
+        )
 
     async def metrics(self, request: web.Request) -> web.Response:
-        text = render(collect(self.app, self.views, time.time()))
-        return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})
+        """Prometheus text, rendered at most once per ``cache_seconds``."""
+        cached = self._metrics
+        if cached is None or not self._fresh(cached[0]):
+            text = render(collect(self.app, self.views, time.time(), self._ranking))
+            cached = self._metrics = (time.monotonic(), text.encode())
+        return web.Response(body=cached[1], headers={"Content-Type": CONTENT_TYPE})
 
     async def healthz(self, request: web.Request) -> web.Response:
         """200 only when bitcoind answers, a current job exists and the watcher runs."""
@@ -383,6 +444,10 @@ class ApiServer:
         except RpcError as exc:
             raise ApiError(502, f"the payout round failed: {exc}") from exc
         return web.json_response(result.to_dict())
+
+
+def _json_bytes(body: bytes) -> web.Response:
+    return web.Response(body=body, content_type="application/json")
 
 
 def _task_end(task: asyncio.Task[None]) -> str:

@@ -8,13 +8,19 @@ towards zero) and ``<name>_btc`` (all 14 places of a micro-satoshi amount, 8 of 
 Two kinds of share counts appear: ``shares`` (since this pool process started, with rejections
 by reason, from the server's live counters) and ``ledger`` (all time, accepted shares only,
 from the ledger store, which survives restarts).
+
+Cost: every answer is bounded. Ledger numbers come from the ledger's in-memory totals
+(``Ledger.aggregates``), never from a table scan; the few SQLite reads left (payouts, one
+worker's or address's history) are bounded and run on the store's thread. Worker lists are
+paged over a directory of known worker names that is rebuilt at most every ``cache_seconds``
+(sooner, but at most every quarter of that, while workers or connections come and go).
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -27,6 +33,7 @@ from pool.bitcoin import (
 )
 from pool.hashrate import HASHES_PER_DIFF1, HashrateMeter
 from pool.jobs import Job
+from pool.ledger.aggregates import CONFIRMED, ORPHANED, PENDING, REJECTED, WorkerTotals
 from pool.ledger.ledger import Ledger
 from pool.ledger.pps import (
     FEE_DENOMINATOR,
@@ -34,7 +41,7 @@ from pool.ledger.pps import (
     block_value,
     format_btc,
 )
-from pool.ledger.store import Balance
+from pool.ledger.store import Balance, Store
 from pool.server.auth import AuthError, parse_credentials
 from pool.stats import WorkerStats
 
@@ -46,6 +53,7 @@ WINDOW_NAMES = {60: "1m", 300: "5m", 3600: "1h"}
 MINUTE = 60
 MIN_PARTIAL_SECONDS = 5.0  # a minute bucket seen for less than this has no hashrate (too noisy)
 SECONDS_PER_DAY = 86_400
+CACHE_SECONDS = 1.0  # snapshots (worker directory, pages, /metrics) live this long
 
 
 class ApiError(Exception):
@@ -124,9 +132,32 @@ class Parts:
     network: Network
 
 
+@dataclass
+class Directory:
+    """Every known worker name, sorted: the ledger's (all time) and the live ones the ledger
+    has no share of yet. A snapshot: rebuilt by ``Views.directory``."""
+
+    names: list[str]
+    live_only: list[str]  # sorted; not in the ledger
+    online: int  # workers with an open connection
+    key: tuple[int, ...]
+    built: float  # monotonic
+    _live_by_address: dict[str, list[str]] | None = field(default=None, repr=False)
+
+    def live_of(self, address: str) -> list[str]:
+        if self._live_by_address is None:
+            index: dict[str, list[str]] = {}
+            for name in self.live_only:
+                index.setdefault(_address_of(name), []).append(name)
+            self._live_by_address = index
+        return self._live_by_address.get(address, [])
+
+
 class Views:
-    def __init__(self, app: PoolApp) -> None:
+    def __init__(self, app: PoolApp, *, cache_seconds: float = CACHE_SECONDS) -> None:
         self.app = app
+        self.cache_seconds = cache_seconds
+        self._directory: Directory | None = None
 
     def parts(self) -> Parts:
         app = self.app
@@ -163,15 +194,16 @@ class Views:
         p = self.parts()
         stats = p.server.stats
         job = p.server.jobs.current
-        block_counts = Counter(b["status"] for b in p.ledger.store.blocks(limit=1 << 30))
-        reserve = p.ledger.reserve()
+        ledger = p.ledger.aggregates
+        block_counts = ledger.block_counts()
+        reserve = ledger.reserve()
         return {
             "time": now,
             "chain": p.network.name,
             "started": p.server.hashrate.pool.started,
             "hashrate": rates(p.server.hashrate.pool, p.server.hashrate.windows, now),
             "miners": len(p.server.sessions),
-            "workers": sum(1 for w in stats.workers.values() if w.connections > 0),
+            "workers": self.directory(p).online,
             "shares": {
                 "accepted": stats.accepted,
                 "rejected": dict(stats.rejected),
@@ -180,10 +212,12 @@ class Views:
             },
             "network": self.network(job, p.network),
             "blocks": {
-                "found": sum(block_counts.values()),
-                "pending": block_counts["pending"],
-                "confirmed": block_counts["confirmed"],
-                "orphaned": block_counts["orphaned"],
+                # found: every block the chain may hold or held (refused ones are not found)
+                "found": sum(block_counts[s] for s in (PENDING, CONFIRMED, ORPHANED)),
+                "pending": block_counts[PENDING],
+                "confirmed": block_counts[CONFIRMED],
+                "orphaned": block_counts[ORPHANED],
+                "rejected": block_counts[REJECTED],
                 "submitted": len(stats.blocks),
             },
             "pps": self.pps(job, p),
@@ -194,8 +228,8 @@ class Views:
                 **money("credits", reserve.credits_units),
                 **money("fees", reserve.fees_units),
             },
-            "luck": p.ledger.luck(now),
-            "ledger": {"shares": p.ledger.store.totals()["shares"]},
+            "luck": ledger.luck(now),
+            "ledger": {"shares": ledger.shares},
         }
 
     def network(self, job: Job | None, network: Network) -> dict[str, Any]:
@@ -265,26 +299,64 @@ class Views:
         return exact.numerator // exact.denominator
 
     # -- workers ----------------------------------------------------------------------------------
-    def worker_names(self, p: Parts) -> list[str]:
-        names = set(p.server.stats.workers) | set(p.server.hashrate.workers())
-        names.update(w["name"] for w in p.ledger.store.workers())
-        return sorted(names)
+    def directory(self, p: Parts) -> Directory:
+        """The worker directory, rebuilt when older than ``cache_seconds``, or than a quarter
+        of that when workers or connections were added or removed since. A rebuild is a few
+        set operations and one sort over the names (C loops)."""
+        ledger = p.ledger.aggregates
+        stats, book = p.server.stats, p.server.hashrate
+        live = book.workers()
+        key = (
+            id(ledger),
+            len(ledger.workers),
+            len(stats.workers),
+            len(live),
+            len(p.server.sessions),
+        )
+        mono = time.monotonic()
+        d = self._directory
+        if d is not None:
+            age = mono - d.built
+            if 0.0 <= age < self.cache_seconds and (d.key == key or age < self.cache_seconds / 4):
+                return d
+        known = ledger.workers.keys()
+        live_only = sorted((stats.workers.keys() | set(live)) - known)
+        names = ledger.names() + live_only
+        if live_only:
+            names.sort()  # two sorted runs: merged in linear time
+        online = sum(1 for w in stats.workers.values() if w.connections > 0)
+        self._directory = Directory(names, live_only, online, key, mono)
+        return self._directory
 
-    def workers(self, now: float, names: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    def workers_page(self, offset: int, limit: int) -> tuple[dict[str, Any], list[str]]:
+        """A page of the directory: ``limit`` names from ``offset`` in name order, and the
+        page's fields (the total known, the next offset); ``workers(now, names)`` renders them."""
+        names = self.directory(self.parts()).names
+        page = names[offset : offset + limit]
+        end = offset + len(page)
+        return {
+            "total": len(names),
+            "offset": offset,
+            "limit": limit,
+            "count": len(page),
+            "next_offset": end if end < len(names) else None,
+        }, page
+
+    def workers(self, now: float, names: Iterable[str]) -> list[dict[str, Any]]:
         p = self.parts()
-        stored = {w["name"]: w for w in p.ledger.store.workers()}
-        balances = {b.address: b for b in p.ledger.store.balances()}
-        out = []
-        for name in self.worker_names(p) if names is None else names:
-            out.append(
-                self._worker(p, name, now, stored.get(name), balances.get(_address_of(name)))
+        ledger = p.ledger.aggregates
+        return [
+            self._worker(
+                p, name, now, ledger.workers.get(name), ledger.balances.get(_address_of(name))
             )
-        return out
+            for name in names
+        ]
 
     def worker(self, name: str, now: float) -> dict[str, Any]:
         p = self.parts()
         name = self.check_worker(name)
-        stored = p.ledger.store.worker(name)
+        ledger = p.ledger.aggregates
+        stored = ledger.workers.get(name)
         known = (
             name in p.server.stats.workers
             or p.server.hashrate.worker(name) is not None
@@ -292,20 +364,20 @@ class Views:
         )
         if not known:
             raise ApiError(404, f"unknown worker: {name}", worker=name)
-        return self._worker(p, name, now, stored, p.ledger.store.balance(_address_of(name)))
+        return self._worker(p, name, now, stored, ledger.balances.get(_address_of(name)))
 
     def _worker(
         self,
         p: Parts,
         name: str,
         now: float,
-        stored: dict[str, Any] | None,
+        stored: WorkerTotals | None,
         balance: Balance | None,
     ) -> dict[str, Any]:
         stats: WorkerStats | None = p.server.stats.workers.get(name)
         meter = p.server.hashrate.worker(name)
         address, _, short = name.partition(".")
-        last = [t for t in (stats and stats.last_share, stored and stored["last_share"]) if t]
+        last = [t for t in (stats and stats.last_share, stored and stored.last_share) if t]
         rejected = dict(stats.rejected) if stats else {}
         return {
             "name": name,
@@ -324,34 +396,43 @@ class Views:
             "blocks": stats.blocks if stats else 0,
             "last_share": max(last) if last else None,
             "ledger": {
-                "shares": stored["shares"] if stored else 0,
-                "difficulty_sum": stored["difficulty_sum"] if stored else 0.0,
-                **money("earned", stored["credit_units"] if stored else 0),
-                "first_share": stored["first_share"] if stored else None,
-                "last_share": stored["last_share"] if stored else None,
+                "shares": stored.shares if stored else 0,
+                "difficulty_sum": stored.difficulty_sum if stored else 0.0,
+                **money("earned", stored.credit_units if stored else 0),
+                "first_share": stored.first_share if stored else None,
+                "last_share": stored.last_share if stored else None,
             },
             "balance": balance_view(balance),
         }
 
     # -- addresses --------------------------------------------------------------------------------
-    def address(self, address: str, now: float) -> dict[str, Any]:
+    async def address(
+        self, address: str, now: float, offset: int = 0, limit: int = 100
+    ) -> tuple[dict[str, Any], list[str]]:
+        """The address's page without its workers, and the names of the workers to show
+        (``limit`` from ``offset``; ``workers(now, names)`` renders them)."""
         p = self.parts()
         address = self.check_address(address)
         names = self.address_workers(p, address)
-        balance = p.ledger.store.balance(address)
+        balance = p.ledger.aggregates.balances.get(address)
         meter = p.server.hashrate.address(address)
-        payouts = p.ledger.store.payouts(address=address, limit=100)
+        payouts = await p.ledger.store.run(Store.payouts, address=address, limit=100)
         if not names and balance is None and meter is None and not payouts:
             raise ApiError(404, f"unknown address: {address} (no shares from it)", address=address)
         hashrate = rates(meter, p.server.hashrate.windows, now)
         per_day = self.per_day_units(hashrate.get("1h", 0.0), p)
+        page = names[offset : offset + limit]
         return {
             "time": now,
             "address": address,
             "hashrate": hashrate,
             **balance_view(balance),
             "estimate_per_day": money("value", per_day) if per_day is not None else None,
-            "workers": self.workers(now, names),
+            "workers_total": len(names),
+            "workers_online": sum(
+                1 for n in names if (w := p.server.stats.workers.get(n)) and w.connections > 0
+            ),
+            "workers_offset": offset,
             "payouts": [
                 {
                     **payout_view(row),
@@ -362,15 +443,20 @@ class Views:
                 }
                 for row in payouts
             ],
-        }
+        }, page
 
     def address_workers(self, p: Parts, address: str) -> list[str]:
-        return [n for n in self.worker_names(p) if _address_of(n) == address]
+        """The address's workers, sorted: the ledger's and the live ones."""
+        names = list(p.ledger.aggregates.workers_of(address))
+        live = self.directory(p).live_of(address)
+        if live:
+            names = sorted(names + live)
+        return names
 
     # -- blocks and payouts -----------------------------------------------------------------------
     def blocks(self, limit: int) -> dict[str, Any]:
         p = self.parts()
-        rows = p.ledger.store.blocks(limit=limit)
+        rows = p.ledger.aggregates.recent_blocks(limit)
         return {
             "blocks": [
                 {
@@ -401,15 +487,15 @@ class Views:
             ],
         }
 
-    def payouts(self, limit: int, address: str | None) -> dict[str, Any]:
+    async def payouts(self, limit: int, address: str | None) -> dict[str, Any]:
         p = self.parts()
         if address is not None:
             address = self.check_address(address)
-        rows = p.ledger.store.payouts(limit=limit, address=address)
+        rows = await p.ledger.store.run(Store.payouts, limit=limit, address=address)
         return {"payouts": [payout_view(r) for r in rows]}
 
     # -- history ----------------------------------------------------------------------------------
-    def history(
+    async def history(
         self,
         now: float,
         minutes: int,
@@ -424,20 +510,19 @@ class Views:
         since = int(now // MINUTE) - minutes + 1
         store = p.ledger.store
         meter: HashrateMeter | None
+        rows: list[dict[str, Any]]
         if worker is not None:
             worker = self.check_worker(worker)
-            rows = store.minutes(since, worker=worker)
+            rows = await store.run(Store.minutes, since, worker=worker)
             meter = p.server.hashrate.worker(worker)
             samples = ()
         elif address is not None:
             address = self.check_address(address)
-            rows = []
-            for name in self.address_workers(p, address):
-                rows.extend(store.minutes(since, worker=name))
+            rows = await store.run(Store.address_minutes, since, address)
             meter = p.server.hashrate.address(address)
             samples = ()
         else:
-            rows = store.minutes(since)
+            rows = p.ledger.aggregates.pool_minutes(since)
             meter = p.server.hashrate.pool
         started = p.server.hashrate.pool.started
         return {

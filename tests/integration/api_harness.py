@@ -11,18 +11,22 @@ import dataclasses
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import aiohttp
 
 from pool.api.server import ApiServer
 from pool.app import PoolApp
 from pool.config import ApiConfig, ChainConfig, LedgerConfig, PortConfig, SimulationConfig
+from pool.ledger.store import Store
 from pool.miner import Miner, MinerOptions
 from pool.node.managed import ManagedNode
 from tests.integration.harness import pool_config, start_pool, wait_for, wallet_address
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 TOKEN_ENV = "STRATUM_POOL_TEST_API_TOKEN"
 TOKEN = "test-" + secrets.token_hex(16)
@@ -54,10 +58,13 @@ class Mined:
     hashes: list[tuple[int, int]]
     started: dict[str, float]
 
-    @property
-    def store(self) -> Any:
+    async def stored(
+        self, fn: Callable[Concatenate[Store, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """A read of the ledger store itself (on the store's thread), e.g.
+        ``await m.stored(Store.totals)``: what the API's in-memory numbers must equal."""
         assert self.app.ledger is not None
-        return self.app.ledger.store
+        return await self.app.ledger.store.run(fn, *args, **kwargs)
 
 
 def api_config(base: Any) -> Any:
@@ -104,7 +111,7 @@ async def mined_pool(
     )
     os.environ[TOKEN_ENV] = TOKEN
     app = await start_pool(api_config(pool_config(regtest_node, tmp, payout, ports=ports)))
-    api = ApiServer(app, sample_seconds=1.0)
+    api = ApiServer(app, sample_seconds=1.0, cache_seconds=0.0)  # exact: no snapshot reused
     http = aiohttp.ClientSession()
     try:
         port = await api.start()

@@ -20,6 +20,7 @@ from pool.bitcoin import DIFF1_TARGET, target_to_difficulty
 from pool.hashrate import HASHES_PER_DIFF1
 from pool.ledger.journal import read_records
 from pool.ledger.pps import format_btc
+from pool.ledger.store import Store
 from pool.node.managed import ManagedNode
 from tests.integration.api_harness import (
     COIN,
@@ -54,11 +55,12 @@ async def test_share_counts_agree_exactly_with_the_ledger_and_the_miners(mined: 
     journal = [rec for _, rec in read_records(mined.journal_dir)]
     in_journal = {journal_identity(r) for r in journal}
     status, workers = await get(mined, "/api/workers")
-    assert status == 200 and workers["count"] == 2
+    assert status == 200 and workers["count"] == workers["total"] == 2
+    assert workers["next_offset"] is None
     api = by_name(workers)
     for i, name in enumerate(mined.names):
         w = api[name]
-        stored = mined.store.worker(name)
+        stored = await mined.stored(Store.worker, name)
         summary = mined.summaries[i]
         # Shares the miner sent but stopped before reading the answer to (it stops reading at
         # once): the pool judged them; those it accepted are in the journal.
@@ -85,7 +87,7 @@ async def test_share_counts_agree_exactly_with_the_ledger_and_the_miners(mined: 
         assert (w["address"], w["worker"]) == (mined.addresses[i], f"rig{i}")
         assert not w["online"] and w["connections"] == 0
         # money: exact units, whole satoshis and the exact BTC string
-        balance = mined.store.balance(mined.addresses[i])
+        balance = await mined.stored(Store.balance, mined.addresses[i])
         assert w["balance"]["balance_units"] == balance.balance_units > 0
         assert w["balance"]["balance_sat"] == balance.balance_units // 1_000_000
         assert w["balance"]["balance_btc"] == format_btc(balance.balance_units)
@@ -137,7 +139,7 @@ async def test_pool_endpoint_agrees_with_the_ledger(mined: Mined) -> None:
     status, pool = await get(mined, "/api/pool")
     assert status == 200
     _, workers = await get(mined, "/api/workers")
-    totals = mined.store.totals()
+    totals = await mined.stored(Store.totals)
     assert pool["chain"] == "regtest"
     assert pool["shares"]["accepted"] == totals["shares"] == pool["ledger"]["shares"]
     assert pool["shares"]["accepted"] == sum(w["shares"]["accepted"] for w in workers["workers"])
@@ -145,9 +147,11 @@ async def test_pool_endpoint_agrees_with_the_ledger(mined: Mined) -> None:
         w["shares"]["rejected_total"] for w in workers["workers"]
     )
     assert (pool["miners"], pool["workers"]) == (0, 0)
-    blocks = mined.store.blocks()
-    assert pool["blocks"]["found"] == len(blocks)
-    assert pool["blocks"]["pending"] == sum(1 for b in blocks if b["status"] == "pending")
+    blocks = await mined.stored(Store.blocks)
+    found = [b for b in blocks if b["status"] != "rejected"]  # refused blocks are not found
+    assert pool["blocks"]["found"] == len(found)
+    for status in ("pending", "confirmed", "orphaned", "rejected"):
+        assert pool["blocks"][status] == sum(1 for b in blocks if b["status"] == status)
     assert pool["blocks"]["submitted"] == len(app.server.stats.blocks)
     job = app.server.jobs.current
     assert job is not None
@@ -170,7 +174,7 @@ async def test_pool_endpoint_agrees_with_the_ledger(mined: Mined) -> None:
     assert pool["reserve"]["reserve_units"] == reserve.reserve_units
     assert pool["reserve"]["credits_units"] == reserve.credits_units == totals["credit_units"]
     assert pool["reserve"]["fees_units"] == reserve.fees_units
-    assert pool["luck"]["all"]["found_blocks"] == len(blocks)
+    assert pool["luck"]["all"]["found_blocks"] == len(found)
     assert pool["luck"]["all"]["expected_blocks"] == pytest.approx(
         totals["shares"] * DIFFICULTY / target_to_difficulty(job.block_target), rel=1e-4
     )
@@ -180,7 +184,7 @@ async def test_history_matches_the_ledger_buckets(mined: Mined) -> None:
     status, hist = await get(mined, "/api/pool/history?minutes=10")
     assert status == 200
     points = hist["points"]
-    assert sum(p["shares"] for p in points) == mined.store.totals()["shares"]
+    assert sum(p["shares"] for p in points) == (await mined.stored(Store.totals))["shares"]
     for p in points:
         assert 0 <= p["seconds"] <= 60 and p["time"] % 60 == 0
         if p["hashrate"] is None:  # a minute seen for a few seconds only: shares, no rate
@@ -203,9 +207,9 @@ async def test_address_page_data(mined: Mined) -> None:
     address, name = mined.addresses[0], mined.names[0]
     status, page = await get(mined, f"/api/addresses/{address}")
     assert status == 200
-    balance = mined.store.balance(address)
+    balance = await mined.stored(Store.balance, address)
     assert page["address"] == address
-    assert [w["name"] for w in page["workers"]] == [name]
+    assert [w["name"] for w in page["workers"]] == [name] and page["workers_total"] == 1
     assert page["balance_units"] == balance.balance_units
     assert page["credited_units"] == balance.credited_units
     assert page["balance_btc"] == format_btc(balance.balance_units)
@@ -213,10 +217,28 @@ async def test_address_page_data(mined: Mined) -> None:
     assert page["estimate_per_day"]["value_units"] >= 0
 
 
+async def test_workers_are_paged_in_name_order(mined: Mined) -> None:
+    first_name, second_name = sorted(mined.names)
+    status, first = await get(mined, "/api/workers?limit=1")
+    assert status == 200
+    assert (first["total"], first["count"], first["offset"], first["limit"]) == (2, 1, 0, 1)
+    assert [w["name"] for w in first["workers"]] == [first_name]
+    assert first["next_offset"] == 1
+    _, second = await get(mined, f"/api/workers?limit=1&offset={first['next_offset']}")
+    assert [w["name"] for w in second["workers"]] == [second_name]
+    assert second["next_offset"] is None and second["total"] == 2
+    _, beyond = await get(mined, "/api/workers?offset=5")
+    assert (beyond["count"], beyond["workers"], beyond["next_offset"]) == (0, [], None)
+    _, default = await get(mined, "/api/workers")
+    assert default["limit"] == 100 and [w["name"] for w in default["workers"]] == sorted(
+        mined.names
+    )
+
+
 async def test_blocks_endpoint_matches_the_store(mined: Mined) -> None:
     status, body = await get(mined, "/api/blocks?limit=1000")
     assert status == 200
-    stored = mined.store.blocks()
+    stored = await mined.stored(Store.blocks)
     assert [
         (b["hash"], b["height"], b["status"], b["reward_sat"], b["worker"]) for b in body["blocks"]
     ] == [(b["hash"], b["height"], b["status"], b["reward_sat"], b["worker"]) for b in stored]
@@ -291,6 +313,11 @@ async def test_metrics_parse_and_agree(mined: Mined) -> None:
         ("/api/blocks?limit=abc", 400, "limit must be a whole number"),
         ("/api/blocks?limit=0", 400, "limit must be 1..1000"),
         ("/api/payouts?limit=5000", 400, "limit must be 1..1000"),
+        ("/api/workers?limit=1001", 400, "limit must be 1..1000"),
+        ("/api/workers?limit=0", 400, "limit must be 1..1000"),
+        ("/api/workers?offset=-1", 400, "offset must be 0.."),
+        ("/api/workers?offset=x", 400, "offset must be a whole number"),
+        ("/api/addresses/{address}?limit=0", 400, "limit must be 1..1000"),
         ("/api/payouts?address=nope", 400, "not a valid regtest address"),
         ("/api/pool/history?minutes=0", 400, "minutes must be"),
         ("/api/pool/history?worker={address}&address={address}", 400, "not both"),

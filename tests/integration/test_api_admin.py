@@ -18,6 +18,7 @@ from structlog.testing import capture_logs
 
 from pool.api.server import ApiServer
 from pool.app import PoolApp, StartupError
+from pool.ledger.store import Store
 from pool.node.managed import ManagedNode
 from pool.node.rpc import BitcoinRpc
 from tests.integration.api_harness import (
@@ -80,14 +81,14 @@ async def test_admin_payout_round_and_payouts_endpoint(mined: Mined) -> None:
     assert result["status"] in ("paid", "waiting_for_funds"), result
     status, body = await get(mined, "/api/payouts")
     assert status == 200
-    stored = mined.store.payouts()
+    stored = await mined.stored(Store.payouts)
     assert [(p["id"], p["status"], p["total_sat"], p["txid"]) for p in body["payouts"]] == [
         (p["id"], p["status"], p["total_sat"], p["txid"]) for p in stored
     ]
     if result["status"] == "paid":
-        assert result["paid"] == {
-            a: mined.store.balance(a).paid_units // 1_000_000 for a in mined.addresses
-        }
+        balances = {a: await mined.stored(Store.balance, a) for a in mined.addresses}
+        assert result["paid"] == {a: b.paid_units // 1_000_000 for a, b in balances.items()}
+        assert all(mined.app.ledger.aggregates.balances[a] == b for a, b in balances.items())
         [payout] = body["payouts"]
         assert payout["id"] == result["payout_id"] and payout["txid"] == result["txid"]
         assert {i["address"]: i["amount_sat"] for i in payout["items"]} == result["paid"]

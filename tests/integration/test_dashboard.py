@@ -210,6 +210,9 @@ async def test_dom_has_the_chart_and_both_workers(dashboard: Dashboard, tmp_path
     assert any(t.endswith("kH/s") for t in axis), axis
     rows = {e.attrs["data-worker"] for e in dom.find("tr") if "data-worker" in e.attrs}
     assert rows == set(dashboard.names)
+    # one page holds them all: the count, no pager (paging: test_api_load.py)
+    assert dom.by_id("workers-count").text == "(2)"
+    assert "hidden" in dom.by_id("workers-pager").attrs
     links = {e.text for e in dom.find("a") if e.inside("workers")}
     assert set(dashboard.names) <= links
     labels = {e.text for e in dom.find("div", class_="label") if e.inside("cards")}

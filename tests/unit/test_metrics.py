@@ -361,3 +361,25 @@ def test_minute_points() -> None:
         (4, 2.0, None)
     ]
     assert minute_points([], now, started) == []
+
+
+# -- which workers get series of their own (pool/api/collect.py) ----------------------------------
+
+
+def test_worker_ranking_takes_the_most_recent_work_and_holds_between_rankings() -> None:
+    from pool.api.collect import WorkerRanking
+    from pool.stats import PoolStats
+
+    stats = PoolStats()
+    for i in range(10):
+        stats.worker(f"w{i}", "a").accepted_work = 100.0 + i  # w9 did the most so far
+    ranking = WorkerRanking(top=3, every=10.0)
+    assert ranking.select(stats, 0.0) == ["w7", "w8", "w9"]
+    # since then only w0 and w1 worked: they lead the next ranking, not the all-time best
+    stats.workers["w0"].accepted_work += 50.0
+    stats.workers["w1"].accepted_work += 40.0
+    stats.workers["w5"].accepted_work += 1.0
+    stats.worker("new", "a").accepted_work = 45.0
+    assert ranking.select(stats, 5.0) == ["w7", "w8", "w9"]  # held until `every` has passed
+    assert ranking.select(stats, 10.0) == ["new", "w0", "w1"]
+    assert len(WorkerRanking(top=100).select(stats, 0.0)) == 11  # fewer workers than the top

@@ -3,6 +3,11 @@ bitcoind, with clients that pipeline ``mining.submit`` as fast as the pool answe
 
     python -m benchmarks.pool_shares [--shares 4000] [--connections 1,20]
 
+Not part of ``make bench`` any more: the pool and its clients share one process and one event
+loop here, and the pool is built from its internals (``PoolApp``). ``make bench`` measures
+accepted shares as an outsider (scenario ``accepted``: the pool in its own process pinned to a
+core, the load generator on another). This stays for comparing the journal's fsync policies.
+
 Every hash meets the share target (difficulty 1e-12) and none meets the simulated network's, so
 every submit is a valid, unique share and no block interrupts. Reported per journal fsync
 policy and connection count: accepted shares per second and the median time from a submit to

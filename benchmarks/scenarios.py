@@ -1,0 +1,287 @@
+"""The five outsider scenarios of issue 11 (item 5). Each starts a fresh pool process (fresh
+data dir) on the shared regtest node, runs the load generator against it and returns a dict
+for the results file.
+
+- ``submits``: random-nonce mining.submit answered per second (nearly all rejected, low
+  difficulty) at 20 and 100 connections, 32 in flight each, share difficulty 1.
+- ``accepted``: valid, unique shares answered ``true`` per second with the default journal
+  fsync policy (every hash meets difficulty 1e-12; the simulated network difficulty 1e12
+  keeps them from being blocks).
+- ``idle``: 10 000 miners connecting at once; how many got a job; pool RSS per connection.
+- ``fanout``: new block -> clean mining.notify at every one of 1 000 and 10 000 idle miners.
+- ``api``: Stratum answer latency (paced submits) without and with 10 clients polling
+  GET /api/workers and GET /metrics, with 20 000 workers known.
+
+The pool runs as shipped except for what a benchmark must set (``harness.pool_config``): an
+external node, one port at a fixed difficulty with vardiff off, connection limits raised for
+20 000 connections from one address, no limit on invalid shares in a row, payouts off, the
+listen backlog at 8192 when the pool has such a key. Logging stays at ``info`` and goes to a
+file (``pool.log`` in the scenario's dir), as a deployment's would. Every miner authorizes a
+worker name of its own (``ADDRESS.bN``, ``.iN``, ...), as separate rigs do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.harness import REPO, Cpus, Loadgen, Node, PoolProcess, free_ports, pool_config
+
+SCENARIOS = ("submits", "accepted", "idle", "fanout", "api")
+
+
+@dataclass(frozen=True)
+class Settings:
+    in_flight: int = 32
+    warmup: float = 2.0
+    window: float = 10.0
+    submit_connections: tuple[int, ...] = (20, 100)
+    accepted_connections: int = 20
+    idle_connections: int = 10_000
+    idle_deadline: float = 60.0
+    idle_settle: float = 2.0
+    fanout_counts: tuple[int, ...] = (1_000, 10_000)
+    fanout_rounds: int = 5
+    fanout_batch: int = 500
+    api_worker_connections: int = 200
+    api_workers_per_connection: int = 100
+    api_submitters: int = 20
+    api_rate: float = 2000.0
+    api_http_clients: int = 10
+    pool_src: str = ""  # run the pool from this source tree (default: this checkout)
+
+    @classmethod
+    def quick(cls) -> Settings:
+        """A smoke run: every scenario, small, about a minute in all."""
+        return cls(
+            warmup=0.5,
+            window=2.0,
+            idle_connections=1_000,
+            idle_deadline=20.0,
+            idle_settle=0.5,
+            fanout_counts=(100, 1_000),
+            fanout_rounds=2,
+            api_worker_connections=20,
+        )
+
+
+def _spec(mode: str, node: Node, pool: PoolProcess, **fields: Any) -> dict[str, Any]:
+    return {
+        "mode": mode,
+        "host": "127.0.0.1",
+        "port": pool.stratum_port,
+        "pool_pid": pool.pid,
+        "address": node.address,
+        "drain_timeout": 60.0,
+        "connect_timeout": 120.0,
+        **fields,
+    }
+
+
+async def _with_pool(
+    name: str,
+    node: Node,
+    cpus: Cpus,
+    workdir: Path,
+    settings: Settings,
+    run: Any,
+    **config: Any,
+) -> dict[str, Any]:
+    """Start a pool with ``pool_config(**config)`` in a fresh dir, ``await run(pool)``, stop."""
+    port, api_port = free_ports(2)
+    data = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
+    api = api_port if config.pop("api", False) else None
+    pool = PoolProcess(
+        pool_config(node, data / "data", stratum_port=port, api_port=api, **config),
+        data,
+        cpus.pool,
+        src=Path(settings.pool_src) if settings.pool_src else REPO,
+    )
+    await pool.start()
+    try:
+        result: dict[str, Any] = await run(pool)
+    finally:
+        await pool.stop()
+    result["pool"] = pool.meta
+    if pool.meta.get("exit_code") not in (0, None):
+        result["pool_log_tail"] = pool.log_tail()
+    return result
+
+
+async def _loadgen(spec: dict[str, Any], cpus: Cpus, timeout: float) -> dict[str, Any]:
+    gen = Loadgen(spec, cpus.loadgen)
+    await gen.start()
+    try:
+        return await gen.finish(timeout)
+    finally:
+        await gen.kill()
+
+
+async def submits(node: Node, cpus: Cpus, workdir: Path, s: Settings) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for n in s.submit_connections:
+
+        async def run(pool: PoolProcess, n: int = n) -> dict[str, Any]:
+            spec = _spec(
+                "flood",
+                node,
+                pool,
+                connections=n,
+                in_flight=s.in_flight,
+                unique_nonces=False,
+                warmup=s.warmup,
+                window=s.window,
+            )
+            return await _loadgen(spec, cpus, timeout=300)
+
+        out[str(n)] = await _with_pool(f"submits{n}", node, cpus, workdir, s, run, difficulty=1.0)
+    return out
+
+
+async def accepted(node: Node, cpus: Cpus, workdir: Path, s: Settings) -> dict[str, Any]:
+    async def run(pool: PoolProcess) -> dict[str, Any]:
+        spec = _spec(
+            "flood",
+            node,
+            pool,
+            connections=s.accepted_connections,
+            in_flight=s.in_flight,
+            unique_nonces=True,
+            warmup=s.warmup,
+            window=s.window,
+        )
+        result = await _loadgen(spec, cpus, timeout=300)
+        result["all_accepted"] = result.get("accepted_total") == result.get("answers_total")
+        return result
+
+    return await _with_pool(
+        "accepted",
+        node,
+        cpus,
+        workdir,
+        s,
+        run,
+        difficulty=1e-12,
+        max_difficulty=1.0,
+        simulation=True,
+    )
+
+
+async def idle(node: Node, cpus: Cpus, workdir: Path, s: Settings) -> dict[str, Any]:
+    async def run(pool: PoolProcess) -> dict[str, Any]:
+        await asyncio.sleep(1.0)  # the pool's start-up work (first template, store) settles
+        spec = _spec(
+            "idle",
+            node,
+            pool,
+            connections=s.idle_connections,
+            deadline=s.idle_deadline,
+            settle=s.idle_settle,
+        )
+        return await _loadgen(spec, cpus, timeout=s.idle_deadline + 300)
+
+    return await _with_pool("idle", node, cpus, workdir, s, run, difficulty=1.0)
+
+
+async def fanout(node: Node, cpus: Cpus, workdir: Path, s: Settings) -> dict[str, Any]:
+    """Rounds at each miner count: a quiet second, ``generatetoaddress 1`` (timed), then the
+    generator times each miner's clean notify for that block from the RPC call's return."""
+
+    async def run(pool: PoolProcess) -> dict[str, Any]:
+        spec = _spec("fanout", node, pool, batch=s.fanout_batch, deadline=30.0)
+        gen = Loadgen(spec, cpus.loadgen)
+        await gen.start()
+        out: dict[str, Any] = {}
+        try:
+            for count in s.fanout_counts:
+                await gen.send(cmd="grow", to=count)
+                grown = await gen.until("grown", timeout=600)
+                grown.pop("event")
+                rounds = []
+                for _ in range(s.fanout_rounds):
+                    await asyncio.sleep(1.0)
+                    t_call = time.monotonic()
+                    hashes = await node.rpc.call("generatetoaddress", 1, node.address)
+                    t, t_wall = time.monotonic(), time.time()
+                    await gen.send(cmd="block", hash=hashes[0], t=t, t_wall=t_wall, t_call=t_call)
+                    event = await gen.until("round", timeout=120)
+                    event.pop("event")
+                    rounds.append(event)
+                out[str(count)] = {"connected": grown, "rounds": rounds, **summarize(rounds)}
+            await gen.send(cmd="stop")
+            out["loadgen"] = await gen.finish(timeout=120)
+            out["loadgen"].pop("rounds", None)
+        finally:
+            await gen.kill()
+        return out
+
+    return await _with_pool(
+        "fanout", node, cpus, workdir, s, run, difficulty=1.0, template_refresh_seconds=110.0
+    )
+
+
+def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Across rounds: median p50, worst p99, worst max, total missing."""
+    lat = [r["latency_ms"] for r in rounds if r["latency_ms"]["count"]]
+    if not lat:
+        return {"p50_ms": None, "p99_ms": None, "max_ms": None, "missing": None}
+    return {
+        "p50_ms": round(statistics.median(x["p50"] for x in lat), 3),
+        "p99_ms": max(x["p99"] for x in lat),
+        "max_ms": max(x["max"] for x in lat),
+        "missing": sum(r["missing"] for r in rounds),
+    }
+
+
+async def api(node: Node, cpus: Cpus, workdir: Path, s: Settings) -> dict[str, Any]:
+    async def run(pool: PoolProcess) -> dict[str, Any]:
+        spec = _spec(
+            "api",
+            node,
+            pool,
+            worker_connections=s.api_worker_connections,
+            workers_per_connection=s.api_workers_per_connection,
+            worker_batch=50,
+            submitters=s.api_submitters,
+            rate=s.api_rate,
+            warmup=s.warmup,
+            api_warmup=min(1.0, s.warmup),
+            window=s.window,
+            http_host="127.0.0.1",
+            http_port=int(pool.config["api"]["port"]),
+            http_clients=s.api_http_clients,
+            http_paths=["/api/workers", "/metrics"],
+        )
+        return await _loadgen(spec, cpus, timeout=900)
+
+    return await _with_pool(
+        "api",
+        node,
+        cpus,
+        workdir,
+        s,
+        run,
+        difficulty=1e-12,
+        max_difficulty=1.0,
+        simulation=True,
+        api=True,
+    )
+
+
+RUNNERS = {
+    "submits": submits,
+    "accepted": accepted,
+    "idle": idle,
+    "fanout": fanout,
+    "api": api,
+}
+
+
+def settings_dict(s: Settings) -> dict[str, Any]:
+    return dataclasses.asdict(s)

@@ -1,0 +1,33 @@
+"""``make bench``'s outsider benchmark, smallest form: the pool as a separate process, the load
+generator as another, 20 connections flooding random-nonce submits for one second. Proves the
+harness end to end (config accepted by the pool's CLI, pinning, the generator's counting): every
+submit sent is answered, none is accepted (a random nonce meets difficulty 1 once in 2^32),
+and the answers read in full say "low difficulty" (23; a repeated random nonce may say 22)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from benchmarks.harness import Node, choose_cpus
+from benchmarks.scenarios import Settings, submits
+from pool.node.managed import ManagedNode
+from tests.integration.harness import wallet_address
+
+pytestmark = pytest.mark.integration
+
+
+async def test_submits_flood_is_counted_exactly(regtest_node: ManagedNode, tmp_path: Path) -> None:
+    node = Node(regtest_node, await wallet_address(regtest_node))
+    settings = Settings(submit_connections=(20,), warmup=0.5, window=1.0)
+    result = await submits(node, choose_cpus(), tmp_path, settings)
+    run = result["20"]
+    assert run["pool"]["exit_code"] == 0, result.get("pool_log_tail")
+    assert run["connections_lost"] == 0
+    assert run["answers_in_window"] > 0
+    assert run["all_answered"], (run["answers_total"], run["submits_sent_total"])
+    assert run["answers_total"] == run["submits_sent_total"]
+    assert run["accepted_total"] == 0
+    assert run["answer_sample"].get("error 23", 0) > 0, run["answer_sample"]
+    assert set(run["answer_sample"]) <= {"error 22", "error 23"}, run["reject_examples"]

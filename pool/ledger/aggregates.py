@@ -207,6 +207,7 @@ class Aggregates:
         self._names: list[str] = []
         self._names_sorted = True
         self._by_address: dict[str, list[str]] = {}
+        self._unsorted_addresses: set[str] = set()
         self._minutes: dict[int, MinuteTotals] = {}  # pool-wide, ascending minutes
         self._hours: dict[int, float] = {}  # expected blocks per hour, ascending
         self._blocks_sorted: list[dict[str, Any]] | None = None
@@ -285,9 +286,9 @@ class Aggregates:
             self._names_sorted = False
         self._names.append(w.name)
         names = self._by_address.setdefault(w.address, [])
+        if names and w.name < names[-1]:
+            self._unsorted_addresses.add(w.address)  # sorted when read
         names.append(w.name)
-        if len(names) > 1 and names[-2] > w.name:
-            names.sort()
 
     def _add_minute(self, minute: int, more: MinuteTotals) -> None:
         m = self._minutes.get(minute)
@@ -335,8 +336,14 @@ class Aggregates:
         return self._names
 
     def workers_of(self, address: str) -> Sequence[str]:
-        """The ledger's workers of ``address``, sorted."""
-        return self._by_address.get(address, ())
+        """The ledger's workers of ``address``, sorted (do not modify the list)."""
+        names = self._by_address.get(address)
+        if names is None:
+            return ()
+        if address in self._unsorted_addresses:
+            names.sort()
+            self._unsorted_addresses.discard(address)
+        return names
 
     def totals(self) -> dict[str, int]:
         return {

@@ -406,3 +406,13 @@ def test_address_minutes_sum_the_address_workers(store: Store) -> None:
             expected[int(r.time // 60)] = expected.get(int(r.time // 60), 0) + 1
     assert {r["minute"]: r["shares"] for r in rows} == expected
     assert store.address_minutes(0, "addr-z") == []
+
+
+def test_many_workers_of_one_address_arrive_in_any_order() -> None:
+    names = [f"addr-a.w{(i * 7919) % 20_000:05d}" for i in range(20_000)]  # shuffled
+    records = [share(worker=n) for n in names]
+    agg = Aggregates()
+    for i in range(0, len(records), 100):
+        agg.merge(BatchDelta.of(records[i : i + 100]))
+    assert list(agg.workers_of("addr-a")) == sorted(names) == agg.names()
+    assert agg.workers_of("addr-z") == ()

@@ -64,7 +64,7 @@ class _Ring:
     def _index(self, t: float) -> int:
         return math.floor(t / self.width)
 
-    def add(self, difficulty: float, t: float) -> None:
+    def add(self, difficulty: float, t: float, count: int = 1) -> None:
         if not self.work:
             self.work = array("d", bytes(8 * self.size))
             self.count = array("q", bytes(8 * self.size))
@@ -79,7 +79,7 @@ class _Ring:
             return  # older than anything the ring holds: outside every window
         slot = i % self.size
         self.work[slot] += difficulty
-        self.count[slot] += 1
+        self.count[slot] += count
 
     def totals(self, now: float, started: float) -> tuple[float, float]:
         """(work, shares) in ``(now - window, now]``; the oldest bucket pro rata."""
@@ -133,14 +133,17 @@ class HashrateMeter:
         self.total_shares = 0
         self._rings = {w: _Ring(w, buckets, now) for w in self.windows}
 
-    def add(self, difficulty: float, now: float) -> None:
-        """An accepted share of ``difficulty`` at ``now``."""
+    def add(self, difficulty: float, now: float, count: int = 1) -> None:
+        """An accepted share of ``difficulty`` at ``now`` (or ``count`` shares of that total
+        difficulty, all at ``now``: the shares of one read)."""
         if not (math.isfinite(difficulty) and difficulty >= 0):
             raise ValueError(f"share difficulty must be a finite number >= 0, got {difficulty!r}")
+        if count < 1:
+            raise ValueError(f"count must be at least 1, got {count}")
         for ring in self._rings.values():
-            ring.add(difficulty, now)
+            ring.add(difficulty, now, count)
         self.total_work += difficulty
-        self.total_shares += 1
+        self.total_shares += count
         if self.last_share is None or now > self.last_share:
             self.last_share = now
 
@@ -215,16 +218,19 @@ class HashrateBook:
             meter = self._workers[worker] = HashrateMeter(now, self.windows)
         return meter
 
-    def add_share(self, *, worker: str, address: str, difficulty: float, now: float) -> None:
-        """An accepted share. A worker never started is started now (call ``start_worker`` at
-        authorize time: a meter started at its first share over-reports its first seconds)."""
+    def add_share(
+        self, *, worker: str, address: str, difficulty: float, now: float, count: int = 1
+    ) -> None:
+        """An accepted share (or ``count`` shares of total ``difficulty`` at ``now``). A worker
+        never started is started now (call ``start_worker`` at authorize time: a meter started
+        at its first share over-reports its first seconds)."""
         meter = self._workers.get(worker)
         if meter is None or address not in self._addresses:
             meter = self.start_worker(worker, address, now)
         self._worker_address[worker] = address
-        meter.add(difficulty, now)
-        self._addresses[address].add(difficulty, now)
-        self.pool.add(difficulty, now)
+        meter.add(difficulty, now, count)
+        self._addresses[address].add(difficulty, now, count)
+        self.pool.add(difficulty, now, count)
 
     def worker(self, name: str) -> HashrateMeter | None:
         return self._workers.get(name)

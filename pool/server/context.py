@@ -126,12 +126,23 @@ class PoolContext:
         else:
             self._rejects[None, key] += 1
 
-    def count_accepted(self, result: ShareResult, creds: Credentials, now: float) -> None:
-        """An accepted share, once the ledger recorded it."""
-        self.stats.record(creds.name, creds.address, result, now)
-        self.hashrate.add_share(
-            worker=creds.name, address=creds.address, difficulty=result.difficulty, now=now
-        )
+    def count_accepted(self, shares: list[tuple[ShareResult, Credentials]], now: float) -> None:
+        """Accepted shares (of one read), once the ledger recorded them. The hashrate meters
+        get one add per worker for the lot."""
+        record = self.stats.record
+        work: dict[str, tuple[Credentials, float, int]] = {}
+        for result, creds in shares:
+            record(creds.name, creds.address, result, now)
+            name = creds.name
+            before = work.get(name)
+            if before is None:
+                work[name] = (creds, result.difficulty, 1)
+            else:
+                work[name] = (creds, before[1] + result.difficulty, before[2] + 1)
+        for name, (creds, difficulty, count) in work.items():
+            self.hashrate.add_share(
+                worker=name, address=creds.address, difficulty=difficulty, now=now, count=count
+            )
 
     def take_reject_summary(self) -> RejectSummary | None:
         """The rejected shares since the last call (None if there were none); resets."""

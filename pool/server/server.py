@@ -329,9 +329,9 @@ class StratumServer:
             outcomes = list(
                 await asyncio.gather(*(self._record_one(e, now, listeners) for e in events))
             )
-        for event, ok in zip(events, outcomes, strict=True):
-            if ok:
-                self.ctx.count_accepted(event.result, event.creds, now)
+        self.ctx.count_accepted(
+            [(e.result, e.creds) for e, ok in zip(events, outcomes, strict=True) if ok], now
+        )
         return outcomes
 
     @staticmethod

@@ -282,3 +282,17 @@ def test_prune_forgets_idle_workers_and_addresses() -> None:
     book.prune(9000.0, idle_seconds=600.0)
     assert book.workers() == [] and book.addresses() == []
     assert book.pool.total_shares == 2  # the pool meter is never pruned
+
+
+def test_shares_added_together_count_as_the_same_shares_added_one_by_one() -> None:
+    one, many = HashrateMeter(0.0), HashrateMeter(0.0)
+    for t in (1.0, 2.0, 30.0, 200.0):
+        for d in (0.5, 1.5, 2.0):
+            one.add(d, t)
+        many.add(4.0, t, count=3)
+    for window in WINDOWS:
+        assert many.work(window, 250.0) == pytest.approx(one.work(window, 250.0))
+        assert many.shares(window, 250.0) == one.shares(window, 250.0)
+    assert (many.total_work, many.total_shares) == (one.total_work, one.total_shares) == (16.0, 12)
+    with pytest.raises(ValueError):
+        many.add(1.0, 251.0, count=0)

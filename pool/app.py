@@ -34,6 +34,7 @@ from pool.node.managed import ManagedNode, ensure_wallet, prepare_regtest_wallet
 from pool.node.rpc import BitcoinRpc, RetryPolicy, RpcError, RpcRefused
 from pool.node.submit import BlockSubmission, submit_block
 from pool.node.templates import TemplateWatcher
+from pool.server.auth import Credentials
 from pool.server.bans import BansFileError, load_bans
 from pool.server.server import StratumServer
 from pool.shares import ShareResult
@@ -178,6 +179,7 @@ class PoolApp:
         self.server = StratumServer(cfg, network, submit_block=self.submit)
         self.server.use_bans(bans_path, bans)
         self.server.share_listeners.append(ledger.on_share)
+        self.server.block_listeners.append(self._block_settled)
         self.watcher = TemplateWatcher(
             rpc,
             self.on_template,
@@ -289,7 +291,7 @@ class PoolApp:
     async def run_payout_round(self) -> RoundResult:
         assert self.payouts is not None and self.ledger is not None
         async with self._payout_lock:
-            self.ledger.commit()
+            await self.ledger.commit()
             result = await self.payouts.run_round()
         log.info("payout_round", **result.to_dict())
         return result
@@ -336,8 +338,20 @@ class PoolApp:
         if new_block:
             self._new_block.set()
 
+    async def _block_settled(
+        self,
+        result: ShareResult,
+        creds: Credentials | None,
+        now: float,
+        submission: BlockSubmission,
+    ) -> None:
+        """A block candidate's submission is settled: the ledger records the outcome."""
+        assert self.ledger is not None
+        await self.ledger.block_submitted(result, creds, submission, now)
+
     async def submit(self, result: ShareResult) -> BlockSubmission:
-        """A block candidate: assemble and submit it at once (before the miner is answered)."""
+        """A block candidate: assemble and submit it (in the background: the finder's answer
+        never waits for bitcoind)."""
         assert self.rpc is not None and result.job is not None
         job = result.job
         block = job.block(result.extranonce, result.ntime, result.nonce, result.version)

@@ -343,9 +343,7 @@ class ScenarioRun:
         for name, record in self.records.items():
             w = stats.get(record.worker)
             work[name] = w.accepted_work if w is not None else 0.0
-        by_worker = {
-            row["name"]: int(row["credit_units"]) for row in self.app.ledger.store.workers()
-        }
+        by_worker = {name: w.credit_units for name, w in self.app.ledger.aggregates.workers.items()}
         credited = {name: by_worker.get(r.worker, 0) for name, r in self.records.items()}
         reserve = self.app.ledger.reserve()
         height = sim.last_height if sim.last_height is not None else self.start_height

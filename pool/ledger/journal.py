@@ -268,6 +268,38 @@ class Journal:
         self._wake.set()
         return await future
 
+    async def append_many(self, records: Sequence[dict[str, Any]]) -> list[JournalPosition]:
+        """Write ``records`` (in order, in the same write batch); returns their positions once
+        all are in the kernel (and on disk with ``FsyncPolicy.BATCH``). All or none: a record
+        over the size limit refuses the whole call before anything is queued."""
+        self._check_writable()
+        payloads = [_encode_record(record) for record in records]
+        for payload in payloads:
+            if len(payload) > self.max_record_bytes:
+                raise JournalError(
+                    f"record of {len(payload)} bytes is over the limit of {self.max_record_bytes}"
+                )
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[JournalPosition]] = []
+        pending = self._pending
+        for payload, record in zip(payloads, records, strict=True):
+            future: asyncio.Future[JournalPosition] = loop.create_future()
+            pending.append(_Pending(payload, record, future))
+            futures.append(future)
+        self._wake.set()
+        if not futures:
+            return []
+        # The writer takes every pending record at once and a failure is final, so when the
+        # last one is settled the others are too (waited for all the same if not).
+        await asyncio.wait([futures[-1]])
+        if not all(future.done() for future in futures):
+            await asyncio.wait(futures)
+        errors = [future.exception() for future in futures]  # every exception retrieved
+        for error in errors:
+            if error is not None:
+                raise error
+        return [future.result() for future in futures]
+
     async def close(self) -> None:
         """Write what is pending, fsync, close the file. Idempotent."""
         self._closing = True  # from now on append refuses

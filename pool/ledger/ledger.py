@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -371,6 +372,38 @@ class Ledger:
             if "block" in record:
                 await self._record_unjournaled_block(record)
             raise LedgerError(f"the pool could not record the share: {exc}") from exc
+
+    async def on_shares(
+        self, shares: Sequence[tuple[ShareResult, Credentials]], now: float
+    ) -> list[bool]:
+        """Journal the accepted shares of one read in one go (the server's share recorder);
+        per share, whether it is durable. The journal writes them in one batch, so they are
+        all recorded or none is; block candidates' blocks are kept in the store either way
+        (their outcome comes later through ``block_submitted``)."""
+        records = [
+            record_for_share(
+                result,
+                creds,
+                now,
+                None,
+                network=self.network,
+                scheme=self.scheme,
+                fee_bps=self.config.fee_bps,
+            )
+            for result, creds in shares
+            if result.accepted
+        ]
+        if len(records) != len(shares):
+            raise ValueError("on_shares takes accepted shares only")
+        try:
+            await self.journal.append_many(records)
+        except Exception as exc:
+            log.error("shares_not_journaled", shares=len(records), error=repr(exc))
+            for record in records:
+                if "block" in record:
+                    await self._record_unjournaled_block(record)
+            return [False] * len(records)
+        return [True] * len(records)
 
     async def _record_unjournaled_block(self, record: dict[str, Any]) -> None:
         """The share was a block: the store keeps the block (its reward is real and must be

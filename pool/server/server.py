@@ -2,7 +2,7 @@
 
 Data flows one way: the app hands finished jobs to ``publish``; sessions move miners' bytes
 through their pure PoolConnection; accepted shares come back here to be journaled (the
-``share_listeners``, the ledger first) before their answers go out; a block candidate is
+``share_recorders``: the ledger) before their answers go out; a block candidate is
 submitted in the background at once, so no miner's answer ever waits for bitcoind, and the
 outcome goes to the ``block_listeners``.
 """
@@ -37,11 +37,10 @@ from stratum.notifications import encode_notification
 log = structlog.get_logger("pool.server")
 
 BlockSubmitter = Callable[[ShareResult], Awaitable[BlockSubmission]]
-# Called for every accepted share BEFORE the miner is answered (the ledger journals it here).
-# An exception means "not recorded": the miner is told the share failed instead of "accepted".
-ShareListener = Callable[
-    [ShareResult, Credentials | None, float, BlockSubmission | None], Awaitable[None]
-]
+# Called with the accepted shares of one read BEFORE their miner is answered (the ledger
+# journals them here); says per share whether it is recorded. Not recorded (False, or an
+# exception): the miner is told the share failed instead of "accepted", and it counts nowhere.
+ShareRecorder = Callable[[list[tuple[ShareResult, Credentials]], float], Awaitable[list[bool]]]
 # Called once a block candidate's submission is settled (after its share was recorded).
 BlockListener = Callable[[ShareResult, Credentials | None, float, BlockSubmission], Awaitable[None]]
 
@@ -69,7 +68,7 @@ class StratumServer:
             now=time.time(),
         )
         self.submit_block = submit_block
-        self.share_listeners: list[ShareListener] = []
+        self.share_recorders: list[ShareRecorder] = []
         self.block_listeners: list[BlockListener] = []
         self.sessions: dict[int, Session] = {}
         self._servers: list[asyncio.AbstractServer] = []
@@ -322,27 +321,17 @@ class StratumServer:
         return task
 
     async def _record(self, events: list[ShareEvent], now: float) -> list[bool]:
-        listeners = self.share_listeners
-        if len(events) == 1:
-            outcomes = [await self._record_one(events[0], now, listeners)]
-        else:
-            outcomes = list(
-                await asyncio.gather(*(self._record_one(e, now, listeners) for e in events))
-            )
-        self.ctx.count_accepted(
-            [(e.result, e.creds) for e, ok in zip(events, outcomes, strict=True) if ok], now
-        )
+        shares = [(e.result, e.creds) for e in events]
+        outcomes = [True] * len(shares)
+        for recorder in self.share_recorders:
+            try:
+                said = await recorder(shares, now)
+            except Exception as exc:  # not recorded (e.g. the ledger's disk): never "accepted"
+                log.error("shares_not_recorded", shares=len(shares), error=repr(exc))
+                said = [False] * len(shares)
+            outcomes = [a and b for a, b in zip(outcomes, said, strict=True)]
+        self.ctx.count_accepted([s for s, ok in zip(shares, outcomes, strict=True) if ok], now)
         return outcomes
-
-    @staticmethod
-    async def _record_one(event: ShareEvent, now: float, listeners: list[ShareListener]) -> bool:
-        try:
-            for listener in listeners:
-                await listener(event.result, event.creds, now, None)
-        except Exception as exc:  # not recorded (e.g. the ledger's disk): never say "accepted"
-            log.error("share_not_recorded", worker=event.creds.name, error=repr(exc))
-            return False
-        return True
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)

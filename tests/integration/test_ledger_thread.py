@@ -304,3 +304,24 @@ async def test_blocks_not_refused_stay_pending_until_the_chain_settles_them(
         assert (await stored(again))["totals"]["shares"] == 2
     finally:
         await again.close()
+
+
+# -- batches (the server's share recorder) --------------------------------------------------
+
+
+async def test_on_shares_journals_a_batch_and_credits_each_share_once(ledger: Ledger) -> None:
+    a, b = creds(f"{ADDRESS}.a"), creds(f"{ADDRESS}.b")
+    batch = [(share(a), a), (share(b), b), (share(a), a)]
+    assert await ledger.on_shares(batch, time.time()) == [True, True, True]
+    records = [r for _, r in read_records(ledger.journal_dir)]
+    assert [r["worker"] for r in records] == [a.name, b.name, a.name]
+    await wait_until(lambda: ledger.aggregates.workers.get(a.name) is not None, "the store")
+    await wait_until(lambda: ledger.aggregates.workers[a.name].shares == 2, "a's shares")
+    assert ledger.aggregates.workers[b.name].shares == 1
+
+
+async def test_on_shares_says_not_recorded_when_the_journal_fails(ledger: Ledger) -> None:
+    a = creds(f"{ADDRESS}.a")
+    await ledger.journal.close()  # nothing can be journaled any more
+    assert await ledger.on_shares([(share(a), a), (share(a), a)], time.time()) == [False, False]
+    assert ledger.aggregates.workers.get(a.name) is None

@@ -425,3 +425,41 @@ def test_sigkill_loses_no_acknowledged_record(tmp_path: Path) -> None:
     journaled = set(ids(tmp_path))
     assert acknowledged <= journaled
     assert len(segment_files(tmp_path)) > 1
+
+
+async def test_append_many_writes_a_read_in_one_batch_in_order(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    await journal.open()
+    first = await journal.append_many([share(i) for i in range(32)])
+    second = await journal.append_many([share(i) for i in range(32, 40)])
+    assert await journal.append_many([]) == []
+    await journal.close()
+    positions = first + second
+    assert positions == sorted(positions) and len(set(positions)) == 40
+    assert journal.batches_written == 2
+    assert [pos for pos, _ in read_records(tmp_path)] == positions
+    assert ids(tmp_path) == list(range(40))
+
+
+async def test_append_many_is_all_or_nothing(tmp_path: Path) -> None:
+    journal = Journal(tmp_path, max_record_bytes=100)
+    await journal.open()
+    with pytest.raises(JournalError, match="over the limit"):
+        await journal.append_many([share(1), {"id": 2, "blob": "x" * 200}, share(3)])
+    assert journal.records_written == 0
+    await journal.close()
+    assert ids(tmp_path) == []
+    with pytest.raises(JournalError, match="closed"):
+        await journal.append_many([share(4)])
+
+
+async def test_append_many_fails_every_record_of_a_failed_write(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    await journal.open()
+    os.close(journal._fd)  # the disk goes away under the writer: a real EBADF on write
+    with pytest.raises(JournalError):
+        await journal.append_many([share(i) for i in range(5)])
+    with pytest.raises(JournalError, match="failed"):
+        await journal.append_many([share(9)])
+    journal._fd = -1
+    await journal.close()

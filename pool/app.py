@@ -75,6 +75,11 @@ class PoolApp:
         self.chain_sim: ChainSim | None = None
         self.api: ApiServer | None = None
 
+    @property
+    def watcher_task(self) -> asyncio.Task[None] | None:
+        """The template watcher's task (the API's health check looks at it)."""
+        return self._watch_task
+
     # -- start-up -------------------------------------------------------------------------------
     async def _check_payout_wallet(self, rpc: BitcoinRpc, address: str, wallet: str) -> None:
         """PPS payouts are sent from ``wallet``; block rewards go to ``address``. Warn when the

@@ -23,7 +23,7 @@ from pool.shares import Reject
 from pool.stats import PoolStats
 
 if TYPE_CHECKING:
-    from pool.app import PoolApp
+    from pool.api.source import PoolSource
 
 PREFIX = "stratum_pool_"
 REJECT_REASONS = tuple(sorted({r.key for r in Reject} | {"other"}))
@@ -55,7 +55,7 @@ class WorkerRanking:
 
 
 def collect(
-    app: PoolApp, views: Views, now: float, ranking: WorkerRanking | None = None
+    app: PoolSource, views: Views, now: float, ranking: WorkerRanking | None = None
 ) -> list[Metric]:
     p = views.parts()
     server, ledger = p.server, p.ledger.aggregates
@@ -208,7 +208,7 @@ def collect(
                 rpc.latency_total,
             ),
         ]
-    watcher = app._watch_task
+    watcher = app.watcher_task
     out.append(
         gauge(
             PREFIX + "template_watcher_up",

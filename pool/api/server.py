@@ -30,7 +30,7 @@ from pool.node.rpc import RpcError
 from pool.server.bans import save_bans
 
 if TYPE_CHECKING:
-    from pool.app import PoolApp
+    from pool.api.source import PoolSource
     from pool.server.server import StratumServer
 
 log = structlog.get_logger("pool.api")
@@ -73,7 +73,7 @@ def dashboard_html() -> bytes:
 class ApiServer:
     def __init__(
         self,
-        app: PoolApp,
+        app: PoolSource,
         *,
         sample_seconds: float = SAMPLE_SECONDS,
         cache_seconds: float = CACHE_SECONDS,
@@ -328,7 +328,7 @@ class ApiServer:
                 "height": job.height,
                 "age_seconds": round(age, 3),
             }
-        task = app._watch_task
+        task = app.watcher_task
         alive = task is not None and not task.done()
         if not alive:
             why = "not started" if task is None else _task_end(task)

@@ -46,7 +46,7 @@ from pool.server.auth import AuthError, parse_credentials
 from pool.stats import WorkerStats
 
 if TYPE_CHECKING:
-    from pool.app import PoolApp
+    from pool.api.source import PoolSource
     from pool.server.server import StratumServer
 
 WINDOW_NAMES = {60: "1m", 300: "5m", 3600: "1h"}
@@ -154,7 +154,7 @@ class Directory:
 
 
 class Views:
-    def __init__(self, app: PoolApp, *, cache_seconds: float = CACHE_SECONDS) -> None:
+    def __init__(self, app: PoolSource, *, cache_seconds: float = CACHE_SECONDS) -> None:
         self.app = app
         self.cache_seconds = cache_seconds
         self._directory: Directory | None = None

@@ -78,6 +78,7 @@ class StratumServer:
         self._per_ip: dict[str, int] = {}
         self.bound_ports: list[int] = []
         self.accepting = True
+        self.send_queue_bytes = config.limits.send_queue_bytes
         # Bans (the admin API edits them; saved to ``bans_path`` when set, see bans.py): IPs
         # refused at accept; worker names or bare addresses (all of that address's workers)
         # refused at authorize.

@@ -11,16 +11,30 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from pool.server.auth import Credentials
 from pool.server.core import CoreSettings, PoolConnection, ShareEvent
 
-if TYPE_CHECKING:
-    from pool.server.server import StratumServer
-
-
 _Batch = list[bytes | ShareEvent]
+
+
+class SessionHost(Protocol):
+    """What a session needs from the listener that made it (the server; a structural type,
+    so this module does not import the server)."""
+
+    send_queue_bytes: int
+
+    def admit(self, session: Session) -> None:
+        """A new connection: give it its core, or close it."""
+
+    def forget(self, session: Session) -> None:
+        """The connection is gone."""
+
+    def record_shares(
+        self, session: Session, items: list[bytes | ShareEvent]
+    ) -> asyncio.Future[list[bool]]:
+        """Journal a read's accepted shares; per share, whether it was recorded."""
 
 
 class Session(asyncio.Protocol):
@@ -38,7 +52,7 @@ class Session(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, server: StratumServer, settings: CoreSettings) -> None:
+    def __init__(self, server: SessionHost, settings: CoreSettings) -> None:
         self.server = server
         self.settings = settings
         self.transport: asyncio.Transport | None = None
@@ -90,7 +104,7 @@ class Session(asyncio.Protocol):
         if self.closed or transport is None or not data:
             return
         transport.write(data)
-        limit = self.server.config.limits.send_queue_bytes
+        limit = self.server.send_queue_bytes
         if transport.get_write_buffer_size() > limit:
             buffered = transport.get_write_buffer_size()
             self.abort(f"send queue over limits.send_queue_bytes ({buffered} bytes): slow reader")
@@ -137,7 +151,7 @@ class Session(asyncio.Protocol):
             self.core.close(reason)
         transport = self.transport
         if transport is not None:
-            if transport.get_write_buffer_size() > self.server.config.limits.send_queue_bytes:
+            if transport.get_write_buffer_size() > self.server.send_queue_bytes:
                 transport.abort()
             else:
                 transport.close()

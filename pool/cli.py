@@ -120,9 +120,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
         cfg, data_dir=args.data_dir, stratum_port=args.stratum_port, api_port=args.api_port
     )
     logs.configure(cfg.logging.level, cfg.logging.format)
+    loop_factory = None
+    if cfg.stratum.event_loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            print(
+                "error: stratum.event_loop = 'uvloop' needs the uvloop package "
+                "(pip install 'stratum-pool[fast]')",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
+        loop_factory = uvloop.new_event_loop
     app = PoolApp(cfg)
     try:
-        asyncio.run(app.run_until_signalled())
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(app.run_until_signalled())
     except StartupError as exc:
         print(f"error: refusing to start: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -70,6 +70,10 @@ class StratumConfig:
     ports: tuple[PortConfig, ...] = (PortConfig(),)
     version_rolling_mask: str = "1fffe000"
     max_ntime_ahead_seconds: int = 7200
+    event_loop: str = "asyncio"  # or "uvloop" (the 'fast' extra): a faster event loop
+
+
+EVENT_LOOPS = ("asyncio", "uvloop")
 
 
 @dataclass(frozen=True)
@@ -310,6 +314,8 @@ def validate(config: Config, where: str) -> None:
         mask = -1
     if not 0 <= mask <= 0xFFFFFFFF:
         fail("stratum.version_rolling_mask", "must be 8 hex digits")
+    if config.stratum.event_loop not in EVENT_LOOPS:
+        fail("stratum.event_loop", f"must be one of {', '.join(EVENT_LOOPS)}")
     limits = config.limits
     for name in (
         "max_line_bytes",

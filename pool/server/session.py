@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from typing import Protocol
+from typing import Protocol, cast
 
 from pool.server.auth import Credentials
 from pool.server.core import CoreSettings, PoolConnection, ShareEvent
@@ -66,8 +66,8 @@ class Session(asyncio.Protocol):
 
     # -- asyncio.Protocol -------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport (uvloop's is not an asyncio.Transport subclass, same interface).
+        self.transport = cast(asyncio.Transport, transport)
         peername = transport.get_extra_info("peername") or ("?", 0)
         self.ip = str(peername[0])
         self.peer = f"{self.ip}:{peername[1]}"

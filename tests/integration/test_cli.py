@@ -82,8 +82,14 @@ def test_config_check_reports_bad_key(tmp_path: Path) -> None:
     assert json.loads(ok.stdout)["stratum"]["ports"][0]["port"] == 3333
 
 
-def test_run_with_managed_node_mines_and_shuts_down_cleanly(tmp_path: Path) -> None:
-    """What `make run` does: the default config, a managed regtest bitcoind, miners welcome."""
+@pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
+def test_run_with_managed_node_mines_and_shuts_down_cleanly(
+    tmp_path: Path, event_loop: str
+) -> None:
+    """What `make run` does: the default config, a managed regtest bitcoind, miners welcome
+    (on either event loop)."""
+    if event_loop == "uvloop":
+        pytest.importorskip("uvloop", reason="uvloop is in the dev and fast extras")
     port = free_port()
     api_port = free_port()
     proc = subprocess.Popen(
@@ -102,7 +108,11 @@ def test_run_with_managed_node_mines_and_shuts_down_cleanly(tmp_path: Path) -> N
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "POOL_LOGGING_FORMAT": '"json"'},
+        env={
+            **os.environ,
+            "POOL_LOGGING_FORMAT": '"json"',
+            "POOL_STRATUM_EVENT_LOOP": json.dumps(event_loop),
+        },
     )
     try:
         deadline = time.monotonic() + 90

@@ -321,9 +321,9 @@ class Vardiff:
             del self._segments[0]
         self._seg_shares = 0.0
         self._seg_exposure = 0.0
-        self._detect_change()
-        if not self.retargeting:
+        if not self.retargeting:  # nothing to decide: the change test's work would be wasted
             return None
+        self._detect_change()
         estimate = self._estimate() if self._shares >= 1.0 else self._estimate(phantom=1.0)
         if estimate is None or abs(math.log(estimate / self._difficulty)) <= self._band():
             return None

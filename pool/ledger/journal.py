@@ -158,7 +158,8 @@ def _create_segment(directory: Path, at_least: int) -> tuple[int, int]:
 class _Pending(NamedTuple):
     payload: bytes
     record: dict[str, Any]
-    future: asyncio.Future[JournalPosition]
+    # None for all but the last record of an ``append_many`` (they are written together)
+    future: asyncio.Future[JournalPosition] | None
 
 
 # Called after each batch is written (and fsynced per policy), in journal order, before any
@@ -268,10 +269,11 @@ class Journal:
         self._wake.set()
         return await future
 
-    async def append_many(self, records: Sequence[dict[str, Any]]) -> list[JournalPosition]:
-        """Write ``records`` (in order, in the same write batch); returns their positions once
-        all are in the kernel (and on disk with ``FsyncPolicy.BATCH``). All or none: a record
-        over the size limit refuses the whole call before anything is queued."""
+    async def append_many(self, records: Sequence[dict[str, Any]]) -> JournalPosition | None:
+        """Write ``records`` in order, in the same write batch; returns the position just after
+        the last once all are in the kernel (and on disk with ``FsyncPolicy.BATCH``), None for
+        no records. All or none: a record over the size limit refuses the whole call before
+        anything is queued, and a failed write fails them all."""
         self._check_writable()
         payloads = [_encode_record(record) for record in records]
         for payload in payloads:
@@ -279,26 +281,18 @@ class Journal:
                 raise JournalError(
                     f"record of {len(payload)} bytes is over the limit of {self.max_record_bytes}"
                 )
-        loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[JournalPosition]] = []
-        pending = self._pending
-        for payload, record in zip(payloads, records, strict=True):
-            future: asyncio.Future[JournalPosition] = loop.create_future()
-            pending.append(_Pending(payload, record, future))
-            futures.append(future)
+        if not payloads:
+            return None
+        # One future for the lot: the writer takes every pending record at once, so the last
+        # one is written in the same batch as the others (and a failure is final).
+        future: asyncio.Future[JournalPosition] = asyncio.get_running_loop().create_future()
+        last = len(payloads) - 1
+        self._pending.extend(
+            _Pending(payload, record, future if i == last else None)
+            for i, (payload, record) in enumerate(zip(payloads, records, strict=True))
+        )
         self._wake.set()
-        if not futures:
-            return []
-        # The writer takes every pending record at once and a failure is final, so when the
-        # last one is settled the others are too (waited for all the same if not).
-        await asyncio.wait([futures[-1]])
-        if not all(future.done() for future in futures):
-            await asyncio.wait(futures)
-        errors = [future.exception() for future in futures]  # every exception retrieved
-        for error in errors:
-            if error is not None:
-                raise error
-        return [future.result() for future in futures]
+        return await future
 
     async def close(self) -> None:
         """Write what is pending, fsync, close the file. Idempotent."""
@@ -394,11 +388,11 @@ class Journal:
                 )
         except BaseException as exc:
             for item in batch:
-                if not item.future.done():
+                if item.future is not None and not item.future.done():
                     item.future.set_exception(_failure(exc))
             raise
         for item, position in zip(batch, positions, strict=True):
-            if not item.future.done():
+            if item.future is not None and not item.future.done():
                 item.future.set_result(position)
         if self.policy is FsyncPolicy.INTERVAL:
             await self._interval_fsync()
@@ -449,7 +443,7 @@ class Journal:
     def _fail_pending(self) -> None:
         pending, self._pending = self._pending, []
         for item in pending:
-            if not item.future.done():
+            if item.future is not None and not item.future.done():
                 item.future.set_exception(_failure(self._failed))
 
 

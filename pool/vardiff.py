@@ -174,6 +174,7 @@ class Vardiff:
     # The last looks' stretches, for change detection (a list trimmed to _SEGMENTS: an empty
     # list is 56 bytes where an empty deque is ~600, and there is one per connection).
     _segments: list[tuple[float, float]]
+    _segments_scale: float  # forgetting not yet applied to _segments (see _scaled_segments)
     _quiet_exposure: float  # integral of dt / difficulty since the last share
     _last_share: float
     _look_time: float
@@ -275,6 +276,7 @@ class Vardiff:
         self._seg_shares = 0.0
         self._seg_exposure = 0.0
         self._segments = []
+        self._segments_scale = 1.0
         self._quiet_exposure = 0.0
         self._last_share = now
         self._look_time = now
@@ -299,7 +301,15 @@ class Vardiff:
         self._exposure *= f
         self._seg_shares *= f
         self._seg_exposure *= f
-        self._segments = [(n * f, x * f) for n, x in self._segments]
+        self._segments_scale *= f  # applied to the stored stretches when they are next used
+
+    def _scaled_segments(self) -> list[tuple[float, float]]:
+        """The stored stretches with the forgetting applied since they were last touched."""
+        scale = self._segments_scale
+        if scale != 1.0:
+            self._segments = [(n * scale, x * scale) for n, x in self._segments]
+            self._segments_scale = 1.0
+        return self._segments
 
     def _estimate(self, phantom: float = 0.0) -> float | None:
         """Ideal difficulty ``T * shares / exposure`` (with ``phantom`` extra shares)."""
@@ -316,9 +326,10 @@ class Vardiff:
         """Retarget time: close the stretch, test it against history, maybe move."""
         self._look_time = now
         self._look_shares = 0.0
-        self._segments.append((self._seg_shares, self._seg_exposure))
-        if len(self._segments) > _SEGMENTS:
-            del self._segments[0]
+        segments = self._scaled_segments()
+        segments.append((self._seg_shares, self._seg_exposure))
+        if len(segments) > _SEGMENTS:
+            del segments[0]
         self._seg_shares = 0.0
         self._seg_exposure = 0.0
         if not self.retargeting:  # nothing to decide: the change test's work would be wasted
@@ -351,7 +362,7 @@ class Vardiff:
 
     def _detect_change(self) -> None:
         """Drop the history when a recent stretch contradicts it (see module docstring)."""
-        segments = list(self._segments)
+        segments = list(self._scaled_segments())
         suffixes: list[tuple[float, float]] = []  # (shares, exposure) of the last k stretches
         recent_n = recent_x = 0.0
         for n, x in reversed(segments):
@@ -383,6 +394,7 @@ class Vardiff:
         self._shares = shares
         self._exposure = exposure
         self._segments.clear()
+        self._segments_scale = 1.0
 
     def _set(self, difficulty: float, now: float) -> float | None:
         new = self._round(self.clamp(difficulty))

@@ -155,6 +155,9 @@ def _create_segment(directory: Path, at_least: int) -> tuple[int, int]:
             number += 1
 
 
+_new_pending = tuple.__new__
+
+
 class _Pending(NamedTuple):
     payload: bytes
     record: dict[str, Any]
@@ -287,8 +290,9 @@ class Journal:
         # one is written in the same batch as the others (and a failure is final).
         future: asyncio.Future[JournalPosition] = asyncio.get_running_loop().create_future()
         last = len(payloads) - 1
+        make = _new_pending  # tuple.__new__: a NamedTuple's own __new__ is a Python lambda
         self._pending.extend(
-            _Pending(payload, record, future if i == last else None)
+            make(_Pending, (payload, record, future if i == last else None))
             for i, (payload, record) in enumerate(zip(payloads, records, strict=True))
         )
         self._wake.set()

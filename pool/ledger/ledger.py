@@ -106,6 +106,12 @@ class LedgerError(RuntimeError):
     """The share could not be recorded; the miner must not be told it was accepted."""
 
 
+_RECORD_BASES = 1024
+# (id(job), target, difficulty, chain, scheme, fee) -> (the job, its records' common part); the
+# job is kept and compared so a recycled id() can never match another job.
+_record_bases: dict[tuple[int, int, float, str, Scheme, int], tuple[Any, dict[str, Any]]] = {}
+
+
 def record_for_share(
     result: ShareResult,
     creds: Credentials,
@@ -124,23 +130,33 @@ def record_for_share(
     job = result.job
     assert job is not None
     template = job.template
-    subsidy = network.block_subsidy(template.height)
-    value_sat = block_value(scheme, subsidy, template.coinbase_value)
-    value = share_value(result.difficulty, job.block_target, value_sat, fee_bps)
+    # The part every share of this job at this difficulty has in common, computed once.
+    key = (id(job), job.block_target, result.difficulty, network.name, scheme, fee_bps)
+    cached = _record_bases.get(key)
+    if cached is None or cached[0] is not job:
+        subsidy = network.block_subsidy(template.height)
+        value_sat = block_value(scheme, subsidy, template.coinbase_value)
+        value = share_value(result.difficulty, job.block_target, value_sat, fee_bps)
+        base = {
+            "v": RECORD_VERSION,
+            "difficulty": result.difficulty,
+            "target": _target_to_bytes(job.block_target),
+            "height": template.height,
+            "scheme": scheme.value,
+            "block_value_sat": value_sat,
+            "fee_bps": fee_bps,
+            "gross": value.gross,
+            "credit": value.credit,
+            "fee": value.fee,
+        }
+        if len(_record_bases) >= _RECORD_BASES:
+            _record_bases.clear()
+        cached = _record_bases[key] = (job, base)
     record: dict[str, Any] = {
-        "v": RECORD_VERSION,
+        **cached[1],
         "time": now,
         "worker": creds.name,
         "address": creds.address,
-        "difficulty": result.difficulty,
-        "target": _target_to_bytes(job.block_target),
-        "height": template.height,
-        "scheme": scheme.value,
-        "block_value_sat": value_sat,
-        "fee_bps": fee_bps,
-        "gross": value.gross,
-        "credit": value.credit,
-        "fee": value.fee,
         "job": result.job_id,  # as submitted (with the extranonce, ntime, nonce: the share)
         "extranonce": result.extranonce.hex(),
         "ntime": result.ntime,

@@ -91,6 +91,9 @@ class ShareEvent(NamedTuple):
     creds: Credentials
 
 
+_new_tuple = tuple.__new__
+
+
 def notify_event(job: Job, job_id: str, clean: bool) -> Notify:
     params = job.notify_params()
     return Notify(
@@ -257,7 +260,8 @@ class PoolConnection:
         if type(verdict) is tuple:
             reject, message = verdict
             return self._rejected(req, creds, reject, (reject.code, message))
-        return ShareEvent(req, verdict, creds)  # type: ignore[arg-type]
+        # tuple.__new__ directly: a NamedTuple's own __new__ is a Python-level lambda
+        return _new_tuple(ShareEvent, (req, verdict, creds))
 
     def _rejected(
         self, req: Submit, creds: Credentials | None, reject: Reject, error: tuple[int, str]

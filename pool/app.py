@@ -183,7 +183,7 @@ class PoolApp:
         await self._settle_payouts()
         self.server = StratumServer(cfg, network, submit_block=self.submit)
         self.server.use_bans(bans_path, bans)
-        self.server.share_recorders.append(ledger.on_shares)
+        self.server.share_recorder = ledger.journal_shares
         self.server.block_listeners.append(self._block_settled)
         self.watcher = TemplateWatcher(
             rpc,

@@ -272,11 +272,12 @@ class Journal:
         self._wake.set()
         return await future
 
-    async def append_many(self, records: Sequence[dict[str, Any]]) -> JournalPosition | None:
-        """Write ``records`` in order, in the same write batch; returns the position just after
-        the last once all are in the kernel (and on disk with ``FsyncPolicy.BATCH``), None for
-        no records. All or none: a record over the size limit refuses the whole call before
-        anything is queued, and a failed write fails them all."""
+    def submit_many(self, records: Sequence[dict[str, Any]]) -> asyncio.Future[JournalPosition]:
+        """Queue ``records`` to be written in order, in the same write batch; the future gives
+        the position just after the last once all are in the kernel (and on disk with
+        ``FsyncPolicy.BATCH``). All or none: a record over the size limit refuses the whole
+        call (JournalError, nothing queued), and a failed write fails them all. No records:
+        a future already holding the current end."""
         self._check_writable()
         payloads = [_encode_record(record) for record in records]
         for payload in payloads:
@@ -284,11 +285,12 @@ class Journal:
                 raise JournalError(
                     f"record of {len(payload)} bytes is over the limit of {self.max_record_bytes}"
                 )
+        future: asyncio.Future[JournalPosition] = asyncio.get_running_loop().create_future()
         if not payloads:
-            return None
+            future.set_result(self._end)
+            return future
         # One future for the lot: the writer takes every pending record at once, so the last
         # one is written in the same batch as the others (and a failure is final).
-        future: asyncio.Future[JournalPosition] = asyncio.get_running_loop().create_future()
         last = len(payloads) - 1
         make = _new_pending  # tuple.__new__: a NamedTuple's own __new__ is a Python lambda
         self._pending.extend(
@@ -296,7 +298,11 @@ class Journal:
             for i, (payload, record) in enumerate(zip(payloads, records, strict=True))
         )
         self._wake.set()
-        return await future
+        return future
+
+    async def append_many(self, records: Sequence[dict[str, Any]]) -> JournalPosition:
+        """``submit_many`` and wait: the position just after the last record."""
+        return await self.submit_many(records)
 
     async def close(self) -> None:
         """Write what is pending, fsync, close the file. Idempotent."""

@@ -239,6 +239,7 @@ class Ledger:
         )
         self.replayed = 0
         self._commit_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Future[None]] = set()  # unjournaled blocks being recorded
 
     @property
     def broken(self) -> str | None:
@@ -318,6 +319,8 @@ class Ledger:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._commit_task
         await self.journal.close()  # its last batches go to the store's thread first
+        if self._background:  # blocks of failed shares still being recorded
+            await asyncio.wait(self._background)
         await self.store.close()  # applies them, commits (unless broken), closes
         log.info("ledger_closed", applied_records=self.store.applied)
 
@@ -389,28 +392,51 @@ class Ledger:
                 await self._record_unjournaled_block(record)
             raise LedgerError(f"the pool could not record the share: {exc}") from exc
 
+    def _share_records(
+        self, shares: Sequence[tuple[ShareResult, Credentials]], now: float
+    ) -> list[dict[str, Any]]:
+        if not all(result.accepted for result, _ in shares):
+            raise ValueError("only accepted shares are journaled")
+        network, scheme, fee = self.network, self.scheme, self.config.fee_bps
+        return [
+            record_for_share(result, creds, now, None, network=network, scheme=scheme, fee_bps=fee)
+            for result, creds in shares
+        ]
+
+    def journal_shares(
+        self, shares: Sequence[tuple[ShareResult, Credentials]], now: float
+    ) -> asyncio.Future[Any]:
+        """The server's share recorder: queue the accepted shares of one read for the journal,
+        in one batch; the future is done once they are durable (or failed: none is). No task
+        or coroutine per read. A block candidate whose share fails is still recorded in the
+        store (in the background; its outcome comes later through ``block_submitted``)."""
+        records = self._share_records(shares, now)
+        try:
+            future: asyncio.Future[Any] = self.journal.submit_many(records)
+        except Exception as exc:
+            future = asyncio.get_running_loop().create_future()
+            future.set_exception(LedgerError(f"the pool could not record the shares: {exc!r}"))
+        blocks = [record for record in records if "block" in record]
+        if blocks:
+            future.add_done_callback(lambda f: self._journaled_blocks(f, blocks))
+        return future
+
+    def _journaled_blocks(self, future: asyncio.Future[Any], blocks: list[dict[str, Any]]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            return
+        for record in blocks:
+            task = asyncio.ensure_future(self._record_unjournaled_block(record))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
     async def on_shares(
         self, shares: Sequence[tuple[ShareResult, Credentials]], now: float
     ) -> list[bool]:
-        """Journal the accepted shares of one read in one go (the server's share recorder);
-        per share, whether it is durable. The journal writes them in one batch, so they are
-        all recorded or none is; block candidates' blocks are kept in the store either way
-        (their outcome comes later through ``block_submitted``)."""
-        records = [
-            record_for_share(
-                result,
-                creds,
-                now,
-                None,
-                network=self.network,
-                scheme=self.scheme,
-                fee_bps=self.config.fee_bps,
-            )
-            for result, creds in shares
-            if result.accepted
-        ]
-        if len(records) != len(shares):
-            raise ValueError("on_shares takes accepted shares only")
+        """Journal the accepted shares of one read in one go; per share, whether it is
+        durable. The journal writes them in one batch, so they are all recorded or none is;
+        block candidates' blocks are kept in the store either way (their outcome comes later
+        through ``block_submitted``)."""
+        records = self._share_records(shares, now)
         try:
             await self.journal.append_many(records)
         except Exception as exc:

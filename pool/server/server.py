@@ -2,7 +2,7 @@
 
 Data flows one way: the app hands finished jobs to ``publish``; sessions move miners' bytes
 through their pure PoolConnection; accepted shares come back here to be journaled (the
-``share_recorders``: the ledger) before their answers go out; a block candidate is
+``share_recorder``: the ledger) before their answers go out; a block candidate is
 submitted in the background at once, so no miner's answer ever waits for bitcoind, and the
 outcome goes to the ``block_listeners``.
 """
@@ -16,6 +16,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -37,10 +38,10 @@ from stratum.notifications import encode_notification
 log = structlog.get_logger("pool.server")
 
 BlockSubmitter = Callable[[ShareResult], Awaitable[BlockSubmission]]
-# Called with the accepted shares of one read BEFORE their miner is answered (the ledger
-# journals them here); says per share whether it is recorded. Not recorded (False, or an
-# exception): the miner is told the share failed instead of "accepted", and it counts nowhere.
-ShareRecorder = Callable[[list[tuple[ShareResult, Credentials]], float], Awaitable[list[bool]]]
+# Given the accepted shares of one read BEFORE their miner is answered (the ledger queues them
+# for its journal); the future is done when they are durable. Failed (or raising): none is
+# recorded, the miner is told so instead of "accepted", and they count nowhere.
+ShareRecorder = Callable[[list[tuple[ShareResult, Credentials]], float], "asyncio.Future[Any]"]
 # Called once a block candidate's submission is settled (after its share was recorded).
 BlockListener = Callable[[ShareResult, Credentials | None, float, BlockSubmission], Awaitable[None]]
 
@@ -68,7 +69,7 @@ class StratumServer:
             now=time.time(),
         )
         self.submit_block = submit_block
-        self.share_recorders: list[ShareRecorder] = []
+        self.share_recorder: ShareRecorder | None = None
         self.block_listeners: list[BlockListener] = []
         self.sessions: dict[int, Session] = {}
         self._servers: list[asyncio.AbstractServer] = []
@@ -310,29 +311,45 @@ class StratumServer:
         self, session: Session, items: list[bytes | ShareEvent]
     ) -> asyncio.Future[list[bool]]:
         """Journal the accepted shares of one read; the future says, per share in order,
-        whether it was recorded (the session answers then). Block candidates are submitted
-        at once, in the background."""
+        whether it was recorded (the session answers then). No task per read: futures and
+        callbacks only. Block candidates are submitted at once, in the background."""
         now = time.time()
         events = [item for item in items if type(item) is ShareEvent]
-        task = asyncio.ensure_future(self._record(events, now))
-        task.add_done_callback(session.flush)
+        shares = [(e.result, e.creds) for e in events]
+        outcome: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
+        outcome.add_done_callback(session.flush)
+        recorder = self.share_recorder
+        if recorder is None:  # no ledger: nothing to wait for
+            self._recorded(outcome, shares, now, None)
+        else:
+            try:
+                durable = recorder(shares, now)
+            except Exception as exc:
+                self._recorded(outcome, shares, now, exc)
+            else:
+                durable.add_done_callback(
+                    lambda f: self._recorded(
+                        outcome, shares, now, f.exception() if not f.cancelled() else f
+                    )
+                )
         for event in events:
             if event.result.block_candidate:
-                self._spawn(self._submit_block(event, now, task))
-        return task
+                self._spawn(self._submit_block(event, now, outcome))
+        return outcome
 
-    async def _record(self, events: list[ShareEvent], now: float) -> list[bool]:
-        shares = [(e.result, e.creds) for e in events]
-        outcomes = [True] * len(shares)
-        for recorder in self.share_recorders:
-            try:
-                said = await recorder(shares, now)
-            except Exception as exc:  # not recorded (e.g. the ledger's disk): never "accepted"
-                log.error("shares_not_recorded", shares=len(shares), error=repr(exc))
-                said = [False] * len(shares)
-            outcomes = [a and b for a, b in zip(outcomes, said, strict=True)]
-        self.ctx.count_accepted([s for s, ok in zip(shares, outcomes, strict=True) if ok], now)
-        return outcomes
+    def _recorded(
+        self,
+        outcome: asyncio.Future[list[bool]],
+        shares: list[tuple[ShareResult, Credentials]],
+        now: float,
+        failure: object,
+    ) -> None:
+        if failure is not None:  # not recorded (e.g. the ledger's disk): never "accepted"
+            log.error("shares_not_recorded", shares=len(shares), error=repr(failure))
+            outcome.set_result([False] * len(shares))
+            return
+        self.ctx.count_accepted(shares, now)
+        outcome.set_result([True] * len(shares))
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)

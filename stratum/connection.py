@@ -310,6 +310,12 @@ class ServerConnection:
             self._version_mask = int(event.mask, 16)
         return data
 
+    def notify_job(self, event: Notify, encoded: bytes) -> bytes:
+        """``notify(event, encoded=encoded)`` for a mining.notify (a job broadcast to every
+        connection: the same checks, none of the generic dispatch)."""
+        check_send(self.state, Outgoing.NOTIFY)
+        return encoded
+
     def close(self) -> None:
         """Local close: nothing more is received or sent. Idempotent."""
         self._core.fire(Trigger.LOCAL_CLOSE)

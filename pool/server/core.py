@@ -404,6 +404,27 @@ class PoolConnection:
             sent.popitem(last=False)
         return data + conn.notify(event, encoded=line)
 
+    def broadcast_job(self, job: Job, notify: tuple[Notify, bytes], now: float) -> bytes:
+        """``on_job(job, now, notify=notify)`` for a job going to every connection: the common
+        case (no new difficulty to send first) without the general path's work."""
+        if self.closing or not self.workers or not self.conn.subscribed:
+            return b""
+        event, line = notify
+        difficulty = self.difficulty_sent
+        if (
+            difficulty is None
+            or difficulty != self.vardiff.difficulty
+            or event.job_id != job.job_id
+        ):
+            return self.on_job(job, now, notify=notify)
+        sent = self.sent
+        if event.clean_jobs:
+            sent.clear()
+        sent[job.job_id] = (job, difficulty)
+        if len(sent) > self.settings.max_sent_jobs:
+            sent.popitem(last=False)
+        return self.conn.notify_job(event, line)
+
     def resend_current(self, now: float) -> bytes:
         """After a difficulty change: the current job again under a new id, not clean, so the
         new difficulty governs it at once (miners apply set_difficulty at the next notify)."""

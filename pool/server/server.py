@@ -294,9 +294,11 @@ class StratumServer:
         sent = 0
         for session in list(self.sessions.values()):
             core = session.core
-            if core is not None and core.ready:
-                session.send(core.on_job(job, now, notify=notify))
-                sent += 1
+            if core is not None:
+                data = core.broadcast_job(job, notify, now)
+                if data:
+                    session.send(data)
+                    sent += 1
         log.info(
             "job_published",
             job_id=job.job_id,

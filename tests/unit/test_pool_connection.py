@@ -252,3 +252,28 @@ def test_fuzz_contract_any_bytes_give_bytes_or_share_events(chunks: list[bytes])
             else:
                 assert isinstance(item, bytes)
         core.handle_timer(NOW + i)
+
+
+def test_broadcast_job_equals_the_general_path() -> None:
+    """The broadcast fast path sends what on_job would, and falls back to it for a new
+    difficulty; nothing reaches a connection that is not subscribed and authorized."""
+    from pool.server.core import notify_event
+    from stratum.notifications import encode_notification
+
+    fast, ctx, _ = setup(vardiff=False)
+    slow = PoolConnection(ctx, fast.settings, conn_id=2, extranonce1=bytes(4), now=NOW)
+    idle = PoolConnection(ctx, fast.settings, conn_id=3, extranonce1=bytes(3) + b"\x01", now=NOW)
+    handshake(fast)
+    handshake(slow)
+    for clean in (True, False, True):
+        job = make_job(ctx.jobs, clean=clean)
+        event = notify_event(job, job.job_id, job.clean)
+        notify = (event, encode_notification(event))
+        assert fast.broadcast_job(job, notify, NOW) == slow.on_job(job, NOW, notify=notify)
+        assert list(fast.sent) == list(slow.sent)
+        assert idle.broadcast_job(job, notify, NOW) == b""
+    fast.vardiff.suggest(0.5, NOW)
+    job = make_job(ctx.jobs, clean=True)
+    event = notify_event(job, job.job_id, True)
+    data = fast.broadcast_job(job, (event, encode_notification(event)), NOW)
+    assert data.count(b"mining.set_difficulty") == 1 and data.count(b"mining.notify") == 1

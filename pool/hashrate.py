@@ -241,6 +241,11 @@ class HashrateBook:
     def workers(self) -> list[str]:
         return list(self._workers)
 
+    @property
+    def worker_count(self) -> int:
+        """How many workers have a meter (without copying their names)."""
+        return len(self._workers)
+
     def addresses(self) -> list[str]:
         return list(self._addresses)
 

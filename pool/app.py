@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import json
 import os
 import signal
@@ -200,6 +201,11 @@ class PoolApp:
         if cfg.api.enabled:
             self.api = ApiServer(self)
             await self.api.start()
+        # Everything made so far lives as long as the pool (modules, config, node, ledger):
+        # out of the garbage collector's full passes, which walk every tracked object and so
+        # stall the loop longer the more there are.
+        gc.collect()
+        gc.freeze()
         log.info(
             "pool_started",
             chain=network.name,

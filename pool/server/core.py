@@ -24,7 +24,6 @@ and counted (no log line, no object, no formatted message per rejected share).
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -122,8 +121,9 @@ class PoolConnection:
         "extranonce1",
         "invalid_in_row",
         "last_request",
-        "log",
+        "peer",
         "sent",
+        "sent_difficulty",
         "settings",
         "user_agent",
         "vardiff",
@@ -146,7 +146,11 @@ class PoolConnection:
         self.extranonce1 = extranonce1
         self.conn = ServerConnection(max_line_bytes=settings.max_line_bytes)
         self.vardiff = Vardiff(settings.vardiff, settings.start_difficulty, now)
-        self.sent: OrderedDict[str, tuple[Job, float]] = OrderedDict()
+        # The jobs sent (id -> job, oldest first) and the difficulty in force for each: two
+        # plain dicts, so a job sent to every miner allocates no new object per miner (fewer
+        # objects for the garbage collector to walk; an OrderedDict is also ~3x the size).
+        self.sent: dict[str, Job] = {}
+        self.sent_difficulty: dict[str, float] = {}
         self.workers: dict[str, Credentials] = {}
         self.difficulty_sent: float | None = None
         self.invalid_in_row = 0
@@ -156,7 +160,12 @@ class PoolConnection:
         self.closing = False
         self._close_reason = ""
         self.user_agent: str | None = None
-        self.log = log.bind(conn_id=conn_id, peer=peer)
+        self.peer = peer
+
+    def info(self, event: str, **fields: object) -> None:
+        """Log an event of this connection (its id and peer added; no bound logger is kept
+        per connection: ~1 KiB less each, and fewer objects for the garbage collector)."""
+        log.info(event, conn_id=self.conn_id, peer=self.peer, **fields)
 
     # -- state ------------------------------------------------------------------------------------
     @property
@@ -190,7 +199,7 @@ class PoolConnection:
             try:
                 event = conn.next_event()
             except RemoteProtocolError as exc:
-                self.log.info("protocol_error", error=exc.message)
+                self.info("protocol_error", error=exc.message)
                 self.close(f"protocol error: {exc.message}")
                 break
             kind = type(event)
@@ -218,7 +227,7 @@ class PoolConnection:
             except LocalProtocolError as exc:
                 # A request the state machine will not let us answer normally (e.g. a second
                 # mining.subscribe): answer with an error instead of dropping the miner.
-                self.log.info("request_refused", error=exc.message, request=kind.__name__)
+                self.info("request_refused", error=exc.message, request=kind.__name__)
                 out.append(
                     conn.reply_error(
                         event,  # type: ignore[arg-type]
@@ -237,10 +246,10 @@ class PoolConnection:
         creds = self.workers.get(req.worker)
         if creds is None:
             return self._rejected(req, None, Reject.UNAUTHORIZED, _UNAUTHORIZED)
-        entry = self.sent.get(req.job_id)
-        if entry is None or self.ctx.jobs.get(entry[0].job_id) is not entry[0]:
+        job = self.sent.get(req.job_id)
+        if job is None or self.ctx.jobs.get(job.job_id) is not job:
             return self._rejected(req, creds, Reject.STALE, _STALE)
-        job, difficulty = entry
+        difficulty = self.sent_difficulty[req.job_id]
         verdict = judge_share(
             job,
             req.worker,
@@ -297,14 +306,14 @@ class PoolConnection:
             before = self.vardiff.difficulty
             applied = self.vardiff.suggest(event.difficulty, now)
             out.append(conn.reply(event, True))
-            self.log.info("difficulty_suggested", suggested=event.difficulty, applied=applied)
+            self.info("difficulty_suggested", suggested=event.difficulty, applied=applied)
             if self.ready and applied != before:
                 out.append(self.resend_current(now))
         elif isinstance(event, ExtranonceSubscribe):
             out.append(conn.reply(event, True))
         elif isinstance(event, GetTransactions):
-            entry = self.sent.get(event.job_id or "")
-            txs = [tx.data.hex() for tx in entry[0].template.transactions] if entry else []
+            sent_job = self.sent.get(event.job_id or "")
+            txs = [tx.data.hex() for tx in sent_job.template.transactions] if sent_job else []
             out.append(conn.reply(event, txs))
         elif isinstance(event, UnknownMethod | InvalidRequest):
             out.append(conn.reject(event))
@@ -315,7 +324,7 @@ class PoolConnection:
             resumed = self.ctx.extranonces.resume(self.extranonce1, req.session_id)
             if resumed is not None:
                 self.extranonce1 = resumed
-                self.log.info("session_resumed", session_id=req.session_id)
+                self.info("session_resumed", session_id=req.session_id)
         sid = self.extranonce1.hex()
         out.append(
             self.conn.subscribe_ok(
@@ -325,7 +334,7 @@ class PoolConnection:
                 subscription_id=sid,
             )
         )
-        self.log.info("subscribed", user_agent=req.user_agent, extranonce1=sid)
+        self.info("subscribed", user_agent=req.user_agent, extranonce1=sid)
         out.append(self._first_job(now))
 
     def _authorize(self, req: Authorize, now: float, out: list[bytes | ShareEvent]) -> None:
@@ -340,11 +349,11 @@ class PoolConnection:
         try:
             creds = parse_credentials(req.username, req.password, self.ctx.network)
         except AuthError as exc:
-            self.log.info("authorize_refused", username=req.username[:100], reason=str(exc))
+            self.info("authorize_refused", username=req.username[:100], reason=str(exc))
             out.append(conn.reply_error(req, ErrorCode.UNAUTHORIZED, str(exc)))
             return
         if self.ctx.worker_banned(creds):
-            self.log.info("authorize_refused", username=creds.name, reason="banned")
+            self.info("authorize_refused", username=creds.name, reason="banned")
             message = f"worker {creds.name} is banned from this pool"
             out.append(conn.reply_error(req, ErrorCode.UNAUTHORIZED, message))
             return
@@ -355,7 +364,7 @@ class PoolConnection:
         if creds.fixed_difficulty is not None:
             self.vardiff.fix(creds.fixed_difficulty)
         out.append(conn.authorize_ok(req, creds.username))
-        self.log.info("authorized", worker=creds.name, fixed_difficulty=creds.fixed_difficulty)
+        self.info("authorized", worker=creds.name, fixed_difficulty=creds.fixed_difficulty)
         if first:
             out.append(self._first_job(now))
 
@@ -396,13 +405,19 @@ class PoolConnection:
             line = encode_notification(event)
         else:
             event, line = notify
-        if clean:
-            self.sent.clear()
-        sent = self.sent
-        sent[jid] = (job, difficulty)
-        while len(sent) > self.settings.max_sent_jobs:
-            sent.popitem(last=False)
+        self._remember(jid, job, difficulty, clean)
         return data + conn.notify(event, encoded=line)
+
+    def _remember(self, job_id: str, job: Job, difficulty: float, clean: bool) -> None:
+        sent, difficulties = self.sent, self.sent_difficulty
+        if clean:
+            sent.clear()
+            difficulties.clear()
+        sent[job_id] = job
+        difficulties[job_id] = difficulty
+        while len(sent) > self.settings.max_sent_jobs:
+            oldest = next(iter(sent))
+            del sent[oldest], difficulties[oldest]
 
     def broadcast_job(self, job: Job, notify: tuple[Notify, bytes], now: float) -> bytes:
         """``on_job(job, now, notify=notify)`` for a job going to every connection: the common
@@ -417,12 +432,7 @@ class PoolConnection:
             or event.job_id != job.job_id
         ):
             return self.on_job(job, now, notify=notify)
-        sent = self.sent
-        if event.clean_jobs:
-            sent.clear()
-        sent[job.job_id] = (job, difficulty)
-        if len(sent) > self.settings.max_sent_jobs:
-            sent.popitem(last=False)
+        self._remember(job.job_id, job, difficulty, event.clean_jobs)
         return self.conn.notify_job(event, line)
 
     def resend_current(self, now: float) -> bytes:

@@ -230,7 +230,7 @@ class StratumServer:
         )
         self.sessions[conn_id] = session
         self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
-        session.core.log.info("connected")
+        session.core.info("connected")
 
     def forget(self, session: Session) -> None:
         """The connection is gone: free its slot, extranonce1 and worker counts."""
@@ -244,7 +244,7 @@ class StratumServer:
         self.ctx.extranonces.release(core.extranonce1)
         for creds in core.workers.values():
             self.ctx.worker_disconnected(creds)
-        core.log.info("disconnected", reason=core.close_reason)
+        core.info("disconnected", reason=core.close_reason)
 
     # -- bans -------------------------------------------------------------------------------------
     def use_bans(self, path: Path, bans: Bans) -> None:

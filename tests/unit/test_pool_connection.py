@@ -270,7 +270,7 @@ def test_broadcast_job_equals_the_general_path() -> None:
         event = notify_event(job, job.job_id, job.clean)
         notify = (event, encode_notification(event))
         assert fast.broadcast_job(job, notify, NOW) == slow.on_job(job, NOW, notify=notify)
-        assert list(fast.sent) == list(slow.sent)
+        assert fast.sent == slow.sent and fast.sent_difficulty == slow.sent_difficulty
         assert idle.broadcast_job(job, notify, NOW) == b""
     fast.vardiff.suggest(0.5, NOW)
     job = make_job(ctx.jobs, clean=True)

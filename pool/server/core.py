@@ -34,7 +34,7 @@ from pool.server.auth import AuthError, Credentials, parse_credentials
 from pool.server.context import PoolContext
 from pool.shares import Reject, ShareResult, judge_share
 from pool.vardiff import Vardiff, VardiffConfig
-from stratum.connection import ServerConnection
+from stratum.connection import ConnState, ServerConnection
 from stratum.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from stratum.events import (
     Authorize,
@@ -112,6 +112,7 @@ class PoolConnection:
     __slots__ = (
         "_close_reason",
         "_next_tick",
+        "_resend_due",
         "closing",
         "conn",
         "conn_id",
@@ -157,6 +158,7 @@ class PoolConnection:
         self.connected_at = now
         self.last_request = now
         self._next_tick = now + settings.tick_seconds
+        self._resend_due = False
         self.closing = False
         self._close_reason = ""
         self.user_agent: str | None = None
@@ -178,11 +180,16 @@ class PoolConnection:
         return self._close_reason
 
     def close(self, reason: str) -> None:
-        """Nothing more is received or sent; the adapter closes the socket."""
+        """Nothing more is read and no new job goes out; answers still owed (accepted shares
+        waiting for the ledger) may still be made, then the adapter closes the socket and
+        calls ``finished``."""
         if not self.closing:
             self.closing = True
             self._close_reason = reason
-            self.conn.close()
+
+    def finished(self) -> None:
+        """The socket is closed: the protocol state machine is closed too."""
+        self.conn.close()
 
     # -- receiving --------------------------------------------------------------------------------
     def receive_data(self, data: bytes, now: float) -> tuple[list[bytes | ShareEvent], int]:
@@ -269,6 +276,7 @@ class PoolConnection:
         if type(verdict) is tuple:
             reject, message = verdict
             return self._rejected(req, creds, reject, (reject.code, message))
+        self.invalid_in_row = 0  # a valid share ends the run (whatever the ledger says later)
         # tuple.__new__ directly: a NamedTuple's own __new__ is a Python-level lambda
         return _new_tuple(ShareEvent, (req, verdict, creds))
 
@@ -280,17 +288,25 @@ class PoolConnection:
         return self.conn.answer_submit(req, error)
 
     def share_recorded(self, event: ShareEvent, recorded: bool, now: float) -> bytes:
-        """The ledger has the share (``recorded``) or could not record it: the answer, and on
-        a vardiff change the new difficulty with the current job again."""
-        if self.closing:
+        """The ledger has the share (``recorded``) or could not record it: its answer (also
+        when the pool is closing the connection; not once the miner's side is gone). A vardiff
+        change it causes is only noted: ``take_resend`` makes the new difficulty and job,
+        which the adapter must send after everything already queued (the difficulty in force
+        for each job id is the one the miner saw last before that job's notify)."""
+        if self.conn.state is ConnState.CLOSED:
             return b""
         if not recorded:
             return self.conn.answer_submit(event.request, NOT_RECORDED)
-        self.invalid_in_row = 0
-        answer = self.conn.answer_submit(event.request, None)
         if self.vardiff.on_share(event.result.difficulty, now) is not None:
-            answer += self.resend_current(now)
-        return answer
+            self._resend_due = True
+        return self.conn.answer_submit(event.request, None)
+
+    def take_resend(self, now: float) -> bytes:
+        """The current job with the new difficulty, if share_recorded saw vardiff move."""
+        if not self._resend_due:
+            return b""
+        self._resend_due = False
+        return self.resend_current(now)
 
     def _request(self, event: ClientRequest, now: float, out: list[bytes | ShareEvent]) -> None:
         conn = self.conn

@@ -294,11 +294,17 @@ class StratumServer:
         sent = 0
         for session in list(self.sessions.values()):
             core = session.core
-            if core is not None:
+            if core is None:
+                continue
+            try:
                 data = core.broadcast_job(job, notify, now)
-                if data:
-                    session.send(data)
-                    sent += 1
+            except Exception as exc:  # one connection's fault: drop it, the others get the job
+                log.exception("job_not_sent", conn_id=session.conn_id, error=repr(exc))
+                session.abort(f"internal error sending a job: {exc!r}")
+                continue
+            if data:
+                session.send(data)
+                sent += 1
         log.info(
             "job_published",
             job_id=job.job_id,
@@ -350,8 +356,12 @@ class StratumServer:
             log.error("shares_not_recorded", shares=len(shares), error=repr(failure))
             outcome.set_result([False] * len(shares))
             return
-        self.ctx.count_accepted(shares, now)
-        outcome.set_result([True] * len(shares))
+        try:
+            self.ctx.count_accepted(shares, now)
+        except Exception as exc:  # the shares are durable: counting must not hold the answers
+            log.exception("shares_not_counted", shares=len(shares), error=repr(exc))
+        finally:
+            outcome.set_result([True] * len(shares))
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -395,9 +405,13 @@ class StratumServer:
                 core = session.core
                 if core is None or now < core.next_timer():
                     continue
-                session.send(core.handle_timer(now))
+                try:
+                    session.send(core.handle_timer(now))
+                except Exception as exc:  # that connection's fault: the loop goes on
+                    log.exception("timer_failed", conn_id=session.conn_id, error=repr(exc))
+                    core.close(f"internal error: {exc!r}")
                 if core.closing:
-                    session.abort(core.close_reason)
+                    session.close(core.close_reason)
             if now - last_summary >= REJECT_SUMMARY_SECONDS:
                 last_summary = now
                 self._log_reject_summary()

@@ -16,6 +16,7 @@ from pool.server.auth import Credentials
 from pool.server.core import CoreSettings, PoolConnection, ShareEvent
 
 _Batch = list[bytes | ShareEvent]
+CLOSE_GRACE_SECONDS = 5.0  # a closed connection's unsent data waits this long for the peer
 
 
 class SessionHost(Protocol):
@@ -92,10 +93,11 @@ class Session(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closed:
-            self.closed = True
-            if self.core is not None and not self.core.closing:
+        self.closed = True
+        if self.core is not None:
+            if not self.core.closing:
                 self.core.close(f"connection error: {exc}" if exc else "peer closed")
+            self.core.finished()
         self.server.forget(self)
 
     # -- writing ----------------------------------------------------------------------------------
@@ -125,9 +127,21 @@ class Session(asyncio.Protocol):
                 recorded = iter(outcome.result() if not outcome.cancelled() else ())
                 for i, item in enumerate(items):
                     if type(item) is ShareEvent:
-                        items[i] = core.share_recorded(item, next(recorded, False), now)
+                        try:
+                            items[i] = core.share_recorded(item, next(recorded, False), now)
+                        except Exception as exc:  # never leave the queue stuck on one entry
+                            items[i] = b""
+                            core.close(f"internal error answering a share: {exc!r}")
             del queue[0]
             chunks.extend(items)  # type: ignore[arg-type]
+        # A difficulty change made now goes after everything made before it (still queued or
+        # just written), so the miner applies each difficulty to the jobs the pool judges at it.
+        resend = b"" if core.closing else core.take_resend(now)
+        if resend:
+            if queue:
+                queue.append(([resend], None))
+            else:
+                chunks.append(resend)
         if chunks:
             self.write(b"".join(chunks))
         if core.closing and not queue:
@@ -143,20 +157,29 @@ class Session(asyncio.Protocol):
             self.write(data)
 
     def abort(self, reason: str) -> None:
-        """Close now (what was written is flushed by the transport unless it is stuck)."""
+        """Close now: what was written is flushed by the transport if the peer reads it
+        within CLOSE_GRACE_SECONDS, else the connection is reset."""
         if self.closed:
             return
         self.closed = True
         if self.core is not None:
             self.core.close(reason)
         transport = self.transport
-        if transport is not None:
-            if transport.get_write_buffer_size() > self.server.send_queue_bytes:
-                transport.abort()
-            else:
-                transport.close()
+        if transport is None:
+            return
+        buffered = transport.get_write_buffer_size()
+        if buffered > self.server.send_queue_bytes:
+            transport.abort()
+            return
+        transport.close()
+        if buffered:  # a peer that stops reading must not keep its slot: reset it in a while
+            asyncio.get_running_loop().call_later(CLOSE_GRACE_SECONDS, transport.abort)
 
     def close(self, reason: str = "closed by the pool") -> None:
+        """Close once the answers still owed (shares waiting for the journal) are written."""
+        if self.core is not None and self._queue:
+            self.core.close(reason)  # flush closes the socket when the queue is empty
+            return
         self.abort(reason)
 
     # -- what the server and the API use -----------------------------------------------------

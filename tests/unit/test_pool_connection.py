@@ -179,7 +179,10 @@ def test_vardiff_change_sends_difficulty_then_the_job_again() -> None:
         items, _ = core.receive_data(submit(job.job_id, n, id=100 + n), now)
         event = items[0]
         assert isinstance(event, ShareEvent)
-        answers += core.share_recorded(event, True, now)
+        answer = core.share_recorded(event, True, now)
+        assert answer.count(b"\n") == 1  # only the answer: a new difficulty comes separately
+        answers += answer + core.take_resend(now)
+        assert core.take_resend(now) == b""
     msgs = [json.loads(x) for x in answers.splitlines()]
     changes = [m for m in msgs if m.get("method") == "mining.set_difficulty"]
     assert changes and changes[0]["params"][0] > 1e-12
@@ -277,3 +280,28 @@ def test_broadcast_job_equals_the_general_path() -> None:
     event = notify_event(job, job.job_id, True)
     data = fast.broadcast_job(job, (event, encode_notification(event)), NOW)
     assert data.count(b"mining.set_difficulty") == 1 and data.count(b"mining.notify") == 1
+
+
+def test_answers_owed_are_still_made_when_the_connection_is_closing() -> None:
+    """Accepted shares followed, in the same read, by enough invalid ones to close: the
+    credited shares are still answered (not silently dropped)."""
+    core, _, job = setup(difficulty=1e-12, max_invalid_in_row=3)
+    handshake(core)
+    data = submit(job.job_id, 1, id=1) + b"".join(submit("stale", n, id=10 + n) for n in range(5))
+    items, shares = core.receive_data(data, NOW)
+    assert shares == 1 and core.closing
+    event = items[0]
+    assert isinstance(event, ShareEvent)
+    assert json.loads(core.share_recorded(event, True, NOW))["result"] is True
+    assert core.on_job(job, NOW) == b""  # but nothing new goes out
+    core.finished()
+    assert core.share_recorded(event, True, NOW) == b""  # the socket is gone
+
+
+def test_a_valid_share_ends_a_run_of_invalid_ones_when_judged() -> None:
+    core, _, job = setup(difficulty=1e-12, max_invalid_in_row=4)
+    handshake(core)
+    run = b"".join(submit("stale", n, id=n) for n in range(3))
+    _, shares = core.receive_data(run + submit(job.job_id, 1, id=50) + run, NOW)
+    assert shares == 1
+    assert not core.closing and core.invalid_in_row == 3  # 3 + valid + 3, not 6

@@ -33,7 +33,8 @@ class BufferedLogger:
         self.stream = stream
         self._lines: list[str] = []
         self._size = 0
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the buffer (held for an append or a swap only)
+        self._write_lock = threading.Lock()  # one writer at a time, so batches keep their order
 
     def _buffer(self, message: str) -> None:
         with self._lock:
@@ -48,10 +49,11 @@ class BufferedLogger:
         self.flush()
 
     def flush(self) -> None:
-        with self._lock:
-            if not self._lines:
-                return
-            lines, self._lines, self._size = self._lines, [], 0
+        with self._write_lock:
+            with self._lock:  # a slow stream never holds up the event loop's info() calls
+                if not self._lines:
+                    return
+                lines, self._lines, self._size = self._lines, [], 0
             try:
                 self.stream.write("\n".join(lines) + "\n")
                 self.stream.flush()

@@ -124,8 +124,9 @@ def record_for_share(
 ) -> dict[str, Any]:
     """The journal record of one accepted share: everything needed to recompute its credit.
 
-    A block candidate journaled before its submission (``submission`` None) carries a
-    ``block`` entry with status ``submitted``; with a submission (the older order: submitted
+    A block candidate journaled while its submission is under way (``submission`` None: the
+    server submits it at once, in the background) carries a ``block`` entry with status
+    ``submitted``; with a submission (the older order: submitted
     first), only a tracked outcome (accepted, inconclusive, failed) carries one."""
     job = result.job
     assert job is not None

@@ -48,6 +48,7 @@ BlockListener = Callable[[ShareResult, Credentials | None, float, BlockSubmissio
 TICK_SECONDS = 1.0  # connection deadlines are checked this often
 PRUNE_SECONDS = 300.0
 REJECT_SUMMARY_SECONDS = 60.0  # rejected shares are logged as one summary this often
+NOT_RECORDED_LOG_SECONDS = 1.0  # shares the ledger refused: at most one error line this often
 
 
 class StratumServer:
@@ -80,6 +81,8 @@ class StratumServer:
         self.bound_ports: list[int] = []
         self.accepting = True
         self.send_queue_bytes = config.limits.send_queue_bytes
+        self._not_recorded = 0  # shares the ledger refused since the last log line about it
+        self._not_recorded_logged = 0.0
         # Bans (the admin API edits them; saved to ``bans_path`` when set, see bans.py): IPs
         # refused at accept; worker names or bare addresses (all of that address's workers)
         # refused at authorize.
@@ -353,7 +356,15 @@ class StratumServer:
         failure: object,
     ) -> None:
         if failure is not None:  # not recorded (e.g. the ledger's disk): never "accepted"
-            log.error("shares_not_recorded", shares=len(shares), error=repr(failure))
+            self._not_recorded += len(shares)
+            if now - self._not_recorded_logged >= NOT_RECORDED_LOG_SECONDS:
+                log.error(
+                    "shares_not_recorded",
+                    shares=self._not_recorded,
+                    seconds=NOT_RECORDED_LOG_SECONDS,
+                    error=repr(failure),
+                )
+                self._not_recorded, self._not_recorded_logged = 0, now
             outcome.set_result([False] * len(shares))
             return
         try:

@@ -69,7 +69,7 @@ async def crowded(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[dic
         ledger=ledger,
         network=REGTEST,
         rpc=None,
-        _watch_task=None,
+        watcher_task=None,
         chain_sim=None,
     )
     api = ApiServer(app)  # type: ignore[arg-type]

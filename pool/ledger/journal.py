@@ -409,7 +409,8 @@ class Journal:
 
     async def _fsync(self) -> None:
         # a task of its own, so close() can wait for it even if the writer was cancelled
-        task = asyncio.ensure_future(asyncio.to_thread(os.fsync, self._fd))
+        # run_in_executor, not to_thread: a plain future, no task and no context copy per batch
+        task = asyncio.get_running_loop().run_in_executor(None, os.fsync, self._fd)
         self._fsync_task = task
         self._dirty = False
         try:

@@ -41,7 +41,8 @@ from pool.ledger.aggregates import (
     Reserve,
     ShareRecord,
 )
-from pool.ledger.journal import Journal, JournalPosition, read_records, segment_files
+from pool.ledger.journal import Journal, JournalPosition, segment_files
+from pool.ledger.journal_read import read_records
 from pool.ledger.pps import Scheme, block_value, expected_blocks, share_value
 from pool.ledger.retention import remove_expired_segments
 from pool.ledger.store import Store

@@ -18,7 +18,7 @@ import pytest_asyncio
 from pool.api.metrics import CONTENT_TYPE
 from pool.bitcoin import DIFF1_TARGET, target_to_difficulty
 from pool.hashrate import HASHES_PER_DIFF1
-from pool.ledger.journal import read_records
+from pool.ledger.journal_read import read_records
 from pool.ledger.pps import format_btc
 from pool.ledger.store import Store
 from pool.node.managed import ManagedNode

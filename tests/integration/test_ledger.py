@@ -17,7 +17,7 @@ import pytest_asyncio
 
 from pool.bitcoin.target import DIFF1_TARGET
 from pool.config import ChainConfig, LedgerConfig, PortConfig, SimulationConfig, VardiffSettings
-from pool.ledger.journal import read_records
+from pool.ledger.journal_read import read_records
 from pool.ledger.payouts import btc_to_sat
 from pool.ledger.store import Store
 from pool.miner import Miner, MinerOptions

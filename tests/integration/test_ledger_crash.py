@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from pool.ledger.journal import read_records
+from pool.ledger.journal_read import read_records
 from pool.ledger.store import Store
 from pool.node.binaries import Binaries
 from pool.node.managed import ManagedNode, free_port

@@ -25,7 +25,7 @@ from pool.bitcoin import REGTEST, address_to_script
 from pool.config import LedgerConfig
 from pool.jobs import Job, JobConfig, Template, build_job
 from pool.ledger.aggregates import CONFIRMED, ORPHANED, PENDING, REJECTED
-from pool.ledger.journal import read_records
+from pool.ledger.journal_read import read_records
 from pool.ledger.ledger import Ledger
 from pool.ledger.store import Store
 from pool.node.managed import ManagedNode

@@ -24,9 +24,9 @@ from pool.ledger.journal import (
     JournalError,
     JournalPosition,
     encode_frame,
-    read_records,
     segment_files,
 )
+from pool.ledger.journal_read import read_records
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -31,7 +31,7 @@ from pool.server.bans import Bans
 from pool.server.context import PoolContext
 from pool.server.core import CoreSettings, PoolConnection, ShareEvent, notify_event
 from pool.server.session import Session
-from pool.shares import DuplicateFilter, ShareResult
+from pool.shares import ShareResult
 from pool.stats import FoundBlock, PoolStats
 from pool.vardiff import VardiffConfig
 from stratum.events import Notify
@@ -100,10 +100,6 @@ class StratumServer:
     @property
     def hashrate(self) -> HashrateBook:
         return self.ctx.hashrate
-
-    @property
-    def duplicates(self) -> DuplicateFilter:
-        return self.ctx.duplicates
 
     @property
     def banned_workers(self) -> set[str]:

@@ -12,7 +12,6 @@ import asyncio
 import time
 from typing import Protocol, cast
 
-from pool.server.auth import Credentials
 from pool.server.core import CoreSettings, PoolConnection, ShareEvent
 
 _Batch = list[bytes | ShareEvent]
@@ -182,11 +181,7 @@ class Session(asyncio.Protocol):
             return
         self.abort(reason)
 
-    # -- what the server and the API use -----------------------------------------------------
-    @property
-    def workers(self) -> dict[str, Credentials]:
-        return dict(self.core.workers) if self.core is not None else {}
-
+    # -- what the server uses ------------------------------------------------------------------
     def reconnect(self, host: str | None = None, port: int | None = None, wait: int = 0) -> None:
         if self.core is not None:
             self.send(self.core.reconnect(host, port, wait))

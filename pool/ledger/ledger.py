@@ -1,8 +1,10 @@
 """The ledger service: accepted shares -> journal -> store; found blocks; the PPS reserve.
 
-Order of events for an accepted share (``on_share``, awaited by the server BEFORE the miner is
-answered): the credit is computed (``pps``), the record is appended to the journal and the
-call returns once the journal has written it (and fsynced it, per ``ledger.journal_fsync``).
+Order of events for the accepted shares of one read (``journal_shares``, the server's share
+recorder, whose future the miner's answers wait for): each credit is computed (``pps``), the
+records are queued for the journal as one batch and the future is done once the journal has
+written them (and fsynced them, per ``ledger.journal_fsync``). ``on_shares`` and ``on_share``
+are the awaitable forms of the same step.
 The journal then hands every written batch, in journal order, to the store's thread
 (``StoreThread.apply_nowait``: queued, never awaited), which applies it to the store's open
 transaction; a timer commits the store with the journal position of the last applied record.

@@ -124,7 +124,7 @@ class ScenarioRun:
         self._target = app.chain_sim.target
         self.url = f"stratum+tcp://127.0.0.1:{app.server.bound_ports[0]}"
         self.dashboard = f"http://127.0.0.1:{app.api.port}/" if app.api and app.api.port else ""
-        app.server.block_listeners.insert(0, self._on_share)
+        app.server.block_listeners.insert(0, self._on_block)
         interval = self.spec.run.share_interval_seconds
         for m in self.spec.miners:
             self.records[m.name] = MinerRecord(
@@ -231,7 +231,7 @@ class ScenarioRun:
             log.info("scenario_end_reached", t=round(elapsed, 3), tail=self.spec.end.tail_seconds)
 
     # -- what the pool tells us -----------------------------------------------------------------
-    async def _on_share(
+    async def _on_block(
         self,
         result: ShareResult,
         creds: Credentials | None,

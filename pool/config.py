@@ -79,14 +79,32 @@ EVENT_LOOPS = ("asyncio", "uvloop")
 @dataclass(frozen=True)
 class LimitsConfig:
     max_line_bytes: int = 16384
-    handshake_timeout_seconds: float = 30.0  # time allowed to subscribe and authorize
-    idle_timeout_seconds: float = 600.0  # no message at all for this long: disconnect
+    handshake_timeout_seconds: float = 15.0  # time allowed to subscribe and authorize
+    idle_timeout_seconds: float = 600.0  # no useful request (valid share, login...) this long
     max_connections: int = 10000
     max_connections_per_ip: int = 256
     max_workers_per_connection: int = 64
     send_queue_bytes: int = 1 << 20  # a reader this far behind is dropped
     max_invalid_shares_in_row: int = 1000
     listen_backlog: int = 8192  # pending TCP connections per port (the kernel caps it at somaxconn)
+    # Abuse limits (pool/server/guard.py, core.py, context.py).
+    connect_rate_per_ip: float = 10.0  # new connections per IP per second, after the burst
+    connect_burst_per_ip: int = 100  # new connections one IP may open at once
+    max_unauthorized_per_ip: int = 16  # not yet authorized; over it the oldest is dropped
+    max_workers_per_address: int = 4096  # distinct live worker names per payout address
+    max_workers_per_ip: int = 4096  # distinct live worker names per IP
+    worker_idle_seconds: float = 7200.0  # stats of a worker gone and without shares this long
+    invalid_share_burst: int = 100  # rejected shares (decaying) before the first escalation
+    invalid_share_ratio: float = 0.5  # ... and only while rejected/all shares is over this
+    invalid_share_window_seconds: float = 60.0  # the decay time of those counts
+    ban_strikes: int = 3  # abusive drops of one IP (decaying) that ban it
+    strike_decay_seconds: float = 60.0  # one strike is forgiven this often
+    ban_seconds: float = 60.0  # the first temporary IP ban; doubled on each repeat
+    ban_max_seconds: float = 3600.0  # the longest temporary IP ban
+    ban_forgive_seconds: float = 3600.0  # one earlier ban forgotten per this long without one
+    max_tracked_ips: int = 65536  # IPs the guard keeps state for
+    log_lines_per_second: float = 5.0  # per kind of client-caused log line, after the burst
+    log_burst: int = 50
 
 
 @dataclass(frozen=True)
@@ -325,9 +343,33 @@ def validate(config: Config, where: str) -> None:
         "send_queue_bytes",
         "max_invalid_shares_in_row",
         "listen_backlog",
+        "connect_burst_per_ip",
+        "max_unauthorized_per_ip",
+        "max_workers_per_address",
+        "max_workers_per_ip",
+        "invalid_share_burst",
+        "ban_strikes",
+        "max_tracked_ips",
+        "log_burst",
     ):
         if getattr(limits, name) < 1:
             fail(f"limits.{name}", "must be at least 1")
+    for name in (
+        "connect_rate_per_ip",
+        "worker_idle_seconds",
+        "invalid_share_window_seconds",
+        "strike_decay_seconds",
+        "ban_seconds",
+        "ban_forgive_seconds",
+        "log_lines_per_second",
+    ):
+        if getattr(limits, name) <= 0:
+            fail(f"limits.{name}", "must be positive")
+    if not 0 < limits.invalid_share_ratio < 1:
+        fail("limits.invalid_share_ratio", "must be between 0 and 1 (exclusive)")
+    if limits.ban_max_seconds < limits.ban_seconds:
+        fail("limits.ban_max_seconds", "must be at least limits.ban_seconds")
+
     if limits.max_line_bytes < 512:
         fail("limits.max_line_bytes", "must be at least 512 (a submit line is ~200 bytes)")
     for name in ("handshake_timeout_seconds", "idle_timeout_seconds"):

@@ -202,6 +202,7 @@ class HashrateBook:
         self.pool = HashrateMeter(now, self.windows)
         self._workers: dict[str, HashrateMeter] = {}
         self._worker_address: dict[str, str] = {}
+        self._address_workers: dict[str, int] = {}  # workers mapped to each address
         self._addresses: dict[str, HashrateMeter] = {}
 
     def start_worker(self, worker: str, address: str, now: float) -> HashrateMeter:
@@ -210,7 +211,7 @@ class HashrateBook:
         A worker already known keeps its meter and history (a reconnect is not a new start); an
         address gets its meter when its first worker starts.
         """
-        self._worker_address[worker] = address
+        self._set_address(worker, address)
         if address not in self._addresses:
             self._addresses[address] = HashrateMeter(now, self.windows)
         meter = self._workers.get(worker)
@@ -227,10 +228,38 @@ class HashrateBook:
         meter = self._workers.get(worker)
         if meter is None or address not in self._addresses:
             meter = self.start_worker(worker, address, now)
-        self._worker_address[worker] = address
+        elif self._worker_address.get(worker) != address:
+            self._set_address(worker, address)
         meter.add(difficulty, now, count)
         self._addresses[address].add(difficulty, now, count)
         self.pool.add(difficulty, now, count)
+
+    def forget_worker(self, name: str) -> None:
+        """Drop a worker's meter; its address's meter too once no worker of it is left and it
+        never had a share (an address with shares keeps its history until ``prune``)."""
+        self._workers.pop(name, None)
+        address = self._set_address(name, None)
+        if address is not None and not self._address_workers.get(address):
+            meter = self._addresses.get(address)
+            if meter is not None and meter.last_share is None:
+                del self._addresses[address]
+
+    def _set_address(self, worker: str, address: str | None) -> str | None:
+        """Map ``worker`` to ``address`` (None: unmap), keeping the per-address worker counts;
+        returns the address it had."""
+        before = self._worker_address.get(worker)
+        if before == address:
+            return before
+        counts = self._address_workers
+        if before is not None:
+            counts[before] -= 1
+            if counts[before] <= 0:
+                del counts[before]
+            del self._worker_address[worker]
+        if address is not None:
+            self._worker_address[worker] = address
+            counts[address] = counts.get(address, 0) + 1
+        return before
 
     def worker(self, name: str) -> HashrateMeter | None:
         return self._workers.get(name)
@@ -277,8 +306,7 @@ class HashrateBook:
         cutoff = now - idle
         for name in [n for n, m in self._workers.items() if m.idle_since() < cutoff]:
             del self._workers[name]
-            self._worker_address.pop(name, None)
-        active = set(self._worker_address.values())
+            self._set_address(name, None)
         for addr in [a for a, m in self._addresses.items() if m.idle_since() < cutoff]:
-            if addr not in active:
+            if not self._address_workers.get(addr):
                 del self._addresses[addr]

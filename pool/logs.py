@@ -111,3 +111,49 @@ def configure(level: str = "info", fmt: str = "auto", stream: object = None) -> 
         logger_factory=lambda *args: logger,
         cache_logger_on_first_use=False,
     )
+
+
+CLIP_CHARS = 64  # echoed client input (worker names, job ids, methods, params) is cut here
+
+
+def clip(value: object, limit: int = CLIP_CHARS) -> str:
+    """Client input fit to echo in a log line or an error message: at most ``limit``
+    characters, then ``…(N bytes)`` giving the whole size."""
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}…({len(text.encode('utf-8', 'replace'))} bytes)"
+
+
+class LogLimiter:
+    """Rate limit for log lines a client can cause again and again (pure: the clock is
+    passed in). Per event name (a fixed, small set: never client input), a token bucket of
+    ``burst`` lines refilled at ``per_second``; lines over it are counted, and the next line
+    let through says how many were suppressed."""
+
+    __slots__ = ("_buckets", "burst", "per_second")
+
+    def __init__(self, per_second: float = 5.0, burst: int = 50) -> None:
+        self.per_second = per_second
+        self.burst = float(burst)
+        self._buckets: dict[str, list[float]] = {}  # event -> [tokens, stamp, suppressed]
+
+    def allow(self, event: str, now: float) -> int:
+        """-1: drop this line; else log it, with the count suppressed before it (0: none)."""
+        bucket = self._buckets.get(event)
+        if bucket is None:
+            bucket = self._buckets[event] = [self.burst, now, 0.0]
+        tokens = min(self.burst, bucket[0] + max(0.0, now - bucket[1]) * self.per_second)
+        bucket[1] = now
+        if tokens < 1.0:
+            bucket[0] = tokens
+            bucket[2] += 1
+            return -1
+        bucket[0] = tokens - 1.0
+        suppressed = int(bucket[2])
+        bucket[2] = 0.0
+        return suppressed
+
+    def suppressed(self) -> dict[str, int]:
+        """Lines suppressed and not yet reported, per event."""
+        return {event: int(b[2]) for event, b in self._buckets.items() if b[2]}

@@ -19,6 +19,7 @@ class WorkerStats:
     last_share: float | None = None
     difficulty: float = 0.0
     connections: int = 0
+    last_seen: float = 0.0  # its last connect or disconnect (idle workers are evicted)
 
 
 @dataclass

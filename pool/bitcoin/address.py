@@ -302,3 +302,16 @@ def address_to_script(address: str, network: Network) -> bytes:
             f"({network.name} uses {network.bech32_hrp!r})"
         ) from None
     return _base58_script(address, payload, network)
+
+
+def canonical_address(address: str, network: Network) -> tuple[str, bytes]:
+    """``address`` in its one canonical spelling, with the script it pays: bech32/bech32m in
+    lower case (BIP173: an all-upper-case address is the same address; mixed case is refused),
+    base58check as it is (its case is part of the encoding). Two spellings of one address
+    give the same canonical string, so bans and balances keyed on it cannot be split."""
+    script = address_to_script(address, network)
+    address = address.strip()
+    separator = address.rfind("1")
+    if separator > 0 and address[:separator].lower() in {n.bech32_hrp for n in NETWORKS}:
+        return address.lower(), script
+    return address, script

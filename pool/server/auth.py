@@ -1,7 +1,11 @@
 """Worker names and passwords (pure).
 
 A username is ``ADDRESS`` or ``ADDRESS.worker``: the address is where PPS pays, so it must be
-valid for the chain the pool runs on. The password is ignored except for options separated by
+valid for the chain the pool runs on. It is keyed in its canonical spelling (bech32 in lower
+case: an upper-case address is the same address, so it gets the same balance and the same
+bans); a username with spaces around it, control characters, an empty worker name after the
+dot or over ``MAX_USERNAME`` characters is refused with a message saying so (every echo of it
+cut to ``pool.logs.CLIP_CHARS``). The password is ignored except for options separated by
 commas or spaces: ``d=<number>`` fixes that worker's difficulty (clamped to the port's range).
 """
 
@@ -11,9 +15,14 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from pool.bitcoin import AddressError, Network, address_to_script
+from pool.bitcoin import AddressError, Network
+from pool.bitcoin.address import canonical_address
+from pool.logs import clip
 
 WORKER_NAME = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+MAX_ADDRESS = 90  # the longest bech32 string (BIP173)
+MAX_USERNAME = MAX_ADDRESS + 1 + 64
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class AuthError(ValueError):
@@ -23,7 +32,7 @@ class AuthError(ValueError):
 @dataclass(frozen=True, slots=True)
 class Credentials:
     username: str  # as sent, the key the miner uses in mining.submit
-    address: str
+    address: str  # canonical (bech32 lower case)
     worker: str  # "" when the username is a bare address
     payout_script: bytes
     fixed_difficulty: float | None
@@ -45,29 +54,43 @@ def parse_password(password: str) -> float | None:
             try:
                 value = float(raw)
             except ValueError:
-                raise AuthError(f"password option d={raw!r} is not a number") from None
+                raise AuthError(f"password option d={clip(raw)!r} is not a number") from None
             if not math.isfinite(value) or value <= 0:
-                raise AuthError(f"password option d={raw!r} must be a positive number")
+                raise AuthError(f"password option d={clip(raw)!r} must be a positive number")
             fixed = value
     return fixed
 
 
 def parse_credentials(username: str, password: str, network: Network) -> Credentials:
-    username = username.strip()
-    if not username:
+    if not username.strip():
         raise AuthError("empty username: use ADDRESS or ADDRESS.worker")
-    address, _, worker = username.partition(".")
+    if len(username) > MAX_USERNAME:
+        raise AuthError(
+            f"username {clip(username)} is too long: at most {MAX_USERNAME} characters "
+            "(ADDRESS.worker, worker name up to 64)"
+        )
+    if username != username.strip():
+        raise AuthError(f"username {clip(username)!r} has spaces around it: send it without them")
+    if _CONTROL.search(username):
+        raise AuthError(f"username {clip(username)!r} contains control characters")
+    address, dot, worker = username.partition(".")
+    if dot and not worker:
+        raise AuthError(
+            f"empty worker name after '.' in {clip(username)!r}: use ADDRESS or ADDRESS.worker"
+        )
     if worker and not WORKER_NAME.match(worker):
         raise AuthError(
-            f"worker name {worker!r} must be 1-64 characters of letters, digits, '_' or '-'"
+            f"worker name {clip(worker)!r} must be 1-64 characters of letters, digits, '_' or '-'"
         )
+    if len(address) > MAX_ADDRESS:
+        raise AuthError(f"address {clip(address)} is too long for an address")
     try:
-        script = address_to_script(address, network)
+        canonical, script = canonical_address(address, network)
     except AddressError as exc:
         raise AuthError(f"username must be ADDRESS or ADDRESS.worker: {exc}") from None
     return Credentials(
         username=username,
-        address=address,
+        address=canonical,
         worker=worker,
         payout_script=script,
         fixed_difficulty=parse_password(password),

@@ -19,6 +19,16 @@ Usage::
 Accepted shares are not answered by the core: the answer waits until the ledger has the
 share (a share is acknowledged only once it is durable). Rejected shares are answered at once
 and counted (no log line, no object, no formatted message per rejected share).
+
+Abuse (see also :mod:`pool.server.guard`): only useful requests (an accepted share, a valid
+subscribe, authorize, configure, suggest_difficulty...) reset the idle timer; bytes, partial
+lines, garbage and rejected shares do not. Rejected shares and bad requests raise a decaying
+count (time constant ``invalid_share_window``); once it passes half of
+``invalid_share_burst`` while bad ones are over ``invalid_share_ratio`` of all, the miner gets a
+fresh clean job; at ``invalid_share_burst`` its IP gets a strike and the connection is closed
+(after client.reconnect the first time; the guard bans an IP that keeps at it). Accepted
+shares weigh against it, so one cheap valid share resets nothing. Log lines a client can
+cause are rate-limited (``ctx.log_limiter``) and echo its input cut (``pool.logs.clip``).
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from typing import NamedTuple
 import structlog
 
 from pool.jobs import Job
+from pool.logs import clip
 from pool.server.auth import AuthError, Credentials, parse_credentials
 from pool.server.context import PoolContext
 from pool.shares import Reject, ShareResult, judge_share
@@ -80,6 +91,9 @@ class CoreSettings:
     max_ntime_ahead: int = 7200
     max_sent_jobs: int = 32
     tick_seconds: float = 2.0  # vardiff's idle decay and time-based retargets
+    invalid_share_burst: int = 100
+    invalid_share_ratio: float = 0.5
+    invalid_share_window: float = 60.0
 
 
 class ShareEvent(NamedTuple):
@@ -113,14 +127,19 @@ class PoolConnection:
         "_close_reason",
         "_next_tick",
         "_resend_due",
+        "bad",
+        "bad_at",
         "closing",
         "conn",
         "conn_id",
         "connected_at",
         "ctx",
         "difficulty_sent",
+        "escalate_at",
         "extranonce1",
+        "good",
         "invalid_in_row",
+        "ip",
         "last_request",
         "peer",
         "sent",
@@ -140,6 +159,7 @@ class PoolConnection:
         extranonce1: bytes,
         now: float,
         peer: str = "",
+        ip: str = "",
     ) -> None:
         self.ctx = ctx
         self.settings = settings
@@ -163,10 +183,26 @@ class PoolConnection:
         self._close_reason = ""
         self.user_agent: str | None = None
         self.peer = peer
+        self.ip = ip or peer.rpartition(":")[0]
+        # Bad requests and rejected shares vs accepted shares, decaying (see the module doc).
+        self.bad = 0.0
+        self.good = 0.0
+        self.bad_at = now
+        self.escalate_at = settings.invalid_share_burst / 2
 
     def info(self, event: str, **fields: object) -> None:
         """Log an event of this connection (its id and peer added; no bound logger is kept
         per connection: ~1 KiB less each, and fewer objects for the garbage collector)."""
+        log.info(event, conn_id=self.conn_id, peer=self.peer, **fields)
+
+    def note(self, event: str, now: float, **fields: object) -> None:
+        """``info`` for a line the client can cause again and again: rate-limited per event
+        (the next line let through counts the ones suppressed)."""
+        suppressed = self.ctx.log_limiter.allow(event, now)
+        if suppressed < 0:
+            return
+        if suppressed:
+            fields["suppressed"] = suppressed
         log.info(event, conn_id=self.conn_id, peer=self.peer, **fields)
 
     # -- state ------------------------------------------------------------------------------------
@@ -206,17 +242,23 @@ class PoolConnection:
             try:
                 event = conn.next_event()
             except RemoteProtocolError as exc:
-                self.info("protocol_error", error=exc.message)
-                self.close(f"protocol error: {exc.message}")
+                self.note("protocol_error", now, error=clip(exc.message))
+                self.close(f"protocol error: {clip(exc.message)}")
+                self.ctx.guard.strike(self.ip, now, "protocol error")
                 break
             kind = type(event)
             if kind is Submit:
-                self.last_request = now
                 answer = self._submit(event, now)  # type: ignore[arg-type]
                 out.append(answer)
                 if type(answer) is ShareEvent:
                     shares += 1
-                elif self.invalid_in_row >= self.settings.max_invalid_in_row:
+                    continue
+                self._bad(now)
+                if self.bad >= self.escalate_at:
+                    self._escalate(now, out)
+                    if self.closing:
+                        break
+                if self.invalid_in_row >= self.settings.max_invalid_in_row:
                     limit = self.settings.max_invalid_in_row
                     self.close(
                         f"{limit} invalid shares in a row (limits.max_invalid_shares_in_row)"
@@ -228,13 +270,21 @@ class PoolConnection:
             if kind is ConnectionClosed:
                 self.close("peer closed")
                 break
-            self.last_request = now
+            if kind is InvalidRequest or kind is UnknownMethod:
+                out.append(conn.reject(event))  # type: ignore[arg-type]
+                self._bad(now)
+                if self.bad >= self.escalate_at:
+                    self._escalate(now, out)
+                    if self.closing:
+                        break
+                continue
+            self.last_request = now  # a valid request: the miner is alive
             try:
                 self._request(event, now, out)  # type: ignore[arg-type]
             except LocalProtocolError as exc:
                 # A request the state machine will not let us answer normally (e.g. a second
                 # mining.subscribe): answer with an error instead of dropping the miner.
-                self.info("request_refused", error=exc.message, request=kind.__name__)
+                self.note("request_refused", now, error=exc.message, request=kind.__name__)
                 out.append(
                     conn.reply_error(
                         event,  # type: ignore[arg-type]
@@ -277,6 +327,8 @@ class PoolConnection:
             reject, message = verdict
             return self._rejected(req, creds, reject, (reject.code, message))
         self.invalid_in_row = 0  # a valid share ends the run (whatever the ledger says later)
+        self.good += 1.0
+        self.last_request = now
         # tuple.__new__ directly: a NamedTuple's own __new__ is a Python-level lambda
         return _new_tuple(ShareEvent, (req, verdict, creds))
 
@@ -286,6 +338,47 @@ class PoolConnection:
         self.invalid_in_row += 1
         self.ctx.count_rejected(creds, reject)
         return self.conn.answer_submit(req, error)
+
+    def _bad(self, now: float) -> None:
+        """One more rejected share or bad request; both counts decay first."""
+        elapsed = now - self.bad_at
+        if elapsed > 0:
+            decay = math.exp(-elapsed / self.settings.invalid_share_window)
+            self.bad *= decay
+            self.good *= decay
+            self.bad_at = now
+        self.bad += 1.0
+
+    def _escalate(self, now: float, out: list[bytes | ShareEvent]) -> None:
+        """Too many bad ones: a fresh job first, then a strike for the IP and a close (with
+        client.reconnect the first time). Nothing while they are a small part of the work."""
+        settings = self.settings
+        if self.bad <= settings.invalid_share_ratio * (self.bad + self.good):
+            return  # checked again at the next bad one
+        if self.escalate_at < settings.invalid_share_burst:
+            self.escalate_at = float(settings.invalid_share_burst)
+            self.note("abuse_fresh_job", now, bad=round(self.bad), good=round(self.good))
+            job = self.ctx.jobs.current
+            if job is not None and self.ready:
+                out.append(self.on_job(job, now, clean=True, job_id=self.ctx.jobs.next_id()))
+            return
+        guard = self.ctx.guard
+        earlier = guard.strikes(self.ip, now)
+        ban = guard.strike(self.ip, now, "invalid shares or bad requests")
+        if ban is None and earlier < 1.0:
+            out.append(self.reconnect())
+        self.note(
+            "abuse_dropped",
+            now,
+            bad=round(self.bad),
+            good=round(self.good),
+            strikes=round(earlier + 1, 2),
+            banned_seconds=ban.seconds if ban else None,
+        )
+        self.close(
+            f"too many invalid shares or bad requests ({round(self.bad)} of "
+            f"{round(self.bad + self.good)} recently; limits.invalid_share_burst)"
+        )
 
     def share_recorded(self, event: ShareEvent, recorded: bool, now: float) -> bytes:
         """The ledger has the share (``recorded``) or could not record it: its answer (also
@@ -322,7 +415,7 @@ class PoolConnection:
             before = self.vardiff.difficulty
             applied = self.vardiff.suggest(event.difficulty, now)
             out.append(conn.reply(event, True))
-            self.info("difficulty_suggested", suggested=event.difficulty, applied=applied)
+            self.note("difficulty_suggested", now, suggested=event.difficulty, applied=applied)
             if self.ready and applied != before:
                 out.append(self.resend_current(now))
         elif isinstance(event, ExtranonceSubscribe):
@@ -331,8 +424,6 @@ class PoolConnection:
             sent_job = self.sent.get(event.job_id or "")
             txs = [tx.data.hex() for tx in sent_job.template.transactions] if sent_job else []
             out.append(conn.reply(event, txs))
-        elif isinstance(event, UnknownMethod | InvalidRequest):
-            out.append(conn.reject(event))
 
     def _subscribe(self, req: Subscribe, now: float, out: list[bytes | ShareEvent]) -> None:
         self.user_agent = req.user_agent
@@ -340,7 +431,7 @@ class PoolConnection:
             resumed = self.ctx.extranonces.resume(self.extranonce1, req.session_id)
             if resumed is not None:
                 self.extranonce1 = resumed
-                self.info("session_resumed", session_id=req.session_id)
+                self.note("session_resumed", now, session_id=req.session_id)
         sid = self.extranonce1.hex()
         out.append(
             self.conn.subscribe_ok(
@@ -350,7 +441,8 @@ class PoolConnection:
                 subscription_id=sid,
             )
         )
-        self.info("subscribed", user_agent=req.user_agent, extranonce1=sid)
+        ua = None if req.user_agent is None else clip(req.user_agent)
+        self.note("subscribed", now, user_agent=ua, extranonce1=sid)
         out.append(self._first_job(now))
 
     def _authorize(self, req: Authorize, now: float, out: list[bytes | ShareEvent]) -> None:
@@ -365,22 +457,28 @@ class PoolConnection:
         try:
             creds = parse_credentials(req.username, req.password, self.ctx.network)
         except AuthError as exc:
-            self.info("authorize_refused", username=req.username[:100], reason=str(exc))
+            self.note("authorize_refused", now, username=clip(req.username), reason=str(exc))
             out.append(conn.reply_error(req, ErrorCode.UNAUTHORIZED, str(exc)))
             return
         if self.ctx.worker_banned(creds):
-            self.info("authorize_refused", username=creds.name, reason="banned")
+            self.note("authorize_refused", now, username=creds.name, reason="banned")
             message = f"worker {creds.name} is banned from this pool"
             out.append(conn.reply_error(req, ErrorCode.UNAUTHORIZED, message))
             return
+        known = creds.username in self.workers
+        refused = None if known else self.ctx.worker_refused(creds, self.ip)
+        if refused is not None:
+            self.note("authorize_refused", now, username=creds.name, reason=refused)
+            out.append(conn.reply_error(req, ErrorCode.UNAUTHORIZED, refused))
+            return
         first = not self.workers
-        if creds.username not in self.workers:
-            self.ctx.worker_connected(creds, now)
+        if not known:
+            self.ctx.worker_connected(creds, now, self.ip)
         self.workers[creds.username] = creds
         if creds.fixed_difficulty is not None:
             self.vardiff.fix(creds.fixed_difficulty)
         out.append(conn.authorize_ok(req, creds.username))
-        self.info("authorized", worker=creds.name, fixed_difficulty=creds.fixed_difficulty)
+        self.note("authorized", now, worker=creds.name, fixed_difficulty=creds.fixed_difficulty)
         if first:
             out.append(self._first_job(now))
 

@@ -25,11 +25,13 @@ from pool.bitcoin import Network
 from pool.config import Config, PortConfig
 from pool.hashrate import HashrateBook
 from pool.jobs import Job, JobTable
+from pool.logs import LogLimiter
 from pool.node.submit import BlockSubmission
 from pool.server.auth import Credentials
 from pool.server.bans import Bans
-from pool.server.context import PoolContext
+from pool.server.context import PoolContext, WorkerLimits
 from pool.server.core import CoreSettings, PoolConnection, ShareEvent, notify_event
+from pool.server.guard import GuardSettings, TempBan
 from pool.server.session import Session
 from pool.shares import ShareResult
 from pool.stats import FoundBlock, PoolStats
@@ -49,6 +51,7 @@ BlockListener = Callable[[ShareResult, Credentials | None, float, BlockSubmissio
 
 TICK_SECONDS = 1.0  # connection deadlines are checked this often
 PRUNE_SECONDS = 300.0
+GUARD_PRUNE_SECONDS = 30.0  # idle workers evicted and spent per-IP records forgotten this often
 REJECT_SUMMARY_SECONDS = 60.0  # rejected shares are logged as one summary this often
 NOT_RECORDED_LOG_SECONDS = 1.0  # shares the ledger refused: at most one error line this often
 
@@ -65,11 +68,28 @@ class StratumServer:
         self.config = config
         self.network = network
         self.jobs = jobs or JobTable(max_jobs=config.pool.max_jobs)
+        limits = config.limits
         self.ctx = PoolContext(
             network=network,
             jobs=self.jobs,
             extranonce1_size=config.pool.extranonce1_size,
             now=time.time(),
+            guard=GuardSettings(
+                connect_rate_per_ip=limits.connect_rate_per_ip,
+                connect_burst_per_ip=limits.connect_burst_per_ip,
+                ban_strikes=limits.ban_strikes,
+                strike_decay_seconds=limits.strike_decay_seconds,
+                ban_seconds=limits.ban_seconds,
+                ban_max_seconds=limits.ban_max_seconds,
+                ban_forgive_seconds=limits.ban_forgive_seconds,
+                max_tracked_ips=limits.max_tracked_ips,
+            ),
+            workers=WorkerLimits(
+                per_address=limits.max_workers_per_address,
+                per_ip=limits.max_workers_per_ip,
+                idle_seconds=limits.worker_idle_seconds,
+            ),
+            log_limiter=LogLimiter(limits.log_lines_per_second, limits.log_burst),
         )
         self.submit_block = submit_block
         self.share_recorder: ShareRecorder | None = None
@@ -80,6 +100,8 @@ class StratumServer:
         self._tick_task: asyncio.Task[None] | None = None
         self._conn_ids = itertools.count(1)
         self._per_ip: dict[str, int] = {}
+        # Connections not yet authorized, per IP, oldest first (over the cap the oldest goes).
+        self._unauthorized: dict[str, dict[int, Session]] = {}
         self.bound_ports: list[int] = []
         self.accepting = True
         self.send_queue_bytes = config.limits.send_queue_bytes
@@ -137,6 +159,9 @@ class StratumServer:
             max_invalid_in_row=limits.max_invalid_shares_in_row,
             max_ntime_ahead=cfg.stratum.max_ntime_ahead_seconds,
             max_sent_jobs=2 * self.jobs.max_jobs,
+            invalid_share_burst=limits.invalid_share_burst,
+            invalid_share_ratio=limits.invalid_share_ratio,
+            invalid_share_window=limits.invalid_share_window_seconds,
         )
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -195,26 +220,38 @@ class StratumServer:
         return Session(self, settings)
 
     def admit(self, session: Session) -> None:
-        """A new TCP connection: refuse it (closed at once, logged) or give it its core."""
+        """A new TCP connection: refuse it (closed at once, logged at a bounded rate) or give
+        it its core. Half-open connections never lock an IP out: over
+        ``max_unauthorized_per_ip`` (or at ``max_connections_per_ip``) the IP's oldest
+        connection not yet authorized is dropped to make room."""
         settings = session.settings
         transport = session.transport
         assert transport is not None
         ip = session.ip
         limits = self.config.limits
+        now = time.time()
         refusal = None
         if not self.accepting:
             refusal = "shutting down"
         elif ip in self.banned_ips:
             refusal = "banned IP"
+        elif (why := self.ctx.guard.admit(ip, now)) is not None:
+            refusal = why
         elif len(self.sessions) >= limits.max_connections:
             refusal = f"limits.max_connections ({limits.max_connections}) reached"
-        elif self._per_ip.get(ip, 0) >= limits.max_connections_per_ip:
+        elif self._per_ip.get(ip, 0) >= limits.max_connections_per_ip and not self._evict_half_open(
+            ip, f"limits.max_connections_per_ip ({limits.max_connections_per_ip}) reached"
+        ):
             refusal = f"limits.max_connections_per_ip ({limits.max_connections_per_ip}) reached"
         if refusal:
-            log.warning("connection_refused", peer=ip, reason=refusal)
+            self._log_limited("connection_refused", now, peer=ip, reason=refusal)
             session.closed = True
             transport.close()
             return
+        half_open = self._unauthorized.get(ip)
+        cap = min(limits.max_unauthorized_per_ip, limits.max_connections_per_ip)
+        if half_open is not None and len(half_open) >= cap:
+            self._evict_half_open(ip, f"limits.max_unauthorized_per_ip ({cap}) reached")
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -226,12 +263,33 @@ class StratumServer:
             settings,
             conn_id=conn_id,
             extranonce1=self.ctx.extranonces.allocate(),
-            now=time.time(),
+            now=now,
             peer=session.peer,
+            ip=ip,
         )
         self.sessions[conn_id] = session
         self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
-        session.core.info("connected")
+        self._unauthorized.setdefault(ip, {})[conn_id] = session
+        session.core.note("connected", now)
+
+    def _evict_half_open(self, ip: str, why: str) -> bool:
+        """Drop ``ip``'s oldest connection that is not authorized yet; False if it has none."""
+        half_open = self._unauthorized.get(ip)
+        if not half_open:
+            return False
+        conn_id = next(iter(half_open))
+        victim = half_open.pop(conn_id)
+        if not half_open:
+            del self._unauthorized[ip]
+        victim.abort(f"dropped, still not authorized, for a newer connection: {why}")
+        return True
+
+    def authorized(self, session: Session) -> None:
+        half_open = self._unauthorized.get(session.ip)
+        if half_open is not None:
+            half_open.pop(session.conn_id, None)
+            if not half_open:
+                del self._unauthorized[session.ip]
 
     def forget(self, session: Session) -> None:
         """The connection is gone: free its slot, extranonce1 and worker counts."""
@@ -242,10 +300,40 @@ class StratumServer:
         self._per_ip[ip] -= 1
         if not self._per_ip[ip]:
             del self._per_ip[ip]
+        self.authorized(session)  # off the half-open list, if still on it
         self.ctx.extranonces.release(core.extranonce1)
+        now = time.time()
         for creds in core.workers.values():
-            self.ctx.worker_disconnected(creds)
-        core.info("disconnected", reason=core.close_reason)
+            self.ctx.worker_disconnected(creds, now, ip)
+        core.note("disconnected", now, reason=core.close_reason)
+
+    def _log_limited(self, event: str, now: float, **fields: object) -> None:
+        suppressed = self.ctx.log_limiter.allow(event, now)
+        if suppressed >= 0:
+            log.warning(event, suppressed=suppressed, **fields)
+
+    # -- temporary IP bans (the guard's; in memory) -----------------------------------------------
+    def temp_bans(self) -> list[TempBan]:
+        """The temporary IP bans in force (soonest to end first)."""
+        return self.ctx.guard.bans(time.time())
+
+    def _enforce_new_bans(self, now: float) -> None:
+        """Log the guard's new bans and drop every live connection of those IPs."""
+        bans = self.ctx.guard.take_new_bans()
+        if not bans:
+            return
+        for ban in bans:
+            self._log_limited(
+                "ip_temp_banned",
+                now,
+                ip=ban.ip,
+                seconds=ban.seconds,
+                bans=ban.bans,
+                reason=ban.reason,
+            )
+        for session in list(self.sessions.values()):
+            if self.ctx.guard.banned(session.ip, now) is not None:
+                session.abort("IP temporarily banned")
 
     # -- bans -------------------------------------------------------------------------------------
     def use_bans(self, path: Path, bans: Bans) -> None:
@@ -419,7 +507,7 @@ class StratumServer:
 
     # -- time -------------------------------------------------------------------------------------
     async def _tick_loop(self) -> None:
-        last_prune = last_summary = time.time()
+        last_prune = last_summary = last_guard = time.time()
         while True:
             await asyncio.sleep(TICK_SECONDS)
             now = time.time()
@@ -434,6 +522,13 @@ class StratumServer:
                     core.close(f"internal error: {exc!r}")
                 if core.closing:
                     session.close(core.close_reason)
+            self._enforce_new_bans(now)
+            if now - last_guard >= GUARD_PRUNE_SECONDS:
+                last_guard = now
+                self.ctx.guard.prune(now)
+                evicted = self.ctx.evict_idle(now)
+                if evicted:
+                    log.info("idle_workers_evicted", workers=evicted)
             if now - last_summary >= REJECT_SUMMARY_SECONDS:
                 last_summary = now
                 self._log_reject_summary()

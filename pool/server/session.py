@@ -30,6 +30,9 @@ class SessionHost(Protocol):
     def forget(self, session: Session) -> None:
         """The connection is gone."""
 
+    def authorized(self, session: Session) -> None:
+        """The connection's first worker is authorized (it no longer counts as half-open)."""
+
     def record_shares(
         self, session: Session, items: list[bytes | ShareEvent]
     ) -> asyncio.Future[list[bool]]:
@@ -41,6 +44,7 @@ class Session(asyncio.Protocol):
 
     __slots__ = (
         "_queue",
+        "authed",
         "closed",
         "conn_id",
         "core",
@@ -60,6 +64,7 @@ class Session(asyncio.Protocol):
         self.ip = "?"
         self.peer = "?"
         self.closed = False
+        self.authed = False
         # Answers waiting for the journal: (batch, its shares' outcome or None), in read order
         # (a list: short-lived and short, where an empty deque alone is ~600 bytes).
         self._queue: list[tuple[_Batch, asyncio.Future[list[bool]] | None]] = []
@@ -78,6 +83,9 @@ class Session(asyncio.Protocol):
         if core is None or self.closed:
             return
         items, shares = core.receive_data(data, time.time())
+        if not self.authed and core.workers:
+            self.authed = True
+            self.server.authorized(self)
         if shares:
             self._queue.append((items, self.server.record_shares(self, items)))
         elif self._queue:

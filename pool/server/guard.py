@@ -1,0 +1,217 @@
+"""Per-IP abuse guard (pure: no asyncio, no sockets; the clock is passed in).
+
+One record per client IP (IPv6: per /64, the block one subscriber gets), kept only while it
+matters and never more than ``max_tracked_ips`` of them:
+
+* **Connection rate.** A token bucket: ``connect_burst_per_ip`` connections at once, then
+  ``connect_rate_per_ip`` per second. A connection over the rate is refused.
+* **Strikes.** Abuse a connection was dropped for (an invalid-share flood, a protocol error)
+  is one strike for its IP; connections refused for the rate are ``1/connect_burst_per_ip``
+  of a strike each, so a burst a farm makes on restart costs nothing lasting but a flood
+  does. Strikes leak away, one per ``strike_decay_seconds``.
+* **Temporary bans.** ``ban_strikes`` strikes ban the IP for ``ban_seconds``, doubled for each
+  earlier ban of the same IP (capped at ``ban_max_seconds``). The count of earlier bans drops
+  by one per ``ban_forgive_seconds`` without a ban (good behaviour). A ban survives
+  reconnects: every connection from the IP is refused until it ends. These bans live in
+  memory (a restart forgets them); the operator's bans (``bans.py``) are separate.
+
+Escalation per connection (in the core): a fresh job first, then ``client.reconnect`` and a
+drop; the drop is a strike here, so an IP that keeps coming back is dropped at once (no
+reconnect hint) and then banned.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class GuardSettings:
+    connect_rate_per_ip: float = 10.0
+    connect_burst_per_ip: int = 100
+    ban_strikes: float = 3.0
+    strike_decay_seconds: float = 60.0
+    ban_seconds: float = 60.0
+    ban_max_seconds: float = 3600.0
+    ban_forgive_seconds: float = 3600.0
+    max_tracked_ips: int = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class TempBan:
+    ip: str
+    until: float
+    seconds: float
+    bans: int  # how many times this IP was banned (this one included, less what was forgiven)
+    reason: str
+
+
+class _Record:
+    __slots__ = ("ban", "bans", "last_ban", "seen", "stamp", "strikes", "tokens")
+
+    def __init__(self, burst: float, now: float) -> None:
+        self.tokens = burst
+        self.stamp = now  # when tokens and strikes were last brought up to date
+        self.strikes = 0.0
+        self.ban: TempBan | None = None
+        self.bans = 0
+        self.last_ban = -math.inf
+        self.seen = now
+
+
+def ip_key(ip: str) -> str:
+    """The key an address is limited under: itself, or its /64 for IPv6."""
+    if ":" not in ip:
+        return ip
+    try:
+        addr = ipaddress.IPv6Address(ip.split("%", 1)[0])
+    except ValueError:
+        return ip
+    if addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return str(ipaddress.IPv6Network((int(addr) >> 64 << 64, 64)))
+
+
+class IpGuard:
+    """Connection rate, strikes and temporary bans per IP."""
+
+    def __init__(self, settings: GuardSettings | None = None) -> None:
+        self.settings = settings or GuardSettings()
+        self._records: dict[str, _Record] = {}
+        self.new_bans: list[TempBan] = []  # bans made since the server last took them
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def _record(self, key: str, now: float) -> _Record:
+        rec = self._records.get(key)
+        if rec is None:
+            while len(self._records) >= self.settings.max_tracked_ips:
+                self._evict_one(now)
+            rec = self._records[key] = _Record(float(self.settings.connect_burst_per_ip), now)
+        else:
+            self._update(rec, now)
+        rec.seen = now
+        return rec
+
+    def _evict_one(self, now: float) -> None:
+        """Make room: the oldest record that holds no ban (else the oldest of all)."""
+        for key, rec in self._records.items():
+            if rec.ban is None or rec.ban.until <= now:
+                del self._records[key]
+                return
+        del self._records[next(iter(self._records))]
+
+    def _update(self, rec: _Record, now: float) -> None:
+        s = self.settings
+        elapsed = now - rec.stamp
+        if elapsed <= 0:
+            return
+        rec.stamp = now
+        rec.tokens = min(
+            float(s.connect_burst_per_ip), rec.tokens + elapsed * s.connect_rate_per_ip
+        )
+        rec.strikes = max(0.0, rec.strikes - elapsed / s.strike_decay_seconds)
+        if rec.bans and now - rec.last_ban >= s.ban_forgive_seconds:
+            forgiven = int((now - rec.last_ban) // s.ban_forgive_seconds)
+            rec.bans = max(0, rec.bans - forgiven)
+            rec.last_ban += forgiven * s.ban_forgive_seconds
+
+    # -- queries ----------------------------------------------------------------------------------
+    def banned(self, ip: str, now: float) -> TempBan | None:
+        rec = self._records.get(ip_key(ip))
+        if rec is None or rec.ban is None:
+            return None
+        if rec.ban.until <= now:
+            rec.ban = None
+            return None
+        return rec.ban
+
+    def bans(self, now: float) -> list[TempBan]:
+        """The bans in force, soonest to end first."""
+        live = [r.ban for r in self._records.values() if r.ban is not None and r.ban.until > now]
+        return sorted(live, key=lambda b: b.until)
+
+    def strikes(self, ip: str, now: float) -> float:
+        rec = self._records.get(ip_key(ip))
+        if rec is None:
+            return 0.0
+        self._update(rec, now)
+        return rec.strikes
+
+    # -- events -----------------------------------------------------------------------------------
+    def admit(self, ip: str, now: float) -> str | None:
+        """A new connection from ``ip``: None to let it in, else why it is refused."""
+        rec = self._record(ip_key(ip), now)
+        if rec.ban is not None:
+            if rec.ban.until > now:
+                return (
+                    f"IP temporarily banned for {rec.ban.until - now:.0f} s more ({rec.ban.reason})"
+                )
+            rec.ban = None
+        if rec.tokens >= 1.0:
+            rec.tokens -= 1.0
+            return None
+        s = self.settings
+        self._strike(rec, ip_key(ip), now, 1.0 / s.connect_burst_per_ip, "connection flood")
+        return (
+            f"over limits.connect_rate_per_ip ({s.connect_rate_per_ip:g}/s, "
+            f"burst {s.connect_burst_per_ip})"
+        )
+
+    def strike(self, ip: str, now: float, reason: str, weight: float = 1.0) -> TempBan | None:
+        """Abuse a connection was dropped for; the ban it caused, if any."""
+        key = ip_key(ip)
+        return self._strike(self._record(key, now), key, now, weight, reason)
+
+    def _strike(
+        self, rec: _Record, key: str, now: float, weight: float, reason: str
+    ) -> TempBan | None:
+        if rec.ban is not None and rec.ban.until > now:
+            return None  # already banned: what its connections still do changes nothing
+        rec.strikes += weight
+        s = self.settings
+        if rec.strikes < s.ban_strikes - 1e-9:
+            return None
+        rec.strikes = 0.0
+        rec.bans += 1
+        rec.last_ban = now
+        seconds = min(s.ban_max_seconds, s.ban_seconds * 2.0 ** min(rec.bans - 1, 60))
+        ban = TempBan(ip=key, until=now + seconds, seconds=seconds, bans=rec.bans, reason=reason)
+        rec.ban = ban
+        self.new_bans.append(ban)
+        return ban
+
+    def unban(self, ip: str) -> bool:
+        """End a temporary ban now (the operator's unban); its repeat count stays."""
+        rec = self._records.get(ip_key(ip))
+        if rec is None or rec.ban is None:
+            return False
+        rec.ban = None
+        return True
+
+    def take_new_bans(self) -> list[TempBan]:
+        bans, self.new_bans = self.new_bans, []
+        return bans
+
+    def prune(self, now: float) -> int:
+        """Forget records that hold nothing any more (full bucket, no strikes, no ban, no
+        ban history left to forgive); how many were forgotten."""
+        s = self.settings
+        drop = []
+        for key, rec in self._records.items():
+            self._update(rec, now)
+            if rec.ban is not None and rec.ban.until <= now:
+                rec.ban = None
+            if (
+                rec.ban is None
+                and rec.bans == 0
+                and rec.strikes == 0.0
+                and rec.tokens >= s.connect_burst_per_ip
+            ):
+                drop.append(key)
+        for key in drop:
+            del self._records[key]
+        return len(drop)

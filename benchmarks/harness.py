@@ -168,6 +168,13 @@ def pool_config(
             "max_workers_per_connection": 128,
             "max_invalid_shares_in_row": 1_000_000_000,
             "handshake_timeout_seconds": 300.0,
+            # One load generator on one IP: the per-IP abuse limits would throttle it.
+            "connect_rate_per_ip": 1e9,
+            "connect_burst_per_ip": 1_000_000,
+            "max_unauthorized_per_ip": 30000,
+            "max_workers_per_ip": 10_000_000,
+            "max_workers_per_address": 10_000_000,
+            "invalid_share_burst": 1_000_000_000,
         },
         "vardiff": {"enabled": False},
         "ledger": {"payout_interval_seconds": 0.0},

@@ -13,7 +13,13 @@ import pytest
 from pool.app import PoolApp
 from pool.config import LimitsConfig
 from pool.node.managed import ManagedNode
-from tests.integration.harness import RawClient, pool_config, start_pool, wallet_address
+from tests.integration.harness import (
+    RawClient,
+    pool_config,
+    start_pool,
+    wait_for,
+    wallet_address,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -46,18 +52,45 @@ async def closed_by_pool(client: RawClient, timeout: float = 10.0) -> bool:
 
 
 async def test_connections_per_ip(regtest_node: ManagedNode, tmp_path: Path) -> None:
-    async with pool_with(regtest_node, tmp_path, max_connections_per_ip=2) as (_app, port, _):
+    async with pool_with(regtest_node, tmp_path, max_connections_per_ip=2) as (_app, port, addr):
         first, second = await RawClient.connect(port), await RawClient.connect(port)
-        third = await RawClient.connect(port)
+        await first.handshake(f"{addr}.one")
+        await second.handshake(f"{addr}.two")
+        third = await RawClient.connect(port)  # both slots authorized: refused
         assert await closed_by_pool(third, 5)
-        second.send(1, "mining.subscribe", [])
-        assert (await second.response(1))["result"] is not None  # the first two still work
+        second.send(9, "mining.extranonce.subscribe", [])
+        assert (await second.response(9))["result"] is True  # the first two still work
         await first.close()
-        await asyncio.sleep(0.2)
+        await wait_for(lambda: len(_app.server.sessions) == 1, 10, "a freed slot")  # type: ignore[union-attr]
         fourth = await RawClient.connect(port)
         fourth.send(1, "mining.subscribe", [])
         assert (await fourth.response(1))["result"] is not None  # a slot was freed
         for c in (second, fourth):
+            await c.close()
+
+
+async def test_half_open_connections_never_lock_an_ip_out(
+    regtest_node: ManagedNode, tmp_path: Path
+) -> None:
+    """At the per-IP cap, or over limits.max_unauthorized_per_ip, a new connection drops the
+    IP's oldest one that is still not authorized: a farm behind one IP always gets in."""
+    async with pool_with(
+        regtest_node, tmp_path, max_connections_per_ip=8, max_unauthorized_per_ip=3
+    ) as (app, port, addr):
+        assert app.server is not None
+        miner = await RawClient.connect(port)
+        await miner.handshake(f"{addr}.farm")
+        silent = [await RawClient.connect(port) for _ in range(3)]
+        await wait_for(lambda: len(app.server.sessions) == 4, 10, "4 sessions")  # type: ignore[union-attr]
+        late = await RawClient.connect(port)  # the 4th half-open one: the oldest goes
+        assert await closed_by_pool(silent[0], 5)
+        await late.handshake(f"{addr}.late")  # and the new miner logs in
+        silent += [await RawClient.connect(port) for _ in range(10)]  # a half-open flood
+        for c in silent[1:-3]:  # all but the newest 3, oldest first
+            assert await closed_by_pool(c, 10)
+        for c in (miner, late):
+            c.send(20, "mining.extranonce.subscribe", [])
+            assert (await c.response(20))["result"] is True
             await c.close()
 
 

@@ -515,3 +515,14 @@ def test_segwit_round_trip(hrp: str, version: int, program: bytes) -> None:
 def test_bech32_round_trip(data: list[int], encoding: Encoding) -> None:
     s = bech32_encode("test", data, encoding)
     assert bech32_decode(s) == ("test", data, encoding)
+
+
+def test_canonical_address_is_lower_case_bech32_and_base58_as_is() -> None:
+    from pool.bitcoin import MAINNET
+    from pool.bitcoin.address import canonical_address
+
+    bech = "bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4"
+    assert canonical_address(bech.upper(), MAINNET) == canonical_address(bech, MAINNET)
+    assert canonical_address(bech.upper(), MAINNET)[0] == bech
+    p2pkh = "1BvBMSEYstWetqTFn5Au4m4GFg7xJaNVN2"
+    assert canonical_address(p2pkh, MAINNET)[0] == p2pkh

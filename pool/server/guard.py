@@ -49,12 +49,13 @@ class TempBan:
 
 
 class _Record:
-    __slots__ = ("ban", "bans", "last_ban", "seen", "stamp", "strikes", "tokens")
+    __slots__ = ("ban", "bans", "last_ban", "seen", "stamp", "strike_stamp", "strikes", "tokens")
 
     def __init__(self, burst: float, now: float) -> None:
         self.tokens = burst
         self.stamp = now  # when tokens and strikes were last brought up to date
         self.strikes = 0.0
+        self.strike_stamp = now  # strikes are forgiven whole, one per strike_decay_seconds
         self.ban: TempBan | None = None
         self.bans = 0
         self.last_ban = -math.inf
@@ -113,7 +114,11 @@ class IpGuard:
         rec.tokens = min(
             float(s.connect_burst_per_ip), rec.tokens + elapsed * s.connect_rate_per_ip
         )
-        rec.strikes = max(0.0, rec.strikes - elapsed / s.strike_decay_seconds)
+        if rec.strikes:
+            forgiven = (now - rec.strike_stamp) // s.strike_decay_seconds
+            if forgiven >= 1:
+                rec.strikes = max(0.0, rec.strikes - forgiven)
+                rec.strike_stamp += forgiven * s.strike_decay_seconds
         if rec.bans and now - rec.last_ban >= s.ban_forgive_seconds:
             forgiven = int((now - rec.last_ban) // s.ban_forgive_seconds)
             rec.bans = max(0, rec.bans - forgiven)
@@ -171,6 +176,8 @@ class IpGuard:
     ) -> TempBan | None:
         if rec.ban is not None and rec.ban.until > now:
             return None  # already banned: what its connections still do changes nothing
+        if not rec.strikes:
+            rec.strike_stamp = now
         rec.strikes += weight
         s = self.settings
         if rec.strikes < s.ban_strikes - 1e-9:

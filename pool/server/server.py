@@ -25,7 +25,7 @@ from pool.bitcoin import Network
 from pool.config import Config, PortConfig
 from pool.hashrate import HashrateBook
 from pool.jobs import Job, JobTable
-from pool.logs import LogLimiter
+from pool.logs import LogLimiter, clip
 from pool.node.submit import BlockSubmission
 from pool.server.auth import Credentials
 from pool.server.bans import Bans
@@ -544,7 +544,7 @@ class StratumServer:
                 total=summary.total,
                 by_reason=summary.by_reason,
                 top_workers=[
-                    {"worker": (w or "(not authorized)")[:128], "reason": r, "count": c}
+                    {"worker": clip(w or "(not authorized)", 160), "reason": r, "count": c}
                     for w, r, c in summary.by_worker
                 ],
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -167,3 +168,69 @@ async def test_slow_reader_is_dropped(regtest_node: ManagedNode, tmp_path: Path)
             await asyncio.sleep(0.1)
         assert sessions() == 0, "the pool kept a connection that does not read its answers"
         writer.close()
+
+
+async def test_connection_rate_per_ip(regtest_node: ManagedNode, tmp_path: Path) -> None:
+    async with pool_with(
+        regtest_node, tmp_path, connect_burst_per_ip=3, connect_rate_per_ip=0.01
+    ) as (_, port, _a):
+        clients = [await RawClient.connect(port) for _ in range(4)]
+        assert await closed_by_pool(clients[3], 5)  # over the burst: refused
+        clients[0].send(1, "mining.subscribe", [])
+        assert (await clients[0].response(1))["result"] is not None
+        for c in clients[:3]:
+            await c.close()
+
+
+async def test_slow_loris_is_cut_by_the_idle_timeout(
+    regtest_node: ManagedNode, tmp_path: Path
+) -> None:
+    """Bytes that never make a useful request do not keep a connection: one byte at a time
+    of a line that never ends, and garbage lines, are cut at limits.idle_timeout_seconds."""
+    async with pool_with(regtest_node, tmp_path, idle_timeout_seconds=2.0) as (_, port, addr):
+        client = await RawClient.connect(port)
+        await client.handshake(f"{addr}.loris")
+        started = asyncio.get_running_loop().time()
+
+        async def drip() -> None:
+            with contextlib.suppress(ConnectionError):
+                for _ in range(100):
+                    client.send_raw(b"{")
+                    await client.writer.drain()
+                    await asyncio.sleep(0.2)
+
+        dripping = asyncio.create_task(drip())
+        assert await closed_by_pool(client, 15)
+        dripping.cancel()
+        assert asyncio.get_running_loop().time() - started < 10
+
+
+async def test_workers_per_ip(regtest_node: ManagedNode, tmp_path: Path) -> None:
+    async with pool_with(regtest_node, tmp_path, max_workers_per_ip=2) as (_, port, addr):
+        client = await RawClient.connect(port)
+        await client.handshake(f"{addr}.one")
+        client.send(3, "mining.authorize", [f"{addr}.two", "x"])
+        assert (await client.response(3))["result"] is True
+        client.send(4, "mining.authorize", [f"{addr}.three", "x"])
+        reply = await client.response(4)
+        assert reply["error"][0] == 24 and "max_workers_per_ip" in reply["error"][1]
+        await client.close()
+
+
+async def test_invalid_share_flood_gets_a_temporary_ip_ban(
+    regtest_node: ManagedNode, tmp_path: Path
+) -> None:
+    async with pool_with(
+        regtest_node, tmp_path, invalid_share_burst=10, ban_strikes=2, ban_seconds=30.0
+    ) as (app, port, addr):
+        assert app.server is not None
+        for _ in range(2):
+            client = await RawClient.connect(port)
+            await client.handshake(f"{addr}.bad")
+            for i in range(20):
+                client.send(10 + i, "mining.submit", [f"{addr}.bad", "nope", "00", "00", "00"])
+            assert await closed_by_pool(client, 5)
+        bans = app.server.temp_bans()
+        assert [b.ip for b in bans] == ["127.0.0.1"] and bans[0].seconds == 30.0
+        refused = await RawClient.connect(port)
+        assert await closed_by_pool(refused, 5)

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -319,6 +320,38 @@ async def test_session_resume_gives_back_extranonce1(pool: PoolApp) -> None:
         assert (await again.response(1))["result"][1] == extranonce1
     finally:
         await again.close()
+
+
+async def test_session_resume_across_a_pool_restart(
+    regtest_node: ManagedNode, tmp_path: Path, miner_address: str
+) -> None:
+    """The session id is the extranonce1 (as in ckpool): after a restart of the pool a miner
+    subscribing with its old one gets it back when no live connection has it."""
+    config = dataclasses.replace(
+        pool_config(regtest_node, tmp_path, miner_address), chain=NO_BLOCKS
+    )
+    app = await start_pool(config)
+    try:
+        first = await RawClient.connect(port_of(app))
+        first.send(1, "mining.subscribe", ["cpuminer/2.5.1"])
+        result = (await first.response(1))["result"]
+        session_id, extranonce1 = result[0][1][1], result[1]
+        assert session_id == extranonce1
+        await first.close()
+    finally:
+        await app.stop()
+    app = await start_pool(config)  # a new process state: nothing parked, nothing live
+    try:
+        again = await RawClient.connect(port_of(app))
+        again.send(1, "mining.subscribe", ["cpuminer/2.5.1", session_id])
+        assert (await again.response(1))["result"][1] == extranonce1
+        other = await RawClient.connect(port_of(app))  # the same id while it is live: a new one
+        other.send(1, "mining.subscribe", ["cpuminer/2.5.1", session_id])
+        assert (await other.response(1))["result"][1] != extranonce1
+        for c in (again, other):
+            await c.close()
+    finally:
+        await app.stop()
 
 
 async def test_several_workers_and_get_transactions(pool: PoolApp, miner_address: str) -> None:

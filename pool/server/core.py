@@ -34,8 +34,6 @@ cause are rate-limited (``ctx.log_limiter``) and echo its input cut (``pool.logs
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import NamedTuple
 
 import structlog
 
@@ -43,8 +41,9 @@ from pool.jobs import Job
 from pool.logs import clip
 from pool.server.auth import AuthError, Credentials, parse_credentials
 from pool.server.context import PoolContext
-from pool.shares import Reject, ShareResult, judge_share
-from pool.vardiff import Vardiff, VardiffConfig
+from pool.server.core_types import CoreSettings, ShareEvent, notify_event
+from pool.shares import Reject, judge_share
+from pool.vardiff import Vardiff
 from stratum.connection import ConnState, ServerConnection
 from stratum.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from stratum.events import (
@@ -67,59 +66,15 @@ from stratum.events import (
 )
 from stratum.notifications import encode_notification
 
+__all__ = ["NOT_RECORDED", "CoreSettings", "PoolConnection", "ShareEvent", "notify_event"]
+
 log = structlog.get_logger("pool.server.core")
+_new_tuple = tuple.__new__
 
 NOT_RECORDED = (int(ErrorCode.OTHER), "the pool could not record the share")
 _NOT_SUBSCRIBED = (Reject.NOT_SUBSCRIBED.code, Reject.NOT_SUBSCRIBED.message)
 _UNAUTHORIZED = (Reject.UNAUTHORIZED.code, Reject.UNAUTHORIZED.message)
 _STALE = (Reject.STALE.code, Reject.STALE.message)
-
-
-@dataclass(frozen=True, slots=True)
-class CoreSettings:
-    """Everything a connection needs from the config (one per port, shared)."""
-
-    extranonce2_size: int
-    version_rolling_mask: int
-    vardiff: VardiffConfig
-    start_difficulty: float
-    max_line_bytes: int = 16384
-    handshake_timeout: float = 30.0
-    idle_timeout: float = 600.0
-    max_workers: int = 64
-    max_invalid_in_row: int = 1000
-    max_ntime_ahead: int = 7200
-    max_sent_jobs: int = 32
-    tick_seconds: float = 2.0  # vardiff's idle decay and time-based retargets
-    invalid_share_burst: int = 100
-    invalid_share_ratio: float = 0.5
-    invalid_share_window: float = 60.0
-
-
-class ShareEvent(NamedTuple):
-    """An accepted share waiting for the ledger; its answer comes from ``share_recorded``."""
-
-    request: Submit
-    result: ShareResult
-    creds: Credentials
-
-
-_new_tuple = tuple.__new__
-
-
-def notify_event(job: Job, job_id: str, clean: bool) -> Notify:
-    params = job.notify_params()
-    return Notify(
-        job_id=job_id,
-        prevhash=params[1],
-        coinb1=params[2],
-        coinb2=params[3],
-        merkle_branch=tuple(params[4]),
-        version=params[5],
-        nbits=params[6],
-        ntime=params[7],
-        clean_jobs=clean,
-    )
 
 
 class PoolConnection:
@@ -278,13 +233,15 @@ class PoolConnection:
                     if self.closing:
                         break
                 continue
-            self.last_request = now  # a valid request: the miner is alive
+            useful_before = self.last_request
             try:
                 self._request(event, now, out)  # type: ignore[arg-type]
             except LocalProtocolError as exc:
+                self.last_request = useful_before  # refused: not a useful request
                 # A request the state machine will not let us answer normally (e.g. a second
                 # mining.subscribe): answer with an error instead of dropping the miner.
                 self.note("request_refused", now, error=exc.message, request=kind.__name__)
+                self._bad(now)
                 out.append(
                     conn.reply_error(
                         event,  # type: ignore[arg-type]
@@ -292,6 +249,8 @@ class PoolConnection:
                         exc.message,
                     )
                 )
+            if self.bad >= self.escalate_at:  # refused logins and requests count too
+                self._escalate(now, out)
             if self.closing:
                 break
         return out, shares
@@ -403,10 +362,12 @@ class PoolConnection:
 
     def _request(self, event: ClientRequest, now: float, out: list[bytes | ShareEvent]) -> None:
         conn = self.conn
+        if isinstance(event, Authorize):
+            self._authorize(event, now, out)  # only an accepted login counts as useful
+            return
+        self.last_request = now  # a valid request: the miner is alive
         if isinstance(event, Subscribe):
             self._subscribe(event, now, out)
-        elif isinstance(event, Authorize):
-            self._authorize(event, now, out)
         elif isinstance(event, Configure):
             out.append(
                 conn.configure_reply(event, pool_version_mask=self.settings.version_rolling_mask)
@@ -453,12 +414,14 @@ class PoolConnection:
                 f"too many workers on one connection (limits.max_workers_per_connection = {limit})"
             )
             out.append(conn.reply_error(req, ErrorCode.UNAUTHORIZED, message))
+            self._bad(now)
             return
         try:
             creds = parse_credentials(req.username, req.password, self.ctx.network)
         except AuthError as exc:
             self.note("authorize_refused", now, username=clip(req.username), reason=str(exc))
             out.append(conn.reply_error(req, ErrorCode.UNAUTHORIZED, str(exc)))
+            self._bad(now)
             return
         if self.ctx.worker_banned(creds):
             self.note("authorize_refused", now, username=creds.name, reason="banned")
@@ -470,6 +433,7 @@ class PoolConnection:
         if refused is not None:
             self.note("authorize_refused", now, username=creds.name, reason=refused)
             out.append(conn.reply_error(req, ErrorCode.UNAUTHORIZED, refused))
+            self._bad(now)
             return
         first = not self.workers
         if not known:
@@ -478,6 +442,7 @@ class PoolConnection:
         if creds.fixed_difficulty is not None:
             self.vardiff.fix(creds.fixed_difficulty)
         out.append(conn.authorize_ok(req, creds.username))
+        self.last_request = now
         self.note("authorized", now, worker=creds.name, fixed_difficulty=creds.fixed_difficulty)
         if first:
             out.append(self._first_job(now))

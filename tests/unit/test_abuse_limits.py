@@ -366,3 +366,20 @@ def test_session_resume_after_a_restart_gets_the_same_extranonce1_if_free() -> N
     items, _ = core.receive_data(line(1, "mining.subscribe", ["t/1", wanted.hex()]), NOW)
     assert answers(items)[0]["result"][1] == wanted.hex() and core.extranonce1 == wanted
     assert wanted != EN1
+
+
+def test_refused_requests_do_not_reset_the_idle_timer_and_escalate() -> None:
+    ctx, _ = context()
+    core = connection(ctx, idle_timeout=600.0, invalid_share_burst=20)
+    login(core)
+    # A refused login and a second subscribe (refused by the protocol) are not useful.
+    core.receive_data(line(7, "mining.authorize", ["nope", "x"]), NOW + 300)
+    core.receive_data(line(8, "mining.subscribe", []), NOW + 400)
+    core.handle_timer(NOW + 600)
+    assert core.closing and core.close_reason == "idle timeout"
+    # A login flood with made-up bad names is cut like an invalid-share flood.
+    core = connection(ctx, invalid_share_burst=20, conn_id=2)
+    login(core)
+    data = b"".join(line(10 + i, "mining.authorize", [f"bad{i}", "x"]) for i in range(30))
+    core.receive_data(data, NOW)
+    assert core.closing and "invalid_share_burst" in core.close_reason

@@ -372,9 +372,9 @@ def test_refused_requests_do_not_reset_the_idle_timer_and_escalate() -> None:
     ctx, _ = context()
     core = connection(ctx, idle_timeout=600.0, invalid_share_burst=20)
     login(core)
-    # A refused login and a second subscribe (refused by the protocol) are not useful.
+    # A refused login and a request with bad params are not useful.
     core.receive_data(line(7, "mining.authorize", ["nope", "x"]), NOW + 300)
-    core.receive_data(line(8, "mining.subscribe", []), NOW + 400)
+    core.receive_data(line(8, "mining.suggest_difficulty", ["x"]), NOW + 400)
     core.handle_timer(NOW + 600)
     assert core.closing and core.close_reason == "idle timeout"
     # A login flood with made-up bad names is cut like an invalid-share flood.

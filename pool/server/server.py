@@ -317,6 +317,13 @@ class StratumServer:
         """The temporary IP bans in force (soonest to end first)."""
         return self.ctx.guard.bans(time.time())
 
+    def lift_temp_ban(self, ip: str) -> bool:
+        """End ``ip``'s temporary ban now (an operator's unban); False if it had none."""
+        lifted = self.ctx.guard.unban(ip)
+        if lifted:
+            log.warning("ip_temp_ban_lifted", ip=ip)
+        return lifted
+
     def _enforce_new_bans(self, now: float) -> None:
         """Log the guard's new bans and drop every live connection of those IPs."""
         bans = self.ctx.guard.take_new_bans()

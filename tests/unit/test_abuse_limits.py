@@ -383,3 +383,37 @@ def test_refused_requests_do_not_reset_the_idle_timer_and_escalate() -> None:
     data = b"".join(line(10 + i, "mining.authorize", [f"bad{i}", "x"]) for i in range(30))
     core.receive_data(data, NOW)
     assert core.closing and "invalid_share_burst" in core.close_reason
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "says"),
+    [
+        ("connect_rate_per_ip", 0.0, "must be positive"),
+        ("connect_burst_per_ip", 0, "at least 1"),
+        ("max_unauthorized_per_ip", 0, "at least 1"),
+        ("max_workers_per_address", 0, "at least 1"),
+        ("max_workers_per_ip", 0, "at least 1"),
+        ("worker_idle_seconds", -1.0, "must be positive"),
+        ("invalid_share_burst", 0, "at least 1"),
+        ("invalid_share_ratio", 1.0, "between 0 and 1"),
+        ("invalid_share_window_seconds", 0.0, "must be positive"),
+        ("ban_strikes", 0, "at least 1"),
+        ("ban_seconds", 0.0, "must be positive"),
+        ("ban_max_seconds", 1.0, "at least limits.ban_seconds"),
+        ("max_tracked_ips", 0, "at least 1"),
+        ("log_lines_per_second", 0.0, "must be positive"),
+    ],
+)
+def test_abuse_limits_are_validated(key: str, value: object, says: str) -> None:
+    from pool.config import ConfigError, load
+
+    with pytest.raises(ConfigError, match=f"limits.{key}.*{says}"):
+        load(env={f"POOL_LIMITS_{key.upper()}": repr(value)})
+
+
+def test_abuse_limits_are_in_the_start_up_summary() -> None:
+    from pool.config import Config, limits_summary
+
+    summary = limits_summary(Config())
+    for key in ("connect_rate_per_ip", "max_unauthorized_per_ip", "ban_seconds", "log_burst"):
+        assert key in summary

@@ -208,7 +208,10 @@ class PoolConnection:
                 if type(answer) is ShareEvent:
                     shares += 1
                     continue
-                self._bad(now)
+                if self.bad_at == now:  # the common case in a flood: no decay, no call
+                    self.bad += 1.0
+                else:
+                    self._bad(now)
                 if self.bad >= self.escalate_at:
                     self._escalate(now, out)
                     if self.closing:

@@ -1,8 +1,9 @@
 """Abuse against a real pool process on a real regtest bitcoind, over real loopback sockets.
 
 Each attacker binds its own loopback address (Linux routes all of 127/8 to lo): the
-invalid-share flood comes from 127.0.0.2, the connection flood from 127.0.0.4, made-up
-workers from 127.0.1.x, while an honest miner on 127.0.0.3 keeps mining. The pool runs as a
+invalid-share flood comes from 127.0.0.2, the connection flood from 127.0.0.4, 256 half-open
+connections from 127.0.0.6 (where a farm's miner must still get in), made-up workers from
+127.0.1.x, while an honest miner on 127.0.0.3 keeps mining. The pool runs as a
 subprocess (``python -m pool run``) logging to a file, so its log growth and its resident
 memory (/proc/PID/status VmRSS) are measured from outside, as an operator would see them.
 
@@ -178,6 +179,31 @@ async def test_floods_from_one_ip_are_banned_while_another_ip_mines(
         probe.send(1, "mining.subscribe", [])
         assert await until_closed(probe, 10) == 0
 
+        # 256 half-open connections from one IP (connected, never a word): the farm behind
+        # that IP still gets in (the oldest half-open ones make room; the rate refills).
+        farm_ip = "127.0.0.6"
+        half_open = await asyncio.gather(
+            *(connect(port, farm_ip) for _ in range(256)), return_exceptions=True
+        )
+        farm_started = time.monotonic()
+        farm = None
+        while farm is None and time.monotonic() - farm_started < 30:
+            candidate = Honest(await connect(port, farm_ip), f"{address}.farm")
+            try:
+                await candidate.start()
+                farm = candidate
+            except (ConnectionError, TimeoutError):
+                candidate.client.writer.close()
+                await asyncio.sleep(0.2)
+        assert farm is not None, "the farm behind the half-open flood never got in"
+        farm_in = time.monotonic() - farm_started
+        for _ in range(3):
+            await farm.share()
+        assert farm.refused == [] and farm.accepted == 3
+        for c in half_open:
+            if isinstance(c, RawClient):
+                c.writer.close()
+
         # The honest miner from another IP was never disconnected and mined throughout.
         for _ in range(5):
             await honest.share()
@@ -186,7 +212,8 @@ async def test_floods_from_one_ip_are_banned_while_another_ip_mines(
         print(
             f"invalid-share flood banned after {banned_at:.1f} s ({rounds} rounds of 1000); "
             f"connection flood banned after {connector_banned:.1f} s ({opened} opened); "
-            f"log grew {growth} bytes; honest shares accepted {honest.accepted}"
+            f"log grew {growth} bytes; honest shares accepted {honest.accepted}; "
+            f"a farm behind 256 half-open connections got in after {farm_in:.1f} s"
         )
         assert growth < 1_000_000
 

@@ -354,6 +354,38 @@ async def test_session_resume_across_a_pool_restart(
         await app.stop()
 
 
+async def test_upper_case_address_is_one_identity_with_the_lower_case_one(
+    pool: PoolApp, miner_address: str
+) -> None:
+    """BIP173: an all-upper-case bech32 address is the same address. It logs in under the
+    canonical (lower-case) name, so it cannot split a balance or slip past an address ban;
+    'ADDR.' and padded names are refused at login with a clear error."""
+    assert pool.server is not None
+    upper = miner_address.upper()
+    client = await RawClient.connect(port_of(pool))
+    try:
+        await client.handshake(f"{upper}.caps")
+        assert f"{miner_address}.caps" in pool.server.stats.workers
+        assert f"{upper}.caps" not in pool.server.stats.workers
+        for i, bad in enumerate([f"{miner_address}.", f" {miner_address}.pad", f"{upper}.x\x01"]):
+            client.send(20 + i, "mining.authorize", [bad, "x"])
+            reply = await client.response(20 + i)
+            assert reply["result"] is None and reply["error"][0] == 24, reply
+        pool.server.banned_workers.add(miner_address)
+        try:
+            other = await RawClient.connect(port_of(pool))
+            other.send(1, "mining.subscribe", [])
+            await other.response(1)
+            other.send(2, "mining.authorize", [f"{upper}.evade", "x"])
+            reply = await other.response(2)
+            assert reply["error"][0] == 24 and "banned" in reply["error"][1]
+            await other.close()
+        finally:
+            pool.server.banned_workers.discard(miner_address)
+    finally:
+        await client.close()
+
+
 async def test_several_workers_and_get_transactions(pool: PoolApp, miner_address: str) -> None:
     client = await RawClient.connect(port_of(pool))
     try:

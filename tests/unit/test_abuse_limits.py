@@ -308,6 +308,7 @@ def test_made_up_workers_are_forgotten_and_idle_ones_evicted() -> None:
         for creds in core.workers.values():
             ctx.worker_disconnected(creds, NOW, IP)
     assert len(ctx.stats.workers) == 0 and ctx.hashrate.worker_count == 0
+    assert ctx.hashrate.addresses() == []  # no meter left for an address without shares
     assert ctx.live_workers == 0
     # A worker with accepted shares stays until idle for worker_idle_seconds.
     creds = parse_credentials(WORKER, "x", REGTEST)

@@ -114,6 +114,7 @@ class Supervisor:
             state.running = False
             if time.monotonic() - started >= STABLE_SECONDS:
                 backoff.reset()
+            backoff.initial, backoff.maximum = self.initial, max(self.initial, self.maximum)
             delay = backoff.next_delay()
             state.restarts += 1
             state.last_error, state.last_error_at = repr(error), time.time()

@@ -350,10 +350,7 @@ class ApiServer:
         else:
             checks["ledger"] = ledger.health()
             if ledger.degraded is not None:
-                reasons.append(
-                    f"pool storage unavailable, shares are refused: {ledger.degraded} "
-                    f"(retried with backoff)"
-                )
+                reasons.append(f"ledger degraded: {ledger.degraded} (retried with backoff)")
             if ledger.unrecorded:
                 reasons.append(
                     f"{len(ledger.unrecorded)} found block(s) not yet recorded (retried)"

@@ -374,7 +374,8 @@ class Journal:
     def _check_writable(self) -> None:
         if self._failed is not None:
             raise JournalError(
-                f"pool storage unavailable (journal: {self._failed!r})"
+                "pool storage unavailable, share not recorded "
+                f"(journal write failed: {self._failed!r}; retrying)"
             ) from self._failed
         if self._closing:
             raise JournalError("journal is closed")

@@ -144,9 +144,14 @@ class Ledger:
         """Why the ledger cannot record shares now (a storage fault it is retrying), or None."""
         journal = self.journal.degraded
         if journal is not None:
-            return f"the share journal cannot write: {journal}"
+            return (
+                f"pool storage unavailable, shares are refused: the journal cannot write: {journal}"
+            )
         if self.store.broken is not None:
-            return f"the ledger store cannot write: {self.store.broken}"
+            return (
+                "the ledger store cannot write (shares are still journaled and acknowledged; "
+                f"it re-applies them when it recovers): {self.store.broken}"
+            )
         return None
 
     def health(self) -> dict[str, Any]:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +49,21 @@ def ids(directory: Path, start: JournalPosition | None = None) -> list[int]:
     return [record["id"] for _, record in read_records(directory, start)]
 
 
+async def until(predicate: Callable[[], bool], seconds: float = 30.0) -> None:
+    """Wait for ``predicate`` (a condition, never a fixed sleep)."""
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out waiting for a condition"
+        await asyncio.sleep(0.005)
+
+
 def warnings(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [entry for entry in logs if entry["log_level"] == "warning"]
+    """The damage reports: a torn tail is a warning, a corrupt record an ERROR."""
+    found = [entry for entry in logs if entry["log_level"] in ("warning", "error")]
+    for entry in found:
+        level = "warning" if entry["event"] == "journal_torn_tail" else "error"
+        assert entry["log_level"] == level, entry
+    return found
 
 
 async def test_round_trip_batches_and_rotation(tmp_path: Path) -> None:
@@ -317,27 +332,47 @@ async def test_close_writes_what_is_pending(tmp_path: Path) -> None:
     assert ids(tmp_path) == list(range(20))
 
 
-async def test_a_write_error_fails_the_batch_and_the_journal(
+async def test_a_write_error_degrades_the_journal_until_it_recovers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    journal = Journal(tmp_path)
+    journal = Journal(tmp_path, retry_seconds=0.05, retry_max_seconds=0.2)
     await journal.open()
     await journal.append(share(0))
+    real_write, real_probe = journal_module._write_all, journal_module._probe
+    probes: list[float] = []
 
     def disk_full(fd: int, data: bytes) -> None:
+        os.write(fd, data[: len(data) // 2])  # a partial write, then the disk is full
+        raise OSError(28, "No space left on device")
+
+    def probe_full(directory: Path, policy: FsyncPolicy) -> None:
+        probes.append(time.monotonic())
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(journal_module, "_write_all", disk_full)
+    monkeypatch.setattr(journal_module, "_probe", probe_full)
     with capture_logs() as logs:
         results = await asyncio.gather(
             *(journal.append(share(i)) for i in range(1, 4)), return_exceptions=True
         )
-    assert all(isinstance(r, JournalError) for r in results)
-    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["journal_write_failed"]
-    with pytest.raises(JournalError, match="failed"):
-        await journal.append(share(9))  # never again after a failure
+        assert all(isinstance(r, JournalError) for r in results)
+        assert "No space left" in str(results[0])
+        assert journal.degraded is not None and journal.failures == 1
+        with pytest.raises(JournalError, match="pool storage unavailable"):
+            await journal.append(share(9))  # refused at once while degraded
+        await until(lambda: len(probes) >= 4)  # retried with backoff while the disk is full
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["journal_degraded"]
+    gaps = [b - a for a, b in itertools.pairwise(probes)]
+    assert gaps[-1] >= 0.15  # the delay grew to the maximum
+    monkeypatch.setattr(journal_module, "_write_all", real_write)
+    monkeypatch.setattr(journal_module, "_probe", real_probe)
+    await until(lambda: journal.degraded is None)  # space is back: it recovers by itself
+    assert journal.degraded is None and journal.recoveries == 1
+    assert journal.segment == 2  # a new segment after the fault
+    await journal.append(share(10))
     await journal.close()
-    assert ids(tmp_path) == [0]
+    # the half-written failed batch was cut off: nothing the miners were refused is replayed
+    assert ids(tmp_path) == [0, 10]
 
 
 async def test_a_cancelled_append_is_still_written(tmp_path: Path) -> None:

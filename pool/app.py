@@ -224,7 +224,7 @@ class PoolApp:
             await ledger.reconcile_chain(
                 rpc, payout_script=self.job_config.payout_script, pool_tag=self.job_config.pool_tag
             )
-        except (RpcError, LedgerError, OSError) as exc:
+        except Exception as exc:  # never stops the start: the scan is retried at the next
             log.error("chain_reconcile_failed", error=repr(exc))
 
     # -- simulated network difficulty (regtest) --------------------------------------------------

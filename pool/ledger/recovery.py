@@ -3,7 +3,8 @@
 ``UnrecordedBlocks``: a block whose recording failed (the store is degraded: disk full,
 read-only, locked) is kept in memory with its outcome and retried, with backoff, until the
 store takes it. What a crash loses from memory the chain still has: ``reconcile_chain`` (at
-start) scans the blocks since the last one the store holds (at most ``max_blocks``) for
+start) scans the blocks since the last one the store holds and since its last scan (at most
+``max_blocks``) for
 coinbases that carry the pool's tag in their scriptSig and pay the pool's payout script, and
 records any the store is missing (status ``pending``: ``check_blocks`` settles it; its share
 is not credited, as for any block whose share was not journaled).
@@ -20,6 +21,7 @@ import structlog
 
 from pool.bitcoin.target import bits_to_difficulty
 from pool.ledger.aggregates import ShareRecord
+from pool.ledger.store import Store
 from pool.node.rpc import BitcoinRpc
 from pool.tasks import Backoff
 
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("pool.ledger")
 
 SAT_PER_BTC = 100_000_000
+RECONCILED_KEY = "chain_reconciled_height"  # store meta: the chain was scanned up to here
 
 
 @dataclass
@@ -143,7 +146,13 @@ async def reconcile_chain(
     """Record the pool's blocks on the chain that the store is missing; their hashes."""
     tip = int(await rpc.call("getblockcount"))
     heights = [int(b["height"]) for b in store.aggregates.blocks.values()]
-    first = max(1, tip - max_blocks + 1, (max(heights) + 1) if heights else 1)
+    scanned = await store.run(Store.get_meta, RECONCILED_KEY)
+    first = max(
+        1,
+        tip - max_blocks + 1,
+        (max(heights) + 1) if heights else 1,
+        int(scanned) + 1 if scanned is not None else 1,
+    )
     found: list[str] = []
     for height in range(first, tip + 1):
         block_hash = str(await rpc.call("getblockhash", height))
@@ -176,6 +185,7 @@ async def reconcile_chain(
                 reward_sat=reward,
                 note="the pool's block was missing from the store: recorded now (pending)",
             )
+    await store.run(Store.set_meta, RECONCILED_KEY, str(tip))
     log.info(
         "chain_reconciled",
         scanned_from=first,

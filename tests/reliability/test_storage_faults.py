@@ -439,7 +439,12 @@ async def test_sqlite_locked_by_another_process_for_10_seconds(
     events = [e["event"] for e in rig.log_events()]
     assert "ledger_store_degraded" in events and "ledger_store_recovered" in events
     assert events.count("ledger_opened") == 1
-    print("sqlite lock: recovered", round(recovered, 2), "s after the lock was taken;", books)
+    print(
+        "sqlite lock: recovered",
+        round(recovered, 2),
+        "s after the lock was taken;",
+        {"told": books["told"], "journal": books["journal"], "blocks": len(books["blocks"])},
+    )
 
 
 async def test_start_with_a_read_only_journal_directory_is_a_clear_error(

@@ -28,7 +28,7 @@ from pool.ledger.journal import (
     encode_frame,
     segment_files,
 )
-from pool.ledger.journal_read import read_records
+from pool.ledger.journal_read import DAMAGE_TOTAL, Damage, read_records
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -498,3 +498,27 @@ async def test_append_many_fails_every_record_of_a_failed_write(tmp_path: Path) 
         await journal.append_many([share(9)])
     journal._fd = -1
     await journal.close()
+
+
+async def test_corrupt_records_are_counted_as_errors(tmp_path: Path) -> None:
+    positions = await write(tmp_path, 10)
+    (_, path) = segment_files(tmp_path)[0]
+    data = bytearray(path.read_bytes())
+    for record in (2, 6):  # two records' payloads damaged, far apart
+        data[positions[record].offset - 1] ^= 0x5A
+    path.write_bytes(bytes(data) + b"\xd9\x4a")  # and a torn tail
+    damage = Damage()
+    total_before = DAMAGE_TOTAL.corrupt
+    with capture_logs() as logs:
+        got = [r["id"] for _, r in read_records(tmp_path, None, damage)]
+    assert got == [0, 1, 3, 4, 5, 7, 8, 9]
+    assert (damage.corrupt, damage.torn_tails) == (2, 1)
+    assert damage.corrupt_bytes == sum(
+        positions[i].offset - positions[i - 1].offset for i in (2, 6)
+    )
+    assert DAMAGE_TOTAL.corrupt - total_before == 2  # the process-wide count the metric reads
+    errors = [e for e in logs if e["log_level"] == "error"]
+    assert [(e["event"], e["corrupt_stretches"]) for e in errors] == [
+        ("journal_corrupt_record", 1),
+        ("journal_corrupt_record", 2),
+    ]

@@ -211,6 +211,15 @@ def collect(
                 rpc.latency_total,
             ),
         ]
+    tasks = getattr(app, "tasks", None)
+    if tasks is not None and tasks.states:
+        out.append(
+            counter(
+                PREFIX + "task_restarts_total",
+                "Background tasks restarted after they died, by task.",
+                [sample(s.restarts, {"task": n}) for n, s in sorted(tasks.states.items())],
+            )
+        )
     watcher = app.watcher_task
     out.append(
         gauge(
@@ -228,7 +237,8 @@ def _ledger_health(ledger: Ledger) -> list[Metric]:
     return [
         gauge(
             PREFIX + "ledger_degraded",
-            "1 while a storage fault keeps the ledger from recording shares (they are refused).",
+            "1 while a storage fault degrades the ledger (journal: shares refused; store: "
+            "shares journaled, applied on recovery).",
             int(health["degraded"] is not None),
         ),
         counter(

@@ -286,6 +286,10 @@ async def test_healthz(regtest_node: ManagedNode, tmp_path: Path) -> None:
             watcher = body["checks"]["tasks"]["template-watcher"]
             assert watcher["ok"] and watcher["restarts"] == 1, watcher
             assert "cancelled" in watcher["last_error"], watcher
+            async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                text = await resp.text()
+            assert 'pool_task_restarts_total{task="template-watcher"} 1' in text
+            assert "pool_ledger_degraded 0" in text
     finally:
         await api.stop()
         await app.stop()

@@ -29,7 +29,7 @@ from pool.bitcoin import (
 from pool.chain_sim import ChainSim, Retarget, SimEvent
 from pool.config import Config, SimulationConfig, limits_summary
 from pool.jobs import JobConfig, Template, build_job
-from pool.ledger.ledger import Ledger
+from pool.ledger.ledger import Ledger, LedgerError
 from pool.ledger.payouts import Payouts, RoundResult
 from pool.node.managed import ManagedNode, ensure_wallet, prepare_regtest_wallet
 from pool.node.rpc import BitcoinRpc, RetryPolicy, RpcError, RpcRefused
@@ -39,6 +39,7 @@ from pool.server.auth import Credentials
 from pool.server.bans import BansFileError, load_bans
 from pool.server.server import StratumServer
 from pool.shares import ShareResult
+from pool.tasks import Supervisor
 
 log = structlog.get_logger("pool.app")
 
@@ -67,19 +68,18 @@ class PoolApp:
         self.watcher: TemplateWatcher | None = None
         self.job_config: JobConfig | None = None
         self.payout_address = ""
-        self._watch_task: asyncio.Task[None] | None = None
         self.ledger: Ledger | None = None
         self.payouts: Payouts | None = None
-        self._ledger_task: asyncio.Task[None] | None = None
         self._new_block = asyncio.Event()
         self._payout_lock = asyncio.Lock()
         self.chain_sim: ChainSim | None = None
         self.api: ApiServer | None = None
+        self.tasks = Supervisor()  # every background task: restarted when it dies
 
     @property
     def watcher_task(self) -> asyncio.Task[None] | None:
-        """The template watcher's task (the API's health check looks at it)."""
-        return self._watch_task
+        """The template watcher's task (None while it waits to be restarted)."""
+        return self.tasks.task("template-watcher")
 
     # -- start-up -------------------------------------------------------------------------------
     async def _check_payout_wallet(self, rpc: BitcoinRpc, address: str, wallet: str) -> None:
@@ -178,8 +178,12 @@ class PoolApp:
             )
         if cfg.chain.simulation.enabled:
             self.chain_sim = self._load_chain_sim(cfg.chain.simulation)
-        self.ledger = ledger = Ledger(cfg.ledger, self.data_dir / "ledger", network)
-        await ledger.open()
+        self.ledger = ledger = Ledger(cfg.ledger, self.data_dir / "ledger", network, self.tasks)
+        try:
+            await ledger.open()
+        except LedgerError as exc:
+            raise StartupError(str(exc)) from exc
+        await self._reconcile_blocks(ledger, rpc)
         self.payouts = Payouts(ledger.store, rpc, cfg.ledger, network, cfg.node.wallet)
         await self._settle_payouts()
         self.server = StratumServer(cfg, network, submit_block=self.submit)
@@ -195,9 +199,8 @@ class PoolApp:
         )
         await self.watcher.update(force=True)  # a job exists before the first miner arrives
         await self.server.start()
-        self._watch_task = asyncio.create_task(self.watcher.run(), name="template-watcher")
-        self._watch_task.add_done_callback(self._watcher_done)
-        self._ledger_task = asyncio.create_task(self._ledger_loop(), name="ledger-upkeep")
+        self.tasks.spawn("template-watcher", self.watcher.run)
+        self.tasks.spawn("ledger-upkeep", self._ledger_loop)
         if cfg.api.enabled:
             self.api = ApiServer(self)
             await self.api.start()
@@ -213,10 +216,16 @@ class PoolApp:
             stratum_ports=self.server.bound_ports,
         )
 
-    @staticmethod
-    def _watcher_done(task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("template_watcher_died", error=repr(task.exception()))
+    async def _reconcile_blocks(self, ledger: Ledger, rpc: BitcoinRpc) -> None:
+        """The pool's blocks on the chain that the store is missing are recorded (a crash
+        or a storage fault between finding a block and recording it loses nothing)."""
+        assert self.job_config is not None
+        try:
+            await ledger.reconcile_chain(
+                rpc, payout_script=self.job_config.payout_script, pool_tag=self.job_config.pool_tag
+            )
+        except Exception as exc:  # never stops the start: the scan is retried at the next
+            log.error("chain_reconcile_failed", error=repr(exc))
 
     # -- simulated network difficulty (regtest) --------------------------------------------------
     @property
@@ -321,6 +330,8 @@ class PoolApp:
             self._new_block.clear()
             try:
                 await self.ledger.check_blocks(self.rpc)
+                if self.ledger.degraded is not None:  # balances are behind: pay later
+                    continue
                 if cfg.payout_interval_seconds > 0 and loop.time() >= next_payout:
                     next_payout = loop.time() + cfg.payout_interval_seconds
                     await self.run_payout_round()
@@ -385,11 +396,7 @@ class PoolApp:
             await self.api.stop()
         if self.server is not None:
             await self.server.stop(reconnect=True)
-        for task in (self._ledger_task, self._watch_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await self.tasks.stop()
         if self.ledger is not None:
             await self.ledger.close()  # every journaled share committed to the store
         if self.node is not None:

@@ -166,6 +166,11 @@ class LedgerConfig:
     payout_fee_rate_sat_vb: float = 0.0  # 0: the wallet estimates the fee
     payout_fee_reserve_sat: int = 100_000  # spendable funds beyond the payout kept for its fee
     payout_max_recipients: int = 500  # per sendmany; the rest wait for the next round
+    # storage faults (disk full, read-only, locked): retried after this, doubled up to the max
+    storage_retry_seconds: float = 0.5
+    storage_retry_max_seconds: float = 10.0
+    reconcile_blocks: int = 1000  # at start, at most this many recent blocks are scanned for
+    # the pool's blocks missing from the store (since the last one it holds)
 
 
 @dataclass(frozen=True)
@@ -418,6 +423,13 @@ def validate(config: Config, where: str) -> None:
             fail(f"ledger.{name}", "must not be negative")
     if ledger.payout_interval_seconds < 0 or ledger.payout_fee_rate_sat_vb < 0:
         fail("ledger", "payout_interval_seconds and payout_fee_rate_sat_vb must not be negative")
+    retry, retry_max = ledger.storage_retry_seconds, ledger.storage_retry_max_seconds
+    if not (math.isfinite(retry) and 0.01 <= retry <= 60):
+        fail("ledger.storage_retry_seconds", "must be 0.01..60 seconds")
+    if not (math.isfinite(retry_max) and retry <= retry_max <= 3600):
+        fail("ledger.storage_retry_max_seconds", "must be storage_retry_seconds..3600 seconds")
+    if not 1 <= ledger.reconcile_blocks <= 100_000:
+        fail("ledger.reconcile_blocks", "must be 1..100000 blocks")
     if config.node.template_refresh_seconds <= 0 or config.node.template_refresh_seconds > 110:
         fail("node.template_refresh_seconds", "must be in (0, 110]: miners stop after 120 s")
 
@@ -431,6 +443,9 @@ def limits_summary(config: Config) -> dict[str, Any]:
         "ledger.payout_max_recipients": config.ledger.payout_max_recipients,
         "ledger.journal_segment_bytes": config.ledger.journal_segment_bytes,
         "ledger.journal_retention_days": config.ledger.journal_retention_days,
+        "ledger.storage_retry_seconds": config.ledger.storage_retry_seconds,
+        "ledger.storage_retry_max_seconds": config.ledger.storage_retry_max_seconds,
+        "ledger.reconcile_blocks": config.ledger.reconcile_blocks,
     }
 
 

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 from pool.api.metrics import Metric, counter, gauge, sample
 from pool.api.views import Views, window_name
 from pool.bitcoin import target_to_difficulty
+from pool.ledger.journal_read import DAMAGE_TOTAL
+from pool.ledger.ledger import Ledger
 from pool.ledger.pps import UNITS_PER_SAT
 from pool.node.submit import SubmitStatus
 from pool.shares import Reject
@@ -170,6 +172,7 @@ def collect(
             p.ledger.store.applied,
         ),
     ]
+    out += _ledger_health(p.ledger)
     out += [
         gauge(
             PREFIX + "reserve_satoshis",
@@ -208,6 +211,15 @@ def collect(
                 rpc.latency_total,
             ),
         ]
+    tasks = getattr(app, "tasks", None)
+    if tasks is not None and tasks.states:
+        out.append(
+            counter(
+                PREFIX + "task_restarts_total",
+                "Background tasks restarted after they died, by task.",
+                [sample(s.restarts, {"task": n}) for n, s in sorted(tasks.states.items())],
+            )
+        )
     watcher = app.watcher_task
     out.append(
         gauge(
@@ -217,6 +229,45 @@ def collect(
         )
     )
     return out
+
+
+def _ledger_health(ledger: Ledger) -> list[Metric]:
+    """Storage faults: the degraded state, its transitions, blocks waiting, corrupt records."""
+    health = ledger.health()
+    return [
+        gauge(
+            PREFIX + "ledger_degraded",
+            "1 while a storage fault degrades the ledger (journal: shares refused; store: "
+            "shares journaled, applied on recovery).",
+            int(health["degraded"] is not None),
+        ),
+        counter(
+            PREFIX + "ledger_storage_failures_total",
+            "Storage faults that degraded the ledger, by part (journal, store).",
+            [
+                sample(health["journal_failures"], {"part": "journal"}),
+                sample(health["store_failures"], {"part": "store"}),
+            ],
+        ),
+        counter(
+            PREFIX + "ledger_storage_recoveries_total",
+            "Recoveries from a storage fault without a restart, by part (journal, store).",
+            [
+                sample(health["journal_recoveries"], {"part": "journal"}),
+                sample(health["store_recoveries"], {"part": "store"}),
+            ],
+        ),
+        gauge(
+            PREFIX + "ledger_unrecorded_blocks",
+            "Found blocks the store has not taken yet (kept and retried).",
+            health["unrecorded_blocks"],
+        ),
+        counter(
+            PREFIX + "journal_corrupt_records_total",
+            "Corrupt journal stretches skipped while reading (their shares are not credited).",
+            DAMAGE_TOTAL.corrupt,
+        ),
+    ]
 
 
 def _chain(views: Views) -> list[Metric]:

@@ -32,6 +32,7 @@ from pool.server.bans import save_bans
 if TYPE_CHECKING:
     from pool.api.source import PoolSource
     from pool.server.server import StratumServer
+    from pool.tasks import TaskState
 
 log = structlog.get_logger("pool.api")
 
@@ -328,17 +329,32 @@ class ApiServer:
                 "height": job.height,
                 "age_seconds": round(age, 3),
             }
+        tasks = getattr(app, "tasks", None)
         task = app.watcher_task
         alive = task is not None and not task.done()
         if not alive:
-            why = "not started" if task is None else _task_end(task)
+            why = _task_end(task, tasks.states.get("template-watcher") if tasks else None)
             reasons.append(f"the template watcher is not running ({why})")
         checks["template_watcher"] = {"ok": alive}
-        if app.ledger is not None and app.ledger.broken is not None:
-            reasons.append(f"the ledger store failed: {app.ledger.broken}")
-            checks["ledger"] = {"ok": False, "error": app.ledger.broken}
+        if tasks is not None:
+            for state in tasks.down():
+                if state.name != "template-watcher":
+                    reasons.append(
+                        f"the task {state.name} is not running ({_task_end(None, state)})"
+                    )
+            checks["tasks"] = tasks.report()
+        ledger = app.ledger
+        if ledger is None:
+            checks["ledger"] = {"ok": False}
+            reasons.append("the ledger is not open")
         else:
-            checks["ledger"] = {"ok": app.ledger is not None}
+            checks["ledger"] = ledger.health()
+            if ledger.degraded is not None:
+                reasons.append(f"ledger degraded: {ledger.degraded} (retried with backoff)")
+            if ledger.unrecorded:
+                reasons.append(
+                    f"{len(ledger.unrecorded)} found block(s) not yet recorded (retried)"
+                )
         body = {
             "status": "ok" if not reasons else "unhealthy",
             "reasons": reasons,
@@ -359,8 +375,10 @@ class ApiServer:
                 HEALTH_RPC_TIMEOUT + 1,
             )
         except (RpcError, TimeoutError) as exc:
-            reasons.append(f"bitcoind does not answer: {exc or type(exc).__name__}")
-            return {"ok": False, "error": str(exc) or type(exc).__name__}
+            # the class and a reason only: never the RPC URL or any other internal address
+            why = _rpc_reason(exc)
+            reasons.append(f"bitcoind does not answer: {why}")
+            return {"ok": False, "error": type(exc).__name__, "reason": why}
         return {"ok": True, "height": height, "seconds": round(time.monotonic() - start, 4)}
 
     # -- admin ------------------------------------------------------------------------------------
@@ -450,11 +468,30 @@ def _json_bytes(body: bytes) -> web.Response:
     return web.Response(body=body, content_type="application/json")
 
 
-def _task_end(task: asyncio.Task[None]) -> str:
+def _task_end(task: asyncio.Task[None] | None, state: TaskState | None = None) -> str:
+    if state is not None and not state.running and state.last_error is not None:
+        retry = f", restarting in {state.retry_in:g} s" if state.retry_in is not None else ""
+        return f"died: {state.last_error}{retry}; restarts: {state.restarts}"
+    if task is None:
+        return "not started"
     if task.cancelled():
         return "cancelled"
     error = task.exception()
     return f"died: {error!r}" if error is not None else "finished"
+
+
+_RPC_REASONS = {
+    "RpcUnavailable": "unreachable or not ready",
+    "RpcAuthError": "credentials refused",
+    "RpcRefused": "refused the call",
+    "TimeoutError": f"no answer within {HEALTH_RPC_TIMEOUT:g} s",
+}
+
+
+def _rpc_reason(exc: BaseException) -> str:
+    """Why bitcoind failed, without its address: the error class and a fixed reason."""
+    name = type(exc).__name__
+    return f"{name}: {_RPC_REASONS.get(name, 'RPC error')}"
 
 
 def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:

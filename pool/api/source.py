@@ -13,6 +13,7 @@ from pool.ledger.ledger import Ledger
 from pool.ledger.payouts import RoundResult
 from pool.node.rpc import BitcoinRpc
 from pool.server.server import StratumServer
+from pool.tasks import Supervisor
 
 
 class PoolSource(Protocol):
@@ -22,6 +23,7 @@ class PoolSource(Protocol):
     server: StratumServer | None
     ledger: Ledger | None
     chain_sim: ChainSim | None
+    tasks: Supervisor  # the supervised background tasks (/healthz shows them)
 
     @property
     def watcher_task(self) -> asyncio.Task[None] | None:

@@ -38,8 +38,15 @@ Durability of each ``FsyncPolicy`` once ``append`` has returned:
 
 The journal may hold records that were never acknowledged (a crash between the write and the
 answer, a cancelled ``append``, an fsync that failed after the write): consumers must treat a
-record as "maybe acknowledged". After a write or fsync error the journal refuses every
-further append (``JournalError``): after a failed fsync the page cache cannot be trusted.
+record as "maybe acknowledged".
+
+Storage faults (a write, fsync or segment creation fails: ENOSPC, EROFS, EACCES, EIO) put
+the journal in a DEGRADED state: the failed batch's appends fail, the segment is cut back to
+the end of the last batch written whole (best effort) and closed, and every further append is
+refused at once (``JournalError``) while a recovery task retries with backoff: it writes and
+fsyncs a probe file, then starts a NEW segment (after a failed fsync the old file's page cache
+cannot be trusted) and the journal takes appends again. ``degraded`` says why it is refused
+(None while it works); ``failures`` and ``recoveries`` count the transitions.
 
 Retention (deleting old, applied segments) is in ``pool.ledger.retention``.
 
@@ -58,6 +65,7 @@ import enum
 import os
 import re
 import struct
+import time
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -66,6 +74,8 @@ from typing import Any, NamedTuple
 
 import msgpack
 import structlog
+
+from pool.tasks import Backoff
 
 log = structlog.get_logger("pool.ledger.journal")
 
@@ -186,6 +196,8 @@ class Journal:
         segment_bytes: int = 64 * 1024 * 1024,
         max_record_bytes: int = 65536,
         on_written: WrittenHook | None = None,
+        retry_seconds: float = 0.5,
+        retry_max_seconds: float = 10.0,
     ) -> None:
         if fsync_interval_ms < 0:
             raise ValueError("fsync_interval_ms must be >= 0")
@@ -199,6 +211,11 @@ class Journal:
         self.segment_bytes = segment_bytes
         self.max_record_bytes = max_record_bytes
         self.on_written = on_written
+        self.retry_seconds = retry_seconds
+        self.retry_max_seconds = retry_max_seconds
+        self.failures = 0  # storage faults that degraded the journal
+        self.recoveries = 0  # times it took appends again after one
+        self.degraded_since: float | None = None  # wall-clock time of the current fault
         # counters for metrics
         self.records_written = 0
         self.batches_written = 0
@@ -214,6 +231,7 @@ class Journal:
         self._pending: list[_Pending] = []
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
+        self._recovery: asyncio.Task[None] | None = None
         self._fsync_task: asyncio.Future[None] | None = None
         self._close_lock = asyncio.Lock()
         self._opened = False
@@ -227,6 +245,11 @@ class Journal:
         return self._end
 
     @property
+    def degraded(self) -> str | None:
+        """Why appends are refused now (a storage fault being retried); None while it works."""
+        return repr(self._failed) if self._failed is not None else None
+
+    @property
     def segment(self) -> int:
         """The number of the segment being written (0 before ``open``)."""
         return self._segment
@@ -235,8 +258,15 @@ class Journal:
         """Create the directory if needed and start a NEW segment file, then the writer."""
         if self._opened or self._closing:
             raise JournalError("a journal is opened once")
-        await asyncio.to_thread(self.directory.mkdir, parents=True, exist_ok=True)
-        segment, fd = await asyncio.to_thread(_create_segment, self.directory, 1)
+        try:
+            await asyncio.to_thread(self.directory.mkdir, parents=True, exist_ok=True)
+            segment, fd = await asyncio.to_thread(_create_segment, self.directory, 1)
+        except OSError as exc:
+            raise JournalError(
+                f"cannot write the share journal in {self.directory}: "
+                f"{exc.strerror or exc} (errno {exc.errno}); the pool needs a writable "
+                "directory there"
+            ) from exc
         try:
             if self.policy is not FsyncPolicy.NEVER:
                 await asyncio.to_thread(_fsync_directory, self.directory)
@@ -315,6 +345,10 @@ class Journal:
             if self._writer is None:  # never opened
                 return
             self._wake.set()
+            if self._recovery is not None:
+                self._recovery.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._recovery
             await asyncio.wait([self._writer])
             if self._fsync_task is not None and not self._fsync_task.done():
                 await asyncio.wait([self._fsync_task])
@@ -339,7 +373,10 @@ class Journal:
 
     def _check_writable(self) -> None:
         if self._failed is not None:
-            raise JournalError(f"journal failed: {self._failed!r}") from self._failed
+            raise JournalError(
+                "pool storage unavailable, share not recorded "
+                f"(journal write failed: {self._failed!r}; retrying)"
+            ) from self._failed
         if self._closing:
             raise JournalError("journal is closed")
         if not self._opened:
@@ -365,18 +402,20 @@ class Journal:
                     async with asyncio.timeout(wait):
                         await self._wake.wait()
                 await self._interval_fsync()
-        except OSError as exc:
-            self._fail(exc)
-        except BaseException as exc:
+        except asyncio.CancelledError as exc:
             self._fail(exc)
             raise
+        except Exception as exc:  # OSError: a storage fault; anything else: a bug. Both retried
+            self._fail(exc)
         finally:
             self._fail_pending()
 
     async def _write_batch(self, batch: list[_Pending]) -> None:
+        start: tuple[int, int, JournalPosition] | None = None  # segment, offset, end
         try:
             if self._offset >= self.segment_bytes:
                 await self._rotate()
+            start = (self._segment, self._offset, self._end)
             frames = [encode_frame(item.payload) for item in batch]
             positions: list[JournalPosition] = []
             offset = self._offset
@@ -401,6 +440,12 @@ class Journal:
             for item in batch:
                 if item.future is not None and not item.future.done():
                     item.future.set_exception(_failure(exc))
+            # Nothing of the failed batch was acknowledged: cut it off (best effort), so a
+            # replay does not credit shares their miners were told were not recorded.
+            if start is not None and self._fd >= 0 and self._segment == start[0]:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, start[1])
+                self._offset, self._end = start[1], start[2]
             raise
         for item, position in zip(batch, positions, strict=True):
             if item.future is not None and not item.future.done():
@@ -447,10 +492,75 @@ class Journal:
         log.info("journal_segment_rotated", old_segment=old, segment=self._segment)
 
     def _fail(self, exc: BaseException) -> None:
-        if self._failed is None:
-            self._failed = exc
-            if not isinstance(exc, asyncio.CancelledError):
-                log.error("journal_write_failed", segment=self._segment, error=repr(exc))
+        if self._failed is not None:
+            return
+        self._failed = exc
+        if isinstance(exc, asyncio.CancelledError) or self._closing:
+            return
+        self.failures += 1
+        self.degraded_since = time.time()
+        log.error(
+            "journal_degraded",
+            segment=self._segment,
+            directory=str(self.directory),
+            error=repr(exc),
+            note="shares are refused until the journal can write again (retried with backoff)",
+        )
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = -1
+        self._recovery = asyncio.get_running_loop().create_task(
+            self._recover(), name="journal-recovery"
+        )
+
+    async def _recover(self) -> None:
+        """Retry with backoff until a probe write and a new segment succeed, then take
+        appends again (a new writer task)."""
+        backoff = Backoff(self.retry_seconds, self.retry_max_seconds)
+        while not self._closing:
+            await asyncio.sleep(backoff.next_delay())
+            if self._closing:
+                return
+            try:
+                await asyncio.to_thread(_probe, self.directory, self.policy)
+                segment, fd = await asyncio.to_thread(
+                    _create_segment, self.directory, self._segment + 1
+                )
+                try:
+                    if self.policy is not FsyncPolicy.NEVER:
+                        await asyncio.to_thread(_fsync_directory, self.directory)
+                except BaseException:
+                    os.close(fd)
+                    raise
+            except OSError as exc:
+                log.warning(
+                    "journal_still_degraded",
+                    error=repr(exc),
+                    attempts=backoff.failures,
+                    retry_in_seconds=min(
+                        backoff.maximum, backoff.initial * backoff.factor**backoff.failures
+                    ),
+                )
+                continue
+            if self._closing:
+                os.close(fd)
+                return
+            down = time.time() - (self.degraded_since or time.time())
+            self._segment, self._fd, self._offset = segment, fd, 0
+            self._end = JournalPosition(segment, 0)
+            self._dirty = False
+            self._failed = None
+            self.degraded_since = None
+            self.recoveries += 1
+            self._writer = asyncio.create_task(self._run(), name="journal-writer")
+            log.warning(
+                "journal_recovered",
+                segment=segment,
+                down_seconds=round(down, 3),
+                recoveries=self.recoveries,
+            )
+            return
 
     def _fail_pending(self) -> None:
         pending, self._pending = self._pending, []
@@ -459,7 +569,29 @@ class Journal:
                 item.future.set_exception(_failure(self._failed))
 
 
+PROBE_NAME = ".write-probe"
+PROBE_BYTES = 65536  # written and fsynced to see whether the journal can write again
+
+
+def _probe(directory: Path, policy: FsyncPolicy) -> None:
+    """Write, fsync and remove a probe file: raises the OSError while storage is faulty."""
+    path = directory / PROBE_NAME
+    try:
+        with path.open("wb") as f:
+            f.write(b"\0" * PROBE_BYTES)
+            f.flush()
+            if policy is not FsyncPolicy.NEVER:
+                os.fsync(f.fileno())
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
 def _failure(cause: BaseException | None) -> JournalError:
-    error = JournalError(f"journal write failed: {cause!r}" if cause else "journal closed")
+    error = JournalError(
+        f"pool storage unavailable, share not recorded (journal write failed: {cause!r})"
+        if cause
+        else "journal closed"
+    )
     error.__cause__ = cause
     return error

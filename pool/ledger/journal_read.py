@@ -1,14 +1,17 @@
 """The share journal's reading side: records back from the segment files, in order.
 
 Used at start-up (replay past the store's checkpoint) and by tools and tests. Damage is
-reported, never fatal: a torn or corrupt record is skipped with a warning and reading resumes
-at the next frame (see :mod:`pool.ledger.journal` for the format).
+reported, never fatal: a corrupt stretch is skipped with an ERROR ``journal_corrupt_record``
+(with the running count, in ``Damage``), a torn tail (the last frame of a segment cut short by
+a crash: never acknowledged) with a warning, and reading resumes at the next frame (see
+:mod:`pool.ledger.journal` for the format).
 """
 
 from __future__ import annotations
 
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
@@ -79,6 +82,19 @@ class _Buffer:
                 return None
 
 
+@dataclass
+class Damage:
+    """What reading skipped: corrupt stretches (records lost to bad data) and torn tails."""
+
+    corrupt: int = 0
+    corrupt_bytes: int = 0
+    torn_tails: int = 0
+    torn_bytes: int = 0
+
+
+DAMAGE_TOTAL = Damage()  # everything this process has skipped (the metrics read it)
+
+
 class _Good(NamedTuple):
     record: dict[str, Any]
     end: int
@@ -116,12 +132,31 @@ def _parse_frame(buf: _Buffer, pos: int) -> _Good | _Bad | None:
     return _Good(record, end)
 
 
-def _warn(event: str, path: Path, start: int, end: int, reason: str) -> None:
-    log.warning(event, file=str(path), offset=start, skipped_bytes=end - start, reason=reason)
+def _report(damage: Damage, event: str, path: Path, start: int, end: int, reason: str) -> None:
+    skipped = end - start
+    if event == "journal_torn_tail":
+        for d in (damage, DAMAGE_TOTAL):
+            d.torn_tails += 1
+            d.torn_bytes += skipped
+        log.warning(event, file=str(path), offset=start, skipped_bytes=skipped, reason=reason)
+        return
+    for d in (damage, DAMAGE_TOTAL):
+        d.corrupt += 1
+        d.corrupt_bytes += skipped
+    log.error(
+        event,
+        file=str(path),
+        offset=start,
+        skipped_bytes=skipped,
+        reason=reason,
+        corrupt_stretches=damage.corrupt,
+        corrupt_bytes=damage.corrupt_bytes,
+        note="the shares in this stretch are not credited",
+    )
 
 
 def _read_segment(
-    number: int, path: Path, offset: int
+    number: int, path: Path, offset: int, damage: Damage
 ) -> Iterator[tuple[JournalPosition, dict[str, Any]]]:
     try:
         file = path.open("rb")
@@ -138,12 +173,12 @@ def _read_segment(
             frame = _parse_frame(buf, pos)
             if frame is None:
                 if bad_start is not None:
-                    _warn("journal_corrupt_record", path, bad_start, pos, bad_reason)
+                    _report(damage, "journal_corrupt_record", path, bad_start, pos, bad_reason)
                 return
             if isinstance(frame, _Good):
                 if bad_start is not None:  # a frame that claimed to run past EOF had a bad length
                     reason = "bad_length" if bad_reason == "truncated" else bad_reason
-                    _warn("journal_corrupt_record", path, bad_start, pos, reason)
+                    _report(damage, "journal_corrupt_record", path, bad_start, pos, reason)
                     bad_start = None
                 pos = frame.end
                 yield JournalPosition(number, pos), frame.record
@@ -153,7 +188,7 @@ def _read_segment(
             end = frame.frame_end
             if end is not None and (not buf.has(end, 1) or buf.get(end, len(MAGIC)) == MAGIC):
                 # a complete frame followed by a frame boundary: skip exactly that frame
-                _warn("journal_corrupt_record", path, bad_start, end, bad_reason)
+                _report(damage, "journal_corrupt_record", path, bad_start, end, bad_reason)
                 bad_start, pos = None, end
                 continue
             following = buf.find_magic(pos + 1)
@@ -161,22 +196,23 @@ def _read_segment(
                 event = (
                     "journal_torn_tail" if bad_reason == "truncated" else "journal_corrupt_record"
                 )
-                _warn(event, path, bad_start, buf.end, bad_reason)
+                _report(damage, event, path, bad_start, buf.end, bad_reason)
                 return
             pos = following
 
 
 def read_records(
-    directory: Path, start: JournalPosition | None = None
+    directory: Path, start: JournalPosition | None = None, damage: Damage | None = None
 ) -> Iterator[tuple[JournalPosition, dict[str, Any]]]:
     """Yield (position just after the record, record) in journal order, from ``start``
     (exclusive: the record ending there is not yielded) or from the beginning.
 
-    Bad data is skipped with one warning per corrupt stretch; only OS errors raise. A
-    missing directory yields nothing.
+    Bad data is skipped with one error per corrupt stretch (counted in ``damage``); only OS
+    errors raise. A missing directory yields nothing.
     """
+    damage = Damage() if damage is None else damage
     for number, path in segment_files(Path(directory)):
         if start is not None and number < start.segment:
             continue
         offset = start.offset if start is not None and number == start.segment else 0
-        yield from _read_segment(number, path, offset)
+        yield from _read_segment(number, path, offset, damage)

@@ -16,13 +16,22 @@ Blocks: a share that is a block candidate is journaled BEFORE the block is submi
 ``block`` entry of status ``submitted``; the store tracks it as ``pending``. When the
 submission is settled, ``block_submitted`` records the outcome: refused by bitcoind ->
 ``rejected`` (never in the reserve, never found in the luck, never checked again); anything
-else stays pending for ``check_blocks`` to settle from the chain (confirmed or orphaned).
+else stays pending for ``check_blocks`` to settle from the chain (confirmed or orphaned; a
+block bitcoind does not know once the chain is past its height: rejected, never orphaned).
+
+Storage faults are a state, not an end (``degraded``): the journal refuses shares while it
+cannot write and retries by itself (``pool.ledger.journal``); the store rolls back and
+re-applies the journal once it can write again (``StoreThread.resync``, retried here with
+backoff); a found block the store cannot take is kept and retried until it does
+(``pool.ledger.recovery``), and at start the chain is scanned for the pool's blocks the store
+is missing (``reconcile_chain``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,202 +40,68 @@ from typing import Any
 import structlog
 
 from pool.bitcoin import Network
-from pool.bitcoin.target import target_to_difficulty
 from pool.config import LedgerConfig
 from pool.ledger.aggregates import (
     CONFIRMED,
     LUCK_WINDOWS,
     ORPHANED,
     PENDING,
+    REJECTED,
     Aggregates,
     Checkpoint,
     Reserve,
-    ShareRecord,
 )
-from pool.ledger.journal import Journal, JournalPosition, segment_files
-from pool.ledger.journal_read import read_records
-from pool.ledger.pps import Scheme, block_value, expected_blocks, share_value
+from pool.ledger.journal import Journal, JournalError, JournalPosition, segment_files
+from pool.ledger.journal_read import Damage, read_records
+from pool.ledger.pps import Scheme
+from pool.ledger.records import (
+    RECORD_VERSION,
+    SUBMITTED,
+    TRACKED_SUBMISSIONS,
+    block_record,
+    record_for_share,
+    share_record_from,
+)
+from pool.ledger.recovery import UnrecordedBlocks, reconcile_chain
 from pool.ledger.retention import remove_expired_segments
 from pool.ledger.store import Store
-from pool.ledger.store_thread import StoreThread
+from pool.ledger.store_thread import JournalSource, StoreThread, apply_journal
 from pool.node.rpc import BitcoinRpc, RpcError, RpcRefused
 from pool.node.submit import BlockSubmission, SubmitStatus
 from pool.server.auth import Credentials
 from pool.shares import ShareResult
+from pool.tasks import Backoff, Supervisor
 
 __all__ = [
     "LUCK_WINDOWS",
+    "RECORD_VERSION",
+    "SUBMITTED",
+    "TRACKED_SUBMISSIONS",
     "Ledger",
     "LedgerError",
     "Reserve",
+    "block_record",
     "record_for_share",
     "share_record_from",
 ]
 
 log = structlog.get_logger("pool.ledger")
 
-RECORD_VERSION = 1
-# A block submitted but neither accepted nor refused (bitcoind unreachable) is still tracked:
-# the maturity check settles it from the chain.
-TRACKED_SUBMISSIONS = (SubmitStatus.ACCEPTED, SubmitStatus.INCONCLUSIVE, SubmitStatus.FAILED)
-SUBMITTED = "submitted"  # a journal record's block status: journaled before its submission
-
-
 JOURNAL_PRUNE_SECONDS = 3600.0  # how often expired journal segments are looked for
-REPLAY_CHUNK = 4096  # journal records applied per store call while replaying
-
-# Per-share conversions memoised (``pps`` memoises the credit maths itself): a connection's
-# difficulty and a job's target change rarely. Bounded; cleared when full.
-_MEMO_SIZE = 4096
-_expected: dict[tuple[float, bytes], tuple[float, float]] = {}
-_target_bytes: dict[int, bytes] = {}
-
-
-def _target_to_bytes(target: int) -> bytes:
-    raw = _target_bytes.get(target)
-    if raw is None:
-        raw = target.to_bytes(32, "big")
-        if len(_target_bytes) >= _MEMO_SIZE:
-            _target_bytes.clear()
-        _target_bytes[target] = raw
-    return raw
-
-
-def _expected_and_difficulty(difficulty: float, target_raw: bytes) -> tuple[float, float]:
-    """(expected blocks of the share, network difficulty of the target)."""
-    key = (difficulty, target_raw)
-    found = _expected.get(key)
-    if found is None:
-        target = int.from_bytes(target_raw, "big")
-        found = (expected_blocks(difficulty, target), target_to_difficulty(target))
-        if len(_expected) >= _MEMO_SIZE:
-            _expected.clear()
-        _expected[key] = found
-    return found
 
 
 class LedgerError(RuntimeError):
     """The share could not be recorded; the miner must not be told it was accepted."""
 
 
-_RECORD_BASES = 1024
-# (id(job), target, difficulty, chain, scheme, fee) -> (the job, its records' common part); the
-# job is kept and compared so a recycled id() can never match another job.
-_record_bases: dict[tuple[int, int, float, str, Scheme, int], tuple[Any, dict[str, Any]]] = {}
-
-
-def record_for_share(
-    result: ShareResult,
-    creds: Credentials,
-    now: float,
-    submission: BlockSubmission | None,
-    *,
-    network: Network,
-    scheme: Scheme,
-    fee_bps: int,
-) -> dict[str, Any]:
-    """The journal record of one accepted share: everything needed to recompute its credit.
-
-    A block candidate journaled while its submission is under way (``submission`` None: the
-    server submits it at once, in the background) carries a ``block`` entry with status
-    ``submitted``; with a submission (the older order: submitted
-    first), only a tracked outcome (accepted, inconclusive, failed) carries one."""
-    job = result.job
-    assert job is not None
-    template = job.template
-    # The part every share of this job at this difficulty has in common, computed once.
-    key = (id(job), job.block_target, result.difficulty, network.name, scheme, fee_bps)
-    cached = _record_bases.get(key)
-    if cached is None or cached[0] is not job:
-        subsidy = network.block_subsidy(template.height)
-        value_sat = block_value(scheme, subsidy, template.coinbase_value)
-        value = share_value(result.difficulty, job.block_target, value_sat, fee_bps)
-        base = {
-            "v": RECORD_VERSION,
-            "difficulty": result.difficulty,
-            "target": _target_to_bytes(job.block_target),
-            "height": template.height,
-            "scheme": scheme.value,
-            "block_value_sat": value_sat,
-            "fee_bps": fee_bps,
-            "gross": value.gross,
-            "credit": value.credit,
-            "fee": value.fee,
-        }
-        if len(_record_bases) >= _RECORD_BASES:
-            _record_bases.clear()
-        cached = _record_bases[key] = (job, base)
-    record: dict[str, Any] = {
-        **cached[1],
-        "time": now,
-        "worker": creds.name,
-        "address": creds.address,
-        "job": result.job_id,  # as submitted (with the extranonce, ntime, nonce: the share)
-        "extranonce": result.extranonce.hex(),
-        "ntime": result.ntime,
-        "nonce": result.nonce,
-        "version": result.version,
-        "hash": result.hash_hex,
-    }
-    if submission is None:
-        if result.block_candidate:
-            record["block"] = {
-                "hash": result.hash_hex,
-                "height": template.height,
-                "reward_sat": template.coinbase_value,
-                "status": SUBMITTED,
-            }
-    elif submission.status in TRACKED_SUBMISSIONS:
-        record["block"] = {
-            "hash": submission.block_hash,
-            "height": submission.height,
-            "reward_sat": template.coinbase_value,
-            "status": submission.status.value,
-        }
-    return record
-
-
-def share_record_from(record: dict[str, Any]) -> ShareRecord:
-    difficulty = float(record["difficulty"])
-    expected, network_difficulty = _expected_and_difficulty(difficulty, record["target"])
-    block = record.get("block")
-    return ShareRecord(
-        time=float(record["time"]),
-        worker=str(record["worker"]),
-        address=str(record["address"]),
-        difficulty=difficulty,
-        expected_blocks=expected,
-        credit_units=int(record["credit"]),
-        fee_units=int(record["fee"]),
-        block_hash=str(block["hash"]) if block else None,
-        block_height=int(block["height"]) if block else None,
-        block_reward_sat=int(block["reward_sat"]) if block else None,
-        network_difficulty=network_difficulty,
-    )
-
-
-def block_record(result: ShareResult, creds: Credentials | None, now: float) -> ShareRecord:
-    """The store's record of a block candidate, without the share's credit (for a block
-    whose share the store does not have)."""
-    job = result.job
-    assert job is not None
-    return ShareRecord(
-        time=now,
-        worker=creds.name if creds is not None else "",
-        address=creds.address if creds is not None else "",
-        difficulty=result.difficulty,
-        expected_blocks=0.0,
-        credit_units=0,
-        fee_units=0,
-        block_hash=result.hash_hex,
-        block_height=job.template.height,
-        block_reward_sat=job.template.coinbase_value,
-        network_difficulty=target_to_difficulty(job.block_target),
-    )
-
-
 class Ledger:
-    def __init__(self, config: LedgerConfig, data_dir: Path, network: Network) -> None:
+    def __init__(
+        self,
+        config: LedgerConfig,
+        data_dir: Path,
+        network: Network,
+        tasks: Supervisor | None = None,
+    ) -> None:
         self.config = config
         self.network = network
         self.scheme = Scheme(config.scheme)
@@ -240,10 +115,60 @@ class Ledger:
             fsync_interval_ms=config.journal_fsync_interval_ms,
             segment_bytes=config.journal_segment_bytes,
             on_written=self.store.apply_nowait,
+            retry_seconds=config.storage_retry_seconds,
+            retry_max_seconds=config.storage_retry_max_seconds,
         )
         self.replayed = 0
-        self._commit_task: asyncio.Task[None] | None = None
+        self.replay_damage = Damage()  # corrupt records the last start's replay skipped
+        self.tasks = tasks if tasks is not None else Supervisor()
+        self._own_tasks = tasks is None
         self._background: set[asyncio.Future[None]] = set()  # unjournaled blocks being recorded
+        self._store_backoff = self._backoff()
+        self._store_retry_at = 0.0  # monotonic
+        self.unrecorded = UnrecordedBlocks(self._backoff())
+
+    def _backoff(self) -> Backoff:
+        return Backoff(self.config.storage_retry_seconds, self.config.storage_retry_max_seconds)
+
+    def _journal_source(self) -> JournalSource:
+        directory = self.journal_dir
+
+        def source(cp: Checkpoint | None) -> Any:
+            start = JournalPosition(cp.segment, cp.offset) if cp else None
+            return read_records(directory, start)
+
+        return source
+
+    @property
+    def degraded(self) -> str | None:
+        """Why the ledger cannot record shares now (a storage fault it is retrying), or None."""
+        journal = self.journal.degraded
+        if journal is not None:
+            return (
+                f"pool storage unavailable, shares are refused: the journal cannot write: {journal}"
+            )
+        if self.store.broken is not None:
+            return (
+                "the ledger store cannot write (shares are still journaled and acknowledged; "
+                f"it re-applies them when it recovers): {self.store.broken}"
+            )
+        return None
+
+    def health(self) -> dict[str, Any]:
+        """The ledger's part of /healthz and /metrics (no paths, no addresses)."""
+        journal, store = self.journal, self.store
+        since = [t for t in (journal.degraded_since, store.degraded_since) if t is not None]
+        return {
+            "ok": self.degraded is None and not self.unrecorded,
+            "degraded": self.degraded,
+            "degraded_seconds": round(time.time() - min(since), 3) if since else 0.0,
+            "journal_failures": journal.failures,
+            "journal_recoveries": journal.recoveries,
+            "store_failures": store.failures,
+            "store_recoveries": store.recoveries,
+            "unrecorded_blocks": len(self.unrecorded),
+            "replay_corrupt_records": self.replay_damage.corrupt,
+        }
 
     @property
     def broken(self) -> str | None:
@@ -257,6 +182,23 @@ class Ledger:
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def open(self) -> None:
+        """Open the store (replaying the journal past its checkpoint) and the journal. A
+        storage problem is a LedgerError naming the path and the cause."""
+        try:
+            await self._open()
+        except (OSError, sqlite3.Error, JournalError) as exc:
+            with contextlib.suppress(Exception):
+                await self.store.close()
+            if isinstance(exc, JournalError):
+                raise LedgerError(str(exc)) from exc
+            where = getattr(exc, "filename", None) or self.store.path.parent
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise LedgerError(
+                f"cannot open the ledger in {where}: {reason} "
+                f"({type(exc).__name__}); the pool needs a writable directory there"
+            ) from exc
+
+    async def _open(self) -> None:
         await self.store.open()
         cp = await self.store.run(Store.checkpoint)
         segments, replayed = await self.store.run(self._replay, cp)
@@ -288,50 +230,72 @@ class Ledger:
         except OSError as exc:  # retention is housekeeping: never stop the ledger
             log.warning("journal_prune_failed", error=repr(exc))
         await self.journal.open()
-        self._commit_task = asyncio.create_task(self._commit_loop(), name="ledger-commit")
+        self.tasks.spawn("ledger-commit", self._commit_loop)
 
     def _replay(self, store: Store, cp: Checkpoint | None) -> tuple[list[int], int]:
         """On the store's thread: apply the journal past the checkpoint and commit. Returns the
         segment numbers found and the records replayed. A record that cannot be applied stops
         the start (the store is rolled back to its checkpoint first)."""
         segments = [n for n, _ in segment_files(self.journal_dir)]
-        start = JournalPosition(cp.segment, cp.offset) if cp else None
-        replayed = 0
-        chunk: list[ShareRecord] = []
-        last = start
+        damage = self.replay_damage = Damage()
+
+        def source(start: Checkpoint | None) -> Any:
+            at = JournalPosition(start.segment, start.offset) if start else None
+            return read_records(self.journal_dir, at, damage)
+
         try:
-            for position, record in read_records(self.journal_dir, start):
-                chunk.append(share_record_from(record))
-                last = position
-                replayed += 1
-                if len(chunk) >= REPLAY_CHUNK:
-                    store.apply_batch(chunk, Checkpoint(position.segment, position.offset))
-                    chunk = []
-            if chunk and last is not None:
-                store.apply_batch(chunk, Checkpoint(last.segment, last.offset))
+            replayed, last = apply_journal(store, source, cp, share_record_from)
             store.commit()
         except BaseException as exc:
             self.store.broken = repr(exc)
             with contextlib.suppress(Exception):
                 store.rollback()
             raise
+        self.store.position = last
+        if damage.corrupt:
+            log.error(
+                "journal_corrupt_records_dropped",
+                corrupt_stretches=damage.corrupt,
+                corrupt_bytes=damage.corrupt_bytes,
+                note="shares in corrupt journal stretches are not credited",
+            )
         return segments, replayed
 
     async def close(self) -> None:
-        if self._commit_task is not None:
-            self._commit_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._commit_task
+        if self._own_tasks:
+            await self.tasks.stop()
         await self.journal.close()  # its last batches go to the store's thread first
         if self._background:  # blocks of failed shares still being recorded
             await asyncio.wait(self._background)
+        if self.store.broken is not None:  # one last try: what it holds is in the journal
+            with contextlib.suppress(Exception):
+                await self.store.resync(self._journal_source())
+        if self.unrecorded:
+            with contextlib.suppress(Exception):
+                await self.unrecorded.retry(self.store, time.time())
+        for item in self.unrecorded.waiting.values():
+            log.critical(
+                "block_not_recorded",
+                hash=item.record.block_hash,
+                height=item.record.block_height,
+                reward_sat=item.record.block_reward_sat,
+                note="the store never took it; the next start finds it on the chain",
+            )
         await self.store.close()  # applies them, commits (unless broken), closes
         log.info("ledger_closed", applied_records=self.store.applied)
 
     async def _commit_loop(self) -> None:
+        """Commit every ``checkpoint_seconds``; a degraded store and unrecorded blocks are
+        retried here (with backoff, checked at least every ``storage_retry_seconds``)."""
         last_prune = time.monotonic()
+        last_commit = time.monotonic()
+        tick = min(self.config.checkpoint_seconds, self.config.storage_retry_seconds)
         while True:
-            await asyncio.sleep(self.config.checkpoint_seconds)
+            await asyncio.sleep(tick)
+            await self.recover()
+            if time.monotonic() - last_commit < self.config.checkpoint_seconds:
+                continue
+            last_commit = time.monotonic()
             await self.commit()
             if time.monotonic() - last_prune >= JOURNAL_PRUNE_SECONDS:
                 last_prune = time.monotonic()
@@ -359,6 +323,27 @@ class Ledger:
                 checkpoint=f"{cp.segment}:{cp.offset}",
             )
         return removed
+
+    async def recover(self) -> None:
+        """Retry what a storage fault left undone, when its backoff is due: the degraded
+        store (re-applied from the journal) and the blocks waiting to be recorded."""
+        now = time.monotonic()
+        if self.store.broken is not None and now >= self._store_retry_at:
+            try:
+                await self.store.resync(self._journal_source())
+            except Exception as exc:
+                delay = self._store_backoff.next_delay()
+                self._store_retry_at = now + delay
+                log.warning(
+                    "ledger_store_still_degraded",
+                    error=repr(exc),
+                    attempts=self._store_backoff.failures,
+                    retry_in_seconds=delay,
+                )
+            else:
+                self._store_backoff.reset()
+        if self.store.broken is None and self.unrecorded.due():
+            await self.unrecorded.retry(self.store, time.time())
 
     async def commit(self) -> None:
         """Make every share applied so far durable with its journal checkpoint (on the store's
@@ -455,17 +440,11 @@ class Ledger:
         """The share was a block: the store keeps the block (its reward is real and must be
         tracked to maturity) even though the share is not credited."""
         block = record["block"]
+        rec = share_record_from(record)
         try:
-            await self.store.record_block(share_record_from(record))
+            await self.store.record_block(rec)
         except Exception as exc:
-            log.critical(
-                "block_not_recorded",
-                hash=block["hash"],
-                height=block["height"],
-                reward_sat=block["reward_sat"],
-                error=repr(exc),
-                note="the block may be on the chain but is not in the ledger; record it by hand",
-            )
+            self.unrecorded.keep(rec, rejected=False, error=exc)
             return
         log.error(
             "block_recorded_without_share",
@@ -490,7 +469,7 @@ class Ledger:
         FAILED: it stays pending; ``check_blocks`` settles it from the chain. A block the
         store does not have (its share was never journaled) is recorded now with that status.
         Idempotent: a second call, or a replay of the journal, changes nothing. Never raises
-        (the block is logged for the operator when the store cannot take it)."""
+        (a block the store cannot take now is kept and retried until it does)."""
         if result.job is None or not result.hash_hex:
             return
         rejected = submission.status is SubmitStatus.REJECTED
@@ -498,15 +477,7 @@ class Ledger:
         try:
             outcome = await self.store.block_outcome(rec, rejected=rejected, now=now)
         except Exception as exc:
-            log.critical(
-                "block_not_recorded",
-                hash=rec.block_hash,
-                height=rec.block_height,
-                reward_sat=rec.block_reward_sat,
-                submission=submission.status.value,
-                error=repr(exc),
-                note="the block's outcome is not in the ledger; record it by hand",
-            )
+            self.unrecorded.keep(rec, rejected=rejected, error=exc)
             return
         if outcome.action != "unchanged":
             log.info(
@@ -522,20 +493,41 @@ class Ledger:
     async def check_blocks(self, rpc: BitcoinRpc, now: float | None = None) -> list[str]:
         """Settle found blocks from the chain: confirmed after ``block_maturity`` confirmations,
         orphaned when the chain holds another block at that height (confirmations -1).
-        Rejected blocks are never looked at. Returns a list of changes for the log/tests."""
+        A block bitcoind does not know was never accepted: it stays pending while it may
+        still be (its submission is retried until the chain moves past its height), then
+        becomes rejected; never orphaned (an orphan is a block the node had, on a branch it
+        left). Rejected blocks are never looked at. Returns a list of changes."""
         now = time.time() if now is None else now
         changes: list[str] = []
         maturity = self.config.block_maturity
+        tip: int | None = None
         for block in await self.store.run(Store.blocks, (PENDING, ORPHANED)):
             try:
                 header = await rpc.call("getblockheader", block["hash"], True)
                 confirmations = int(header["confirmations"])
-            except RpcRefused:  # bitcoind does not know it: it never made it
-                confirmations = -1
+                unknown = False
+            except RpcRefused:  # bitcoind does not know it
+                confirmations, unknown = 0, True
+                try:
+                    tip = int(await rpc.call("getblockcount")) if tip is None else tip
+                except RpcError as exc:
+                    log.warning("block_check_failed", hash=block["hash"], error=str(exc))
+                    return changes
             except RpcError as exc:
                 log.warning("block_check_failed", hash=block["hash"], error=str(exc))
                 return changes
-            if confirmations < 0:
+            if unknown:
+                assert tip is not None
+                status = REJECTED if tip > int(block["height"]) else PENDING
+                if status == REJECTED:
+                    log.warning(
+                        "block_never_accepted",
+                        hash=block["hash"],
+                        height=block["height"],
+                        tip=tip,
+                        note="bitcoind never had it and the chain is past its height",
+                    )
+            elif confirmations < 0:
                 status = ORPHANED
             elif confirmations >= maturity:
                 status = CONFIRMED
@@ -559,6 +551,19 @@ class Ledger:
                     reward_sat=block["reward_sat"],
                 )
         return changes
+
+    async def reconcile_chain(
+        self, rpc: BitcoinRpc, *, payout_script: bytes, pool_tag: bytes
+    ) -> list[str]:
+        """At start: record the pool's blocks on the chain that the store is missing (found
+        while the store could not take them, or just before a crash); their hashes."""
+        return await reconcile_chain(
+            self.store,
+            rpc,
+            payout_script=payout_script,
+            pool_tag=pool_tag,
+            max_blocks=self.config.reconcile_blocks,
+        )
 
     # -- reports (in memory: no SQLite) ---------------------------------------------------------
     def reserve(self) -> Reserve:

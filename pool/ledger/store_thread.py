@@ -14,9 +14,13 @@ calls it) makes the applied shares durable with their journal checkpoint, atomic
 Because calls run in order, any call made after ``apply_nowait(batch)`` sees that batch
 applied: a block outcome recorded after its share was journaled finds the share's block row.
 
-A failed apply rolls the store back to its last commit and marks the store broken
-(``broken``): nothing is applied or committed from then on, the journal keeps the shares and
-the next start replays them.
+Storage faults (ENOSPC, EROFS, EIO, 'database is locked' held by another process, ...): any
+failed write rolls the store back to its last commit and DEGRADES it (``broken`` says why):
+shares the journal hands over meanwhile are dropped from the queue (the journal keeps them).
+``resync`` (the ledger retries it with backoff) rolls back, re-applies the journal from the
+store's committed checkpoint, commits and takes shares again: the store recovers by itself,
+with no restart and nothing credited twice (a batch is applied only past ``position``, the
+journal point the store already holds).
 
 What the event loop reads (totals, balances, blocks, per-minute work) is ``aggregates``, kept
 in memory and updated on the loop from what each call returns; see ``pool.ledger.aggregates``.
@@ -28,8 +32,9 @@ import asyncio
 import collections
 import contextlib
 import functools
+import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +61,9 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 JournalBatch = Sequence[tuple[JournalPosition, dict[str, Any]]]
+# the journal's records after a checkpoint (None: from the start), in order
+JournalSource = Callable[[Checkpoint | None], Iterator[tuple[JournalPosition, dict[str, Any]]]]
+REPLAY_CHUNK = 4096  # journal records applied per store call while replaying
 BACKLOG_WARNING_RECORDS = 100_000  # shares journaled but not yet in the store: say so
 
 
@@ -83,7 +91,13 @@ class StoreThread:
         self._store = Store(path)
         self._convert = convert
         self.aggregates = Aggregates()
-        self.broken: str | None = None  # why the store stopped applying shares
+        self.broken: str | None = None  # why the store is degraded (None while it works)
+        self.failures = 0  # times it became degraded
+        self.recoveries = 0  # times it recovered by itself
+        self.dropped = 0  # records handed over while degraded (re-read from the journal)
+        self.degraded_since: float | None = None
+        # the journal point the store holds (applied or committed); on the thread
+        self.position: Checkpoint | None = None
         self.schema_version = 0
         self.backlog = 0  # journaled records handed over, not yet taken by the thread
         self.applied = 0  # records applied since the start
@@ -118,7 +132,14 @@ class StoreThread:
     def _close_store(self, store: Store) -> None:
         if self.broken is not None and store.db is not None and store.db.in_transaction:
             store.rollback()
-        store.close()
+        try:
+            store.close()
+        except Exception as exc:  # storage still failing: the journal has every share
+            log.error("ledger_store_close_failed", error=repr(exc))
+            if store.db is not None:
+                with contextlib.suppress(Exception):
+                    store.db.close()
+                store.db = None
 
     # -- calls ----------------------------------------------------------------------------------
     def _submit(self, fn: Callable[[], T]) -> asyncio.Future[T]:
@@ -140,8 +161,9 @@ class StoreThread:
 
     async def _write(self, fn: Callable[[Store], T], after: Callable[[T], None]) -> T:
         """Like ``run``; ``after(result)`` then updates the aggregates on the loop, in call
-        order, also when the caller was cancelled meanwhile."""
-        future = self._submit(functools.partial(fn, self._store))
+        order, also when the caller was cancelled meanwhile. A storage error degrades the
+        store (its uncommitted shares are rolled back; ``resync`` brings them back)."""
+        future = self._submit(functools.partial(self._guarded, fn))
 
         def done(f: asyncio.Future[T]) -> None:
             if not f.cancelled() and f.exception() is None:
@@ -149,6 +171,14 @@ class StoreThread:
 
         future.add_done_callback(done)
         return await asyncio.shield(future)
+
+    def _guarded(self, fn: Callable[[Store], T]) -> T:
+        try:
+            return fn(self._store)
+        except (sqlite3.Error, OSError) as exc:
+            self._degrade(self._store, exc)
+            log.error("ledger_store_degraded", error=repr(exc), during="write")
+            raise
 
     # -- shares ---------------------------------------------------------------------------------
     def apply_nowait(self, batch: JournalBatch) -> None:
@@ -178,24 +208,48 @@ class StoreThread:
         while self._queue:
             batches.append(self._queue.popleft())
         count = sum(len(b) for b in batches)
-        if not batches or self.broken is not None:
+        if not batches:
+            return _Drained(count)
+        if self.broken is not None:  # the journal has them: ``resync`` reads them back
+            self.dropped += count
             return _Drained(count)
         store = self._store
         try:
-            records = [self._convert(record) for batch in batches for _, record in batch]
+            records = [self._convert(record) for record in self._new_records(batches)]
+            if not records:
+                return _Drained(count)
             last = batches[-1][-1][0]
             delta = store.apply_batch(records, Checkpoint(last.segment, last.offset))
-        except Exception as exc:  # the journal has the shares; the next start replays them
-            self.broken = repr(exc)
-            # Undo the half-applied batch (and the uncommitted ones before it): no later
-            # commit (a block status, a payout, close) may make it durable.
-            with contextlib.suppress(Exception):
-                store.rollback()
-            reload = None
-            with contextlib.suppress(Exception):
-                reload = store.load_aggregates(time.time())
-            return _Drained(count, error=exc, reload=reload)
+        except Exception as exc:  # the journal has the shares: resync re-applies them
+            return _Drained(count, error=exc, reload=self._degrade(store, exc))
+        self.position = Checkpoint(last.segment, last.offset)
         return _Drained(count, delta=delta)
+
+    def _new_records(self, batches: list[JournalBatch]) -> Iterable[dict[str, Any]]:
+        """The records past ``position`` (a resync may already have read some of them)."""
+        held = self.position
+        if held is None:
+            return [record for batch in batches for _, record in batch]
+        mark = (held.segment, held.offset)
+        return [
+            record for batch in batches for pos, record in batch if (pos.segment, pos.offset) > mark
+        ]
+
+    def _degrade(self, store: Store, exc: BaseException) -> Aggregates | None:
+        """On the thread: a write failed. Undo everything not committed (no later commit may
+        make a half-applied batch durable) and stop applying until ``resync`` succeeds.
+        Returns the store's committed totals (None when they cannot be read)."""
+        if self.broken is None:
+            self.failures += 1
+            self.degraded_since = time.time()
+        self.broken = repr(exc)
+        self.position = None
+        with contextlib.suppress(Exception):
+            store.rollback()
+        reload = None
+        with contextlib.suppress(Exception):
+            reload = store.load_aggregates(time.time())
+        return reload
 
     def _drained(self, future: asyncio.Future[_Drained]) -> None:
         """On the loop, in call order: merge what the thread applied."""
@@ -214,20 +268,73 @@ class StoreThread:
             self.applied += result.records
         if result.error is not None:
             log.error(
-                "ledger_store_failed",
+                "ledger_store_degraded",
                 error=repr(result.error),
-                note="shares stay in the journal and are replayed at the next start",
+                note="shares stay in the journal; the store re-applies them when it recovers",
             )
             if result.reload is not None:
                 self.aggregates = result.reload
 
     async def commit(self) -> None:
-        """Make every applied share durable with its journal checkpoint (not when broken)."""
-        await self.run(self._commit)
+        """Make every applied share durable with its journal checkpoint (not when degraded).
+        A failure degrades the store (logged, never raised: the commit timer lives on)."""
+        reload = await self.run(self._commit)
+        if reload is not None:
+            self.aggregates = reload
 
-    def _commit(self, store: Store) -> None:
-        if self.broken is None:
+    def _commit(self, store: Store) -> Aggregates | None:
+        if self.broken is not None:
+            return None
+        try:
             store.commit()
+        except Exception as exc:
+            reload = self._degrade(store, exc)
+            log.error(
+                "ledger_store_degraded",
+                error=repr(exc),
+                during="commit",
+                note="shares stay in the journal; the store re-applies them when it recovers",
+            )
+            return reload if reload is not None else self.aggregates
+        return None
+
+    async def resync(self, source: JournalSource) -> int | None:
+        """Recover a degraded store: roll back, re-apply the journal from the committed
+        checkpoint, commit and take shares again. Returns the records re-applied (None when
+        the store was not degraded); raises (and stays degraded) while storage still fails."""
+        result = await self.run(functools.partial(StoreThread._resync, self, source))
+        if result is None:
+            return None
+        count, aggregates, down = result
+        self.aggregates = aggregates
+        self.recoveries += 1
+        log.warning(
+            "ledger_store_recovered",
+            reapplied_records=count,
+            down_seconds=round(down, 3),
+            recoveries=self.recoveries,
+        )
+        return count
+
+    def _resync(self, source: JournalSource, store: Store) -> tuple[int, Aggregates, float] | None:
+        if self.broken is None:
+            return None
+        try:
+            store.rollback()
+            cp = store.checkpoint()
+            count, last = apply_journal(store, source, cp, self._convert)
+            store.commit()
+            aggregates = store.load_aggregates(time.time())
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                store.rollback()
+            self.broken = repr(exc)
+            raise
+        self.position = last
+        self.broken = None
+        down = time.time() - (self.degraded_since or time.time())
+        self.degraded_since = None
+        return count, aggregates, down
 
     # -- blocks ---------------------------------------------------------------------------------
     def _set_block(self, row: dict[str, Any] | None) -> None:
@@ -346,6 +453,29 @@ class StoreThread:
             return None, store.balances_of(store.payout_addresses(payout_id))
 
         await self._write(finish, after=self._set_balances)
+
+
+def apply_journal(
+    store: Store,
+    source: JournalSource,
+    cp: Checkpoint | None,
+    convert: Callable[[dict[str, Any]], ShareRecord],
+) -> tuple[int, Checkpoint | None]:
+    """On the store's thread: apply the journal's records past ``cp`` (not committed).
+    Returns how many and the checkpoint just after the last (``cp`` when none)."""
+    count = 0
+    chunk: list[ShareRecord] = []
+    last = cp
+    for position, record in source(cp):
+        chunk.append(convert(record))
+        last = Checkpoint(position.segment, position.offset)
+        count += 1
+        if len(chunk) >= REPLAY_CHUNK:
+            store.apply_batch(chunk, last)
+            chunk = []
+    if chunk and last is not None:
+        store.apply_batch(chunk, last)
+    return count, last
 
 
 def _open(store: Store) -> int:

@@ -30,7 +30,13 @@ from tests.integration.api_harness import (
     mined_pool,
     post,
 )
-from tests.integration.harness import RawClient, pool_config, start_pool, wallet_address
+from tests.integration.harness import (
+    RawClient,
+    pool_config,
+    start_pool,
+    wait_for,
+    wallet_address,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -249,21 +255,41 @@ async def test_healthz(regtest_node: ManagedNode, tmp_path: Path) -> None:
                     assert resp.status == 503, body
                 assert body["status"] == "unhealthy"
                 assert [r for r in body["reasons"] if r.startswith("bitcoind does not answer")]
+                # no internal address: neither the RPC URL nor its port is shown
+                assert str(app.rpc.display_url) not in json.dumps(body), body
+                assert "127.0.0.1" not in json.dumps(body), body
+                assert body["checks"]["bitcoind"]["error"] == "RpcUnavailable"
             finally:
                 assert app.rpc is not None
                 await app.rpc.close()
                 app.rpc = real
-            # the template watcher dies
-            task = app._watch_task
+            # the template watcher dies: health says so while it is down, and it is restarted
+            app.tasks.initial = 0.5  # (the supervisor's first delay, for the down window)
+            state = app.tasks.states["template-watcher"]
+            task = app.watcher_task
             assert task is not None
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
+            await wait_for(lambda: not state.running, 10, "the watcher to be seen down")
             async with http.get(url) as resp:
                 body = await resp.json()
+            if not state.running:  # still in its restart delay
                 assert resp.status == 503, body
-            assert body["reasons"] == ["the template watcher is not running (cancelled)"]
-            assert body["checks"]["bitcoind"]["ok"] and not body["checks"]["template_watcher"]["ok"]
+                [reason] = body["reasons"]
+                assert reason.startswith("the template watcher is not running (died: "), reason
+                assert not body["checks"]["template_watcher"]["ok"]
+            await wait_for(lambda: state.running, 30, "the watcher to be restarted")
+            async with http.get(url) as resp:
+                body = await resp.json()
+                assert resp.status == 200, body
+            watcher = body["checks"]["tasks"]["template-watcher"]
+            assert watcher["ok"] and watcher["restarts"] == 1, watcher
+            assert "cancelled" in watcher["last_error"], watcher
+            async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                text = await resp.text()
+            assert 'pool_task_restarts_total{task="template-watcher"} 1' in text
+            assert "pool_ledger_degraded 0" in text
     finally:
         await api.stop()
         await app.stop()

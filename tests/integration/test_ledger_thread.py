@@ -24,7 +24,7 @@ import pytest_asyncio
 from pool.bitcoin import REGTEST, address_to_script
 from pool.config import LedgerConfig
 from pool.jobs import Job, JobConfig, Template, build_job
-from pool.ledger.aggregates import CONFIRMED, ORPHANED, PENDING, REJECTED
+from pool.ledger.aggregates import CONFIRMED, PENDING, REJECTED
 from pool.ledger.journal_read import read_records
 from pool.ledger.ledger import Ledger
 from pool.ledger.store import Store
@@ -276,20 +276,23 @@ async def test_blocks_not_refused_stay_pending_until_the_chain_settles_them(
         reward = job.template.coinbase_value + 2 * job2.template.coinbase_value
         assert ledger.reserve().rewards_earned_units == reward * 1_000_000
         assert ledger.luck(time.time())["all"]["found_blocks"] == 3
-        # the chain settles them: on it and deep enough -> confirmed; unknown -> orphaned
-        changes = await ledger.check_blocks(rpc)
-        assert changes == [f"{never.hash_hex}:pending->orphaned"]
-        assert (await stored(ledger))["blocks"][mined] == PENDING
+        # the chain settles them: on it and deep enough -> confirmed. One bitcoind never had
+        # is never "orphaned": it stays pending while the chain is not past its height (its
+        # submission may still be retried), then it is rejected (never accepted)
+        assert await ledger.check_blocks(rpc) == []
+        assert (await stored(ledger))["blocks"] == expected
         await rpc.call("generatetoaddress", 1, sink)
-        assert await ledger.check_blocks(rpc) == [f"{mined}:pending->confirmed"]
+        assert sorted(await ledger.check_blocks(rpc)) == sorted(
+            [f"{mined}:pending->confirmed", f"{never.hash_hex}:pending->rejected"]
+        )
         await rpc.call("generatetoaddress", 1, sink)
         assert await ledger.check_blocks(rpc) == [f"{mined2}:pending->confirmed"]
-        settled = {mined: CONFIRMED, mined2: CONFIRMED, never.hash_hex: ORPHANED}
+        settled = {mined: CONFIRMED, mined2: CONFIRMED, never.hash_hex: REJECTED}
         assert (await stored(ledger))["blocks"] == settled
         assert {h: b["status"] for h, b in ledger.aggregates.blocks.items()} == settled
         confirmed_units = (job.template.coinbase_value + job2.template.coinbase_value) * 1_000_000
         assert ledger.reserve().rewards_confirmed_units == confirmed_units
-        assert ledger.luck(time.time())["all"]["found_blocks"] == 3  # orphans count as found
+        assert ledger.luck(time.time())["all"]["found_blocks"] == 2  # never a solution on chain
         # a late outcome (even a refusal) of a settled block changes nothing
         await ledger.block_submitted(won, finder, submission(SubmitStatus.REJECTED, won), 9.0)
         assert (await stored(ledger))["blocks"] == settled

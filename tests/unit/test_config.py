@@ -96,6 +96,14 @@ def test_environment_overrides(tmp_path: Path) -> None:
         ("[stratum]\nports = []\n", "stratum.ports"),
         ("[ledger]\njournal_retention_days = -1.0\n", "ledger.journal_retention_days"),
         ("[ledger]\njournal_retention_days = nan\n", "ledger.journal_retention_days"),
+        ("[ledger]\nstorage_retry_seconds = 0.0\n", "ledger.storage_retry_seconds"),
+        ("[ledger]\nstorage_retry_seconds = inf\n", "ledger.storage_retry_seconds"),
+        (
+            "[ledger]\nstorage_retry_seconds = 5.0\nstorage_retry_max_seconds = 1.0\n",
+            "ledger.storage_retry_max_seconds",
+        ),
+        ("[ledger]\nreconcile_blocks = 0\n", "ledger.reconcile_blocks"),
+        ("[ledger]\nreconcile_blocks = 100001\n", "ledger.reconcile_blocks"),
     ],
 )
 def test_cross_checks_name_the_key(text: str, key: str, tmp_path: Path) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ from pool.ledger.journal import (
     encode_frame,
     segment_files,
 )
-from pool.ledger.journal_read import read_records
+from pool.ledger.journal_read import DAMAGE_TOTAL, Damage, read_records
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -47,8 +49,21 @@ def ids(directory: Path, start: JournalPosition | None = None) -> list[int]:
     return [record["id"] for _, record in read_records(directory, start)]
 
 
+async def until(predicate: Callable[[], bool], seconds: float = 30.0) -> None:
+    """Wait for ``predicate`` (a condition, never a fixed sleep)."""
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out waiting for a condition"
+        await asyncio.sleep(0.005)
+
+
 def warnings(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [entry for entry in logs if entry["log_level"] == "warning"]
+    """The damage reports: a torn tail is a warning, a corrupt record an ERROR."""
+    found = [entry for entry in logs if entry["log_level"] in ("warning", "error")]
+    for entry in found:
+        level = "warning" if entry["event"] == "journal_torn_tail" else "error"
+        assert entry["log_level"] == level, entry
+    return found
 
 
 async def test_round_trip_batches_and_rotation(tmp_path: Path) -> None:
@@ -317,27 +332,47 @@ async def test_close_writes_what_is_pending(tmp_path: Path) -> None:
     assert ids(tmp_path) == list(range(20))
 
 
-async def test_a_write_error_fails_the_batch_and_the_journal(
+async def test_a_write_error_degrades_the_journal_until_it_recovers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    journal = Journal(tmp_path)
+    journal = Journal(tmp_path, retry_seconds=0.05, retry_max_seconds=0.2)
     await journal.open()
     await journal.append(share(0))
+    real_write, real_probe = journal_module._write_all, journal_module._probe
+    probes: list[float] = []
 
     def disk_full(fd: int, data: bytes) -> None:
+        os.write(fd, data[: len(data) // 2])  # a partial write, then the disk is full
+        raise OSError(28, "No space left on device")
+
+    def probe_full(directory: Path, policy: FsyncPolicy) -> None:
+        probes.append(time.monotonic())
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(journal_module, "_write_all", disk_full)
+    monkeypatch.setattr(journal_module, "_probe", probe_full)
     with capture_logs() as logs:
         results = await asyncio.gather(
             *(journal.append(share(i)) for i in range(1, 4)), return_exceptions=True
         )
-    assert all(isinstance(r, JournalError) for r in results)
-    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["journal_write_failed"]
-    with pytest.raises(JournalError, match="failed"):
-        await journal.append(share(9))  # never again after a failure
+        assert all(isinstance(r, JournalError) for r in results)
+        assert "No space left" in str(results[0])
+        assert journal.degraded is not None and journal.failures == 1
+        with pytest.raises(JournalError, match="pool storage unavailable"):
+            await journal.append(share(9))  # refused at once while degraded
+        await until(lambda: len(probes) >= 4)  # retried with backoff while the disk is full
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["journal_degraded"]
+    gaps = [b - a for a, b in itertools.pairwise(probes)]
+    assert gaps[-1] >= 0.15  # the delay grew to the maximum
+    monkeypatch.setattr(journal_module, "_write_all", real_write)
+    monkeypatch.setattr(journal_module, "_probe", real_probe)
+    await until(lambda: journal.degraded is None)  # space is back: it recovers by itself
+    assert journal.degraded is None and journal.recoveries == 1
+    assert journal.segment == 2  # a new segment after the fault
+    await journal.append(share(10))
     await journal.close()
-    assert ids(tmp_path) == [0]
+    # the half-written failed batch was cut off: nothing the miners were refused is replayed
+    assert ids(tmp_path) == [0, 10]
 
 
 async def test_a_cancelled_append_is_still_written(tmp_path: Path) -> None:
@@ -463,3 +498,27 @@ async def test_append_many_fails_every_record_of_a_failed_write(tmp_path: Path) 
         await journal.append_many([share(9)])
     journal._fd = -1
     await journal.close()
+
+
+async def test_corrupt_records_are_counted_as_errors(tmp_path: Path) -> None:
+    positions = await write(tmp_path, 10)
+    (_, path) = segment_files(tmp_path)[0]
+    data = bytearray(path.read_bytes())
+    for record in (2, 6):  # two records' payloads damaged, far apart
+        data[positions[record].offset - 1] ^= 0x5A
+    path.write_bytes(bytes(data) + b"\xd9\x4a")  # and a torn tail
+    damage = Damage()
+    total_before = DAMAGE_TOTAL.corrupt
+    with capture_logs() as logs:
+        got = [r["id"] for _, r in read_records(tmp_path, None, damage)]
+    assert got == [0, 1, 3, 4, 5, 7, 8, 9]
+    assert (damage.corrupt, damage.torn_tails) == (2, 1)
+    assert damage.corrupt_bytes == sum(
+        positions[i].offset - positions[i - 1].offset for i in (2, 6)
+    )
+    assert DAMAGE_TOTAL.corrupt - total_before == 2  # the process-wide count the metric reads
+    errors = [e for e in logs if e["log_level"] == "error"]
+    assert [(e["event"], e["corrupt_stretches"]) for e in errors] == [
+        ("journal_corrupt_record", 1),
+        ("journal_corrupt_record", 2),
+    ]

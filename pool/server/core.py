@@ -71,7 +71,7 @@ __all__ = ["NOT_RECORDED", "CoreSettings", "PoolConnection", "ShareEvent", "noti
 log = structlog.get_logger("pool.server.core")
 _new_tuple = tuple.__new__
 
-NOT_RECORDED = (int(ErrorCode.OTHER), "the pool could not record the share")
+NOT_RECORDED = (int(ErrorCode.OTHER), "pool storage unavailable, share not recorded")
 _NOT_SUBSCRIBED = (Reject.NOT_SUBSCRIBED.code, Reject.NOT_SUBSCRIBED.message)
 _UNAUTHORIZED = (Reject.UNAUTHORIZED.code, Reject.UNAUTHORIZED.message)
 _STALE = (Reject.STALE.code, Reject.STALE.message)
@@ -350,11 +350,12 @@ class PoolConnection:
         for each job id is the one the miner saw last before that job's notify)."""
         if self.conn.state is ConnState.CLOSED:
             return b""
-        if not recorded:
-            return self.conn.answer_submit(event.request, NOT_RECORDED)
+        # Valid work counts for vardiff even when storage refused it: the miner's hashrate is
+        # what it is, and a difficulty falling to the minimum during a storage fault would
+        # only multiply the refused shares.
         if self.vardiff.on_share(event.result.difficulty, now) is not None:
             self._resend_due = True
-        return self.conn.answer_submit(event.request, None)
+        return self.conn.answer_submit(event.request, None if recorded else NOT_RECORDED)
 
     def take_resend(self, now: float) -> bytes:
         """The current job with the new difficulty, if share_recorded saw vardiff move."""

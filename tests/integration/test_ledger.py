@@ -298,7 +298,7 @@ async def test_a_share_the_ledger_cannot_record_is_not_acknowledged(
         client.send(9, "mining.submit", solution.params(f"{miner_addr}.x"))
         answer = await client.response(9)
         assert answer["result"] is not True
-        assert "could not record" in json.dumps(answer["error"])
+        assert "share not recorded" in json.dumps(answer["error"])
         assert app.server.stats.accepted == 0
         assert (await app.ledger.store.run(Store.totals))["shares"] == 0
     finally:
@@ -333,7 +333,7 @@ async def test_a_block_whose_share_cannot_be_journaled_is_still_tracked(
         client.send(5, "mining.submit", solution.params(f"{miner_addr}.lucky"))
         answer = await client.response(5)
         assert answer["result"] is not True
-        assert "could not record" in json.dumps(answer["error"])
+        assert "share not recorded" in json.dumps(answer["error"])
         [block] = await app.ledger.store.run(Store.blocks)
         assert block["status"] == "pending" and block["worker"] == f"{miner_addr}.lucky"
         # submitted in the background (or before the answer): on the chain soon

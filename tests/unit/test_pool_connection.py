@@ -305,3 +305,24 @@ def test_a_valid_share_ends_a_run_of_invalid_ones_when_judged() -> None:
     _, shares = core.receive_data(run + submit(job.job_id, 1, id=50) + run, NOW)
     assert shares == 1
     assert not core.closing and core.invalid_in_row == 3  # 3 + valid + 3, not 6
+
+
+def test_shares_refused_by_storage_still_count_for_vardiff() -> None:
+    """Valid work the ledger could not record is still the miner's hashrate: during a storage
+    fault the difficulty must not fall to the minimum (which would multiply refused shares)."""
+    core, _, job = setup(vardiff=True)
+    handshake(core)
+    resends: list[bytes] = []
+    for n in range(64):
+        now = NOW + n * 0.5
+        items, shares = core.receive_data(submit(job.job_id, n, id=100 + n, en2=f"{n:08x}"), now)
+        assert shares == 1
+        [event] = items
+        assert isinstance(event, ShareEvent)
+        answer = json.loads(core.share_recorded(event, False, now))
+        assert answer["error"][:2] == list(NOT_RECORDED)
+        resends.append(core.take_resend(now))
+    changed = [messages([r]) for r in resends if r]
+    assert changed, "vardiff never moved on 64 valid (unrecorded) shares"
+    assert changed[0][0]["method"] == "mining.set_difficulty"
+    assert changed[0][0]["params"][0] > 1e-12

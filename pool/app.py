@@ -33,7 +33,7 @@ from pool.ledger.ledger import Ledger
 from pool.ledger.payouts import Payouts, RoundResult
 from pool.node.managed import ManagedNode, ensure_wallet, prepare_regtest_wallet
 from pool.node.rpc import BitcoinRpc, RetryPolicy, RpcError, RpcRefused
-from pool.node.submit import BlockSubmission, submit_block
+from pool.node.submit import BlockSubmission, BlockSubmitter
 from pool.node.templates import TemplateWatcher
 from pool.server.auth import Credentials
 from pool.server.bans import BansFileError, load_bans
@@ -75,6 +75,7 @@ class PoolApp:
         self._payout_lock = asyncio.Lock()
         self.chain_sim: ChainSim | None = None
         self.api: ApiServer | None = None
+        self.submitter: BlockSubmitter | None = None
 
     @property
     def watcher_task(self) -> asyncio.Task[None] | None:
@@ -108,9 +109,18 @@ class PoolApp:
         node_cfg = self.config.node
         retry = RetryPolicy(give_up_after=node_cfg.rpc_give_up_seconds)
         if node_cfg.mode == "managed":
-            self.node = ManagedNode(self.data_dir / "bitcoind")
+            self.node = ManagedNode(
+                self.data_dir / "bitcoind",
+                restart_backoff=(
+                    node_cfg.restart_backoff_seconds,
+                    node_cfg.restart_backoff_max_seconds,
+                ),
+                stop_timeout=node_cfg.stop_timeout_seconds,
+            )
             rpc = await self.node.start()
             rpc.retry = retry
+            self.node.restart_listeners.append(self._node_restarted)
+            self.node.supervise()  # a node that dies while the pool runs is started again
             return rpc
         return self._external_rpc(retry)
 
@@ -147,6 +157,11 @@ class PoolApp:
         except BansFileError as exc:
             raise StartupError(f"{exc} (fix or remove it; the pool keeps its bans there)") from exc
         self.rpc = rpc = await self._connect_node()
+        self.submitter = BlockSubmitter(
+            rpc,
+            retry_initial=cfg.node.submit_retry_seconds,
+            retry_max=cfg.node.submit_retry_max_seconds,
+        )
         info = await rpc.call("getblockchaininfo")
         self.network = network = network_for_chain(info["chain"])
         address = cfg.pool.payout_address
@@ -192,6 +207,7 @@ class PoolApp:
             refresh_interval=cfg.node.template_refresh_seconds,
             poll_interval=cfg.node.poll_interval_seconds,
             longpoll=cfg.node.longpoll,
+            longpoll_timeout=cfg.node.longpoll_timeout_seconds,
         )
         await self.watcher.update(force=True)  # a job exists before the first miner arrives
         await self.server.start()
@@ -212,6 +228,11 @@ class PoolApp:
             height=await rpc.call("getblockcount"),
             stratum_ports=self.server.bound_ports,
         )
+
+    def _node_restarted(self) -> None:
+        """The managed node is back: a fresh template at once (submissions wake by themselves)."""
+        if self.watcher is not None:
+            self.watcher.poke()
 
     @staticmethod
     def _watcher_done(task: asyncio.Task[None]) -> None:
@@ -320,7 +341,9 @@ class PoolApp:
                     await self._new_block.wait()
             self._new_block.clear()
             try:
-                await self.ledger.check_blocks(self.rpc)
+                if not (self.submitter is not None and self.submitter.pending):
+                    # (a block still being submitted is not checked: the node may not have it)
+                    await self.ledger.check_blocks(self.rpc)
                 if cfg.payout_interval_seconds > 0 and loop.time() >= next_payout:
                     next_payout = loop.time() + cfg.payout_interval_seconds
                     await self.run_payout_round()
@@ -363,11 +386,12 @@ class PoolApp:
     async def submit(self, result: ShareResult) -> BlockSubmission:
         """A block candidate: assemble and submit it (in the background: the finder's answer
         never waits for bitcoind)."""
-        assert self.rpc is not None and result.job is not None
+        assert self.submitter is not None and result.job is not None
         job = result.job
         block = job.block(result.extranonce, result.ntime, result.nonce, result.version)
-        submission = await submit_block(
-            self.rpc, block, block_hash=result.hash_hex, height=job.height
+        # Retried until bitcoind settles it (or the chain moves past it), whatever the outage.
+        submission = await self.submitter.submit(
+            block, block_hash=result.hash_hex, height=job.height
         )
         if submission.accepted and self.chain_sim is not None:
             changes = self.chain_sim.on_block(job.height, time.time())
@@ -381,6 +405,16 @@ class PoolApp:
     # -- shutdown ---------------------------------------------------------------------------------
     async def stop(self) -> None:
         log.info("pool_stopping")
+        try:
+            await self._stop_services()
+        finally:  # whatever failed before: the managed node never outlives the pool
+            if self.node is not None:
+                await self.node.stop()
+            elif self.rpc is not None:
+                await self.rpc.close()
+        log.info("pool_stopped")
+
+    async def _stop_services(self) -> None:
         if self.api is not None:
             await self.api.stop()
         if self.server is not None:
@@ -392,11 +426,6 @@ class PoolApp:
                     await task
         if self.ledger is not None:
             await self.ledger.close()  # every journaled share committed to the store
-        if self.node is not None:
-            await self.node.stop()
-        elif self.rpc is not None:
-            await self.rpc.close()
-        log.info("pool_stopped")
 
     async def run_until_signalled(self) -> None:
         stop = asyncio.Event()

@@ -119,6 +119,7 @@ class BlockSubmitter:
 
     async def submit(self, block: bytes, *, block_hash: str, height: int) -> BlockSubmission:
         self.pending[block_hash] = height
+        log.info("block_found", height=height, hash=block_hash)
         try:
             return await self._submit(block, block_hash=block_hash, height=height)
         except asyncio.CancelledError:  # the pool is stopping with the block still unsettled

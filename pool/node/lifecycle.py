@@ -106,7 +106,9 @@ def leftover_of(pid: int, datadir: Path) -> Leftover | None:
     args = _cmdline(pid)
     if not args or not alive(pid):
         return None
-    if Path(args[0]).name != "bitcoind":
+    # argv[0], or a later program argument when it runs through a dynamic loader
+    # ("ld-linux ... --library-path DIR .../bitcoind -regtest ...")
+    if not any(Path(arg).name == "bitcoind" for arg in args if not arg.startswith("-")):
         return None
     wanted = str(datadir.resolve())
     rpc_port: int | None = None

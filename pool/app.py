@@ -161,6 +161,7 @@ class PoolApp:
             rpc,
             retry_initial=cfg.node.submit_retry_seconds,
             retry_max=cfg.node.submit_retry_max_seconds,
+            keep_recent=cfg.node.resubmit_recent_blocks,
         )
         info = await rpc.call("getblockchaininfo")
         self.network = network = network_for_chain(info["chain"])
@@ -230,7 +231,10 @@ class PoolApp:
         )
 
     def _node_restarted(self) -> None:
-        """The managed node is back: a fresh template at once (submissions wake by themselves)."""
+        """The managed node is back: it gets the pool's recent blocks again (a killed node may
+        have lost them), then a fresh template (pending submissions wake by themselves)."""
+        if self.submitter is not None:
+            self.submitter.node_restarted()
         if self.watcher is not None:
             self.watcher.poke()
 

@@ -49,6 +49,7 @@ class NodeConfig:
     stop_timeout_seconds: float = 30.0  # a stopping node (ours or a leftover) is killed after
     submit_retry_seconds: float = 0.5  # a found block unsubmitted: first retry delay (doubles)
     submit_retry_max_seconds: float = 5.0  # ...up to this; retried until settled, any outage
+    resubmit_recent_blocks: int = 16  # the pool's last blocks given again to a restarted node
 
 
 @dataclass(frozen=True)
@@ -396,6 +397,8 @@ def validate(config: Config, where: str) -> None:
             fail(f"node.{name}", "must be a positive number of seconds")
     if not node.restart_backoff_max_seconds >= node.restart_backoff_seconds:
         fail("node.restart_backoff_max_seconds", "must be at least node.restart_backoff_seconds")
+    if not 0 <= node.resubmit_recent_blocks <= 1000:
+        fail("node.resubmit_recent_blocks", "must be 0..1000")
     if not node.submit_retry_max_seconds >= node.submit_retry_seconds:
         fail("node.submit_retry_max_seconds", "must be at least node.submit_retry_seconds")
 
@@ -410,6 +413,7 @@ def limits_summary(config: Config) -> dict[str, Any]:
         "node.restart_backoff_max_seconds": config.node.restart_backoff_max_seconds,
         "node.submit_retry_max_seconds": config.node.submit_retry_max_seconds,
         "node.longpoll_timeout_seconds": config.node.longpoll_timeout_seconds,
+        "node.resubmit_recent_blocks": config.node.resubmit_recent_blocks,
         "ledger.payout_max_recipients": config.ledger.payout_max_recipients,
         "ledger.journal_segment_bytes": config.ledger.journal_segment_bytes,
         "ledger.journal_retention_days": config.ledger.journal_retention_days,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,7 +98,12 @@ class BlockSubmitter:
 
     ``pending`` holds the blocks being submitted (hash -> height): while a block is there the
     node may not have seen it yet, so nothing may call it orphaned. ``retries`` counts the
-    submissions asked again."""
+    submissions asked again.
+
+    The last ``keep_recent`` blocks bitcoind took are kept: a node that was killed may come
+    back without the blocks it had not flushed to disk, so after a restart (``node_restarted``)
+    they are submitted again, in height order, before any pending block is retried (a pending
+    block builds on them)."""
 
     def __init__(
         self,
@@ -107,6 +113,7 @@ class BlockSubmitter:
         retry_max: float = 5.0,
         timeout: float = 60.0,
         log_every: float = 60.0,
+        keep_recent: int = 16,
     ) -> None:
         Backoff(retry_initial, retry_max)  # validates
         self.rpc = rpc
@@ -116,6 +123,11 @@ class BlockSubmitter:
         self.log_every = log_every
         self.pending: dict[str, int] = {}
         self.retries = 0
+        self.recent: deque[tuple[int, str, bytes]] = deque(maxlen=keep_recent)
+        self.restored = 0  # recent blocks a restarted node had lost and took again
+        self._not_restoring = asyncio.Event()
+        self._not_restoring.set()
+        self._restore_task: asyncio.Task[None] | None = None
 
     async def submit(self, block: bytes, *, block_hash: str, height: int) -> BlockSubmission:
         self.pending[block_hash] = height
@@ -142,6 +154,7 @@ class BlockSubmitter:
         hex_block = block.hex()
         while True:
             attempts += 1
+            await self._not_restoring.wait()  # a restarted node first gets its lost blocks back
             try:
                 answer = await self.rpc.call(
                     "submitblock", hex_block, retry=False, timeout=self.timeout
@@ -182,9 +195,47 @@ class BlockSubmitter:
                     await self.rpc.wait_available(delay)
                 continue
             status, reason = interpret_submitblock(answer)
+            if status in (SubmitStatus.ACCEPTED, SubmitStatus.DUPLICATE, SubmitStatus.INCONCLUSIVE):
+                self.recent.append((height, block_hash, block))
             return _settled(
                 BlockSubmission(status, reason, block_hash, height), attempts, first_failure
             )
+
+    # -- a restarted node ---------------------------------------------------------------------
+    def node_restarted(self) -> None:
+        """The node was restarted: give it the recent blocks back before anything else."""
+        if not self.recent:
+            return
+        self._not_restoring.clear()
+        self._restore_task = asyncio.create_task(self._restore(), name="blocks-restore")
+
+    async def _restore(self) -> None:
+        try:
+            for height, block_hash, block in sorted(self.recent):
+                try:
+                    answer = await self.rpc.call(
+                        "submitblock", block.hex(), retry=False, timeout=self.timeout
+                    )
+                except RpcRefused as exc:
+                    answer = exc.message
+                except RpcError as exc:
+                    log.warning(
+                        "block_restore_failed", height=height, hash=block_hash, error=str(exc)
+                    )
+                    return
+                status, reason = interpret_submitblock(answer)
+                if status is not SubmitStatus.DUPLICATE:  # duplicate: the node still had it
+                    self.restored += status is SubmitStatus.ACCEPTED
+                    log.warning(
+                        "block_restored",
+                        height=height,
+                        hash=block_hash,
+                        status=status.value,
+                        reason=reason,
+                        note="the restarted node had lost this block",
+                    )
+        finally:
+            self._not_restoring.set()
 
     async def _ask_chain(self, block_hash: str, height: int) -> tuple[SubmitStatus, str] | None:
         try:

@@ -120,6 +120,7 @@ class PoolApp:
             rpc = await self.node.start()
             rpc.retry = retry
             self.node.restart_listeners.append(self._node_restarted)
+            self.node.exit_listeners.append(self._node_exited)
             self.node.supervise()  # a node that dies while the pool runs is started again
             return rpc
         return self._external_rpc(retry)
@@ -229,6 +230,11 @@ class PoolApp:
             height=await rpc.call("getblockcount"),
             stratum_ports=self.server.bound_ports,
         )
+
+    def _node_exited(self) -> None:
+        """The managed node died: block submissions wait for its restart (and restore)."""
+        if self.submitter is not None:
+            self.submitter.node_down()
 
     def _node_restarted(self) -> None:
         """The managed node is back: it gets the pool's recent blocks again (a killed node may

@@ -92,6 +92,7 @@ class ManagedNode:
         self.restart_failures = 0  # restart attempts that failed (retried with backoff)
         self.leftovers_stopped = 0  # leftover nodes of earlier runs stopped before the start
         self.restart_listeners: list[Callable[[], None]] = []
+        self.exit_listeners: list[Callable[[], None]] = []  # called when the node died
         self._bitcoind: Path | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._stopping = False
@@ -247,6 +248,7 @@ class ManagedNode:
             )
             _close_output(proc)
             self.process = None
+            _notify(self.exit_listeners)
             attempt = 0
             while not self._stopping:
                 attempt += 1
@@ -275,11 +277,7 @@ class ManagedNode:
                     attempts=attempt,
                     down_seconds=round(time.monotonic() - died, 1),
                 )
-                for listener in self.restart_listeners:
-                    try:
-                        listener()
-                    except Exception as exc:  # a listener must not stop the supervision
-                        log.exception("bitcoind_restart_listener_failed", error=repr(exc))
+                _notify(self.restart_listeners)
                 break
 
     async def _end(self, proc: subprocess.Popen[bytes] | None) -> None:
@@ -345,6 +343,14 @@ class ManagedNode:
             proc.kill()
             proc.wait()
         _close_output(proc)
+
+
+def _notify(listeners: list[Callable[[], None]]) -> None:
+    for listener in listeners:
+        try:
+            listener()
+        except Exception as exc:  # a listener must not stop the supervision
+            log.exception("bitcoind_listener_failed", error=repr(exc))
 
 
 def _close_output(proc: subprocess.Popen[bytes]) -> None:

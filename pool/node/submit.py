@@ -103,7 +103,8 @@ class BlockSubmitter:
     The last ``keep_recent`` blocks bitcoind took are kept: a node that was killed may come
     back without the blocks it had not flushed to disk, so after a restart (``node_restarted``)
     they are submitted again, in height order, before any pending block is retried (a pending
-    block builds on them)."""
+    block builds on them): from ``node_down`` (the managed node died) until that is done, no
+    submission is attempted."""
 
     def __init__(
         self,
@@ -125,8 +126,8 @@ class BlockSubmitter:
         self.retries = 0
         self.recent: deque[tuple[int, str, bytes]] = deque(maxlen=keep_recent)
         self.restored = 0  # recent blocks a restarted node had lost and took again
-        self._not_restoring = asyncio.Event()
-        self._not_restoring.set()
+        self._node_ready = asyncio.Event()  # cleared from node_down to the end of the restore
+        self._node_ready.set()
         self._restore_task: asyncio.Task[None] | None = None
 
     async def submit(self, block: bytes, *, block_hash: str, height: int) -> BlockSubmission:
@@ -154,7 +155,7 @@ class BlockSubmitter:
         hex_block = block.hex()
         while True:
             attempts += 1
-            await self._not_restoring.wait()  # a restarted node first gets its lost blocks back
+            await self._node_ready.wait()  # a restarted node first gets its lost blocks back
             try:
                 answer = await self.rpc.call(
                     "submitblock", hex_block, retry=False, timeout=self.timeout
@@ -202,11 +203,15 @@ class BlockSubmitter:
             )
 
     # -- a restarted node ---------------------------------------------------------------------
+    def node_down(self) -> None:
+        """The managed node died: hold every submission until it is back and restored."""
+        self._node_ready.clear()
+
     def node_restarted(self) -> None:
         """The node was restarted: give it the recent blocks back before anything else."""
         if not self.recent:
+            self._node_ready.set()
             return
-        self._not_restoring.clear()
         self._restore_task = asyncio.create_task(self._restore(), name="blocks-restore")
 
     async def _restore(self) -> None:
@@ -235,7 +240,7 @@ class BlockSubmitter:
                         note="the restarted node had lost this block",
                     )
         finally:
-            self._not_restoring.set()
+            self._node_ready.set()
 
     async def _ask_chain(self, block_hash: str, height: int) -> tuple[SubmitStatus, str] | None:
         try:

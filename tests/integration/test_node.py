@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
 
+from pool.app import PoolApp, StartupError
+from pool.config import ApiConfig, Config, NodeConfig, PoolConfig, PortConfig, StratumConfig
 from pool.jobs import Template
 from pool.node.binaries import Binaries
+from pool.node.lifecycle import find_leftovers
 from pool.node.managed import ManagedNode, free_port
 from pool.node.rpc import (
     BitcoinRpc,
@@ -177,3 +181,30 @@ async def test_leftover_node_on_the_data_dir_is_stopped_before_the_start(
             proc.wait()
         if leftover.rpc is not None:
             await leftover.rpc.close()
+
+
+@pytest.mark.parametrize("failure", ["payout_address", "stratum_port"])
+async def test_start_failing_after_the_node_started_stops_the_node(
+    failure: str, tmp_path: Path
+) -> None:
+    """The managed node is started first; whatever fails after it, the shutdown stops it."""
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1] if failure == "stratum_port" else 0
+    payout = "bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4" if failure == "payout_address" else ""
+    config = Config(
+        node=NodeConfig(mode="managed"),
+        pool=PoolConfig(payout_address=payout, data_dir=str(tmp_path / "pool")),
+        stratum=StratumConfig(ports=(PortConfig(port=port),)),
+        api=ApiConfig(enabled=False),
+    )
+    app = PoolApp(config)
+    try:
+        with pytest.raises((StartupError, OSError)):
+            await app.run_until_signalled()
+    finally:
+        busy.close()
+    assert app.node is not None  # it did start...
+    assert app.node.process is None  # ...and was stopped
+    assert find_leftovers(tmp_path / "pool" / "bitcoind") == []

@@ -107,6 +107,7 @@ class ShareClient:
         self.client = client
         self.worker = worker
         self.answers: list[bool] = []
+        self.refusals: list[Any] = []  # the error of each share refused
         self.error: BaseException | None = None
         self._task: asyncio.Task[None] | None = None
         self._n = 0
@@ -133,6 +134,8 @@ class ShareClient:
         answer = await self.client.response(req, timeout=60.0)
         accepted = answer.get("result") is True
         self.answers.append(accepted)
+        if not accepted:
+            self.refusals.append(answer.get("error"))
         return accepted
 
     def start(self, every: float) -> None:

@@ -176,9 +176,16 @@ def test_backoff_maximums_are_not_below_their_start(tmp_path: Path) -> None:
         load_str("[node]\nsubmit_retry_seconds = 5.0\nsubmit_retry_max_seconds = 1.0\n", tmp_path)
 
 
+@pytest.mark.parametrize("value", ["-1", "1001"])
+def test_resubmit_recent_blocks_is_bounded(value: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"node\.resubmit_recent_blocks"):
+        load_str(f"[node]\nresubmit_recent_blocks = {value}\n", tmp_path)
+
+
 def test_node_defaults(tmp_path: Path) -> None:
     node = load_str("", tmp_path).node
     assert node.longpoll_timeout_seconds == 120.0
     assert (node.restart_backoff_seconds, node.restart_backoff_max_seconds) == (1.0, 30.0)
     assert (node.submit_retry_seconds, node.submit_retry_max_seconds) == (0.5, 5.0)
     assert node.stop_timeout_seconds == 30.0
+    assert node.resubmit_recent_blocks == 16

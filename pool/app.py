@@ -33,7 +33,7 @@ from pool.ledger.ledger import Ledger, LedgerError
 from pool.ledger.payouts import Payouts, RoundResult
 from pool.node.managed import ManagedNode, ensure_wallet, prepare_regtest_wallet
 from pool.node.rpc import BitcoinRpc, RetryPolicy, RpcError, RpcRefused
-from pool.node.submit import BlockSubmission, submit_block
+from pool.node.submit import BlockSubmission, BlockSubmitter
 from pool.node.templates import TemplateWatcher
 from pool.server.auth import Credentials
 from pool.server.bans import BansFileError, load_bans
@@ -75,6 +75,7 @@ class PoolApp:
         self.chain_sim: ChainSim | None = None
         self.api: ApiServer | None = None
         self.tasks = Supervisor()  # every background task: restarted when it dies
+        self.submitter: BlockSubmitter | None = None
 
     @property
     def watcher_task(self) -> asyncio.Task[None] | None:
@@ -108,9 +109,19 @@ class PoolApp:
         node_cfg = self.config.node
         retry = RetryPolicy(give_up_after=node_cfg.rpc_give_up_seconds)
         if node_cfg.mode == "managed":
-            self.node = ManagedNode(self.data_dir / "bitcoind")
+            self.node = ManagedNode(
+                self.data_dir / "bitcoind",
+                restart_backoff=(
+                    node_cfg.restart_backoff_seconds,
+                    node_cfg.restart_backoff_max_seconds,
+                ),
+                stop_timeout=node_cfg.stop_timeout_seconds,
+            )
             rpc = await self.node.start()
             rpc.retry = retry
+            self.node.restart_listeners.append(self._node_restarted)
+            self.node.exit_listeners.append(self._node_exited)
+            self.node.supervise()  # a node that dies while the pool runs is started again
             return rpc
         return self._external_rpc(retry)
 
@@ -147,6 +158,12 @@ class PoolApp:
         except BansFileError as exc:
             raise StartupError(f"{exc} (fix or remove it; the pool keeps its bans there)") from exc
         self.rpc = rpc = await self._connect_node()
+        self.submitter = BlockSubmitter(
+            rpc,
+            retry_initial=cfg.node.submit_retry_seconds,
+            retry_max=cfg.node.submit_retry_max_seconds,
+            keep_recent=cfg.node.resubmit_recent_blocks,
+        )
         info = await rpc.call("getblockchaininfo")
         self.network = network = network_for_chain(info["chain"])
         address = cfg.pool.payout_address
@@ -196,6 +213,7 @@ class PoolApp:
             refresh_interval=cfg.node.template_refresh_seconds,
             poll_interval=cfg.node.poll_interval_seconds,
             longpoll=cfg.node.longpoll,
+            longpoll_timeout=cfg.node.longpoll_timeout_seconds,
         )
         await self.watcher.update(force=True)  # a job exists before the first miner arrives
         await self.server.start()
@@ -226,6 +244,19 @@ class PoolApp:
             )
         except Exception as exc:  # never stops the start: the scan is retried at the next
             log.error("chain_reconcile_failed", error=repr(exc))
+
+    def _node_exited(self) -> None:
+        """The managed node died: block submissions wait for its restart (and restore)."""
+        if self.submitter is not None:
+            self.submitter.node_down()
+
+    def _node_restarted(self) -> None:
+        """The managed node is back: it gets the pool's recent blocks again (a killed node may
+        have lost them), then a fresh template (pending submissions wake by themselves)."""
+        if self.submitter is not None:
+            self.submitter.node_restarted()
+        if self.watcher is not None:
+            self.watcher.poke()
 
     # -- simulated network difficulty (regtest) --------------------------------------------------
     @property
@@ -329,7 +360,9 @@ class PoolApp:
                     await self._new_block.wait()
             self._new_block.clear()
             try:
-                await self.ledger.check_blocks(self.rpc)
+                if not (self.submitter is not None and self.submitter.pending):
+                    # (a block still being submitted is not checked: the node may not have it)
+                    await self.ledger.check_blocks(self.rpc)
                 if self.ledger.degraded is not None:  # balances are behind: pay later
                     continue
                 if cfg.payout_interval_seconds > 0 and loop.time() >= next_payout:
@@ -374,11 +407,12 @@ class PoolApp:
     async def submit(self, result: ShareResult) -> BlockSubmission:
         """A block candidate: assemble and submit it (in the background: the finder's answer
         never waits for bitcoind)."""
-        assert self.rpc is not None and result.job is not None
+        assert self.submitter is not None and result.job is not None
         job = result.job
         block = job.block(result.extranonce, result.ntime, result.nonce, result.version)
-        submission = await submit_block(
-            self.rpc, block, block_hash=result.hash_hex, height=job.height
+        # Retried until bitcoind settles it (or the chain moves past it), whatever the outage.
+        submission = await self.submitter.submit(
+            block, block_hash=result.hash_hex, height=job.height
         )
         if submission.accepted and self.chain_sim is not None:
             changes = self.chain_sim.on_block(job.height, time.time())
@@ -392,6 +426,16 @@ class PoolApp:
     # -- shutdown ---------------------------------------------------------------------------------
     async def stop(self) -> None:
         log.info("pool_stopping")
+        try:
+            await self._stop_services()
+        finally:  # whatever failed before: the managed node never outlives the pool
+            if self.node is not None:
+                await self.node.stop()
+            elif self.rpc is not None:
+                await self.rpc.close()
+        log.info("pool_stopped")
+
+    async def _stop_services(self) -> None:
         if self.api is not None:
             await self.api.stop()
         if self.server is not None:
@@ -399,11 +443,6 @@ class PoolApp:
         await self.tasks.stop()
         if self.ledger is not None:
             await self.ledger.close()  # every journaled share committed to the store
-        if self.node is not None:
-            await self.node.stop()
-        elif self.rpc is not None:
-            await self.rpc.close()
-        log.info("pool_stopped")
 
     async def run_until_signalled(self) -> None:
         stop = asyncio.Event()

@@ -144,6 +144,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    finally:  # a shutdown that failed or was interrupted: the managed node still goes
+        if app.node is not None:
+            app.node.stop_now()
     return EXIT_OK
 
 

@@ -43,6 +43,13 @@ class NodeConfig:
     template_refresh_seconds: float = 30.0
     poll_interval_seconds: float = 1.0
     longpoll: bool = True
+    longpoll_timeout_seconds: float = 120.0  # a quiet long-poll is asked again after this
+    restart_backoff_seconds: float = 1.0  # managed node died: first restart delay (doubles)
+    restart_backoff_max_seconds: float = 30.0  # ...up to this
+    stop_timeout_seconds: float = 30.0  # a stopping node (ours or a leftover) is killed after
+    submit_retry_seconds: float = 0.5  # a found block unsubmitted: first retry delay (doubles)
+    submit_retry_max_seconds: float = 5.0  # ...up to this; retried until settled, any outage
+    resubmit_recent_blocks: int = 16  # the pool's last blocks given again to a restarted node
 
 
 @dataclass(frozen=True)
@@ -432,6 +439,22 @@ def validate(config: Config, where: str) -> None:
         fail("ledger.reconcile_blocks", "must be 1..100000 blocks")
     if config.node.template_refresh_seconds <= 0 or config.node.template_refresh_seconds > 110:
         fail("node.template_refresh_seconds", "must be in (0, 110]: miners stop after 120 s")
+    node = config.node
+    for name in (
+        "longpoll_timeout_seconds",
+        "restart_backoff_seconds",
+        "stop_timeout_seconds",
+        "submit_retry_seconds",
+    ):
+        value = getattr(node, name)
+        if not (math.isfinite(value) and value > 0):
+            fail(f"node.{name}", "must be a positive number of seconds")
+    if not node.restart_backoff_max_seconds >= node.restart_backoff_seconds:
+        fail("node.restart_backoff_max_seconds", "must be at least node.restart_backoff_seconds")
+    if not 0 <= node.resubmit_recent_blocks <= 1000:
+        fail("node.resubmit_recent_blocks", "must be 0..1000")
+    if not node.submit_retry_max_seconds >= node.submit_retry_seconds:
+        fail("node.submit_retry_max_seconds", "must be at least node.submit_retry_seconds")
 
 
 def limits_summary(config: Config) -> dict[str, Any]:
@@ -440,6 +463,11 @@ def limits_summary(config: Config) -> dict[str, Any]:
         "stratum.max_ntime_ahead_seconds": config.stratum.max_ntime_ahead_seconds,
         "pool.max_jobs": config.pool.max_jobs,
         "node.rpc_max_concurrency": config.node.rpc_max_concurrency,
+        "node.restart_backoff_seconds": config.node.restart_backoff_seconds,
+        "node.restart_backoff_max_seconds": config.node.restart_backoff_max_seconds,
+        "node.submit_retry_max_seconds": config.node.submit_retry_max_seconds,
+        "node.longpoll_timeout_seconds": config.node.longpoll_timeout_seconds,
+        "node.resubmit_recent_blocks": config.node.resubmit_recent_blocks,
         "ledger.payout_max_recipients": config.ledger.payout_max_recipients,
         "ledger.journal_segment_bytes": config.ledger.journal_segment_bytes,
         "ledger.journal_retention_days": config.ledger.journal_retention_days,

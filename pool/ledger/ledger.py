@@ -464,7 +464,8 @@ class Ledger:
         """A block candidate's submission is settled (the server calls this after
         ``on_share`` journaled the share and the block went to bitcoind).
 
-        REJECTED: the block becomes ``rejected`` (out of the reserve and the luck, never
+        REJECTED or STALE (never accepted, and the chain holds another block at its height):
+        the block becomes ``rejected`` (out of the reserve and the luck, never
         checked again), unless the chain already holds it. ACCEPTED, DUPLICATE, INCONCLUSIVE,
         FAILED: it stays pending; ``check_blocks`` settles it from the chain. A block the
         store does not have (its share was never journaled) is recorded now with that status.
@@ -472,7 +473,7 @@ class Ledger:
         (a block the store cannot take now is kept and retried until it does)."""
         if result.job is None or not result.hash_hex:
             return
-        rejected = submission.status is SubmitStatus.REJECTED
+        rejected = submission.status in (SubmitStatus.REJECTED, SubmitStatus.STALE)
         rec = block_record(result, creds, now)
         try:
             outcome = await self.store.block_outcome(rec, rejected=rejected, now=now)

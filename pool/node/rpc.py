@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import json
 import time
@@ -54,6 +55,11 @@ class RpcAuthError(RpcError):
 
 class RpcUnavailable(RpcError):
     """bitcoind unreachable, timed out or warming up. Retried with backoff."""
+
+
+class RpcTimeout(RpcUnavailable):
+    """bitcoind did not answer within the call's timeout. For a long-poll (``quiet_timeout``)
+    that is the normal end of a quiet wait, not a failure."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +113,8 @@ class BitcoinRpc:
         self._session: aiohttp.ClientSession | None = None
         self._ids = itertools.count(1)
         self._failing_since: float | None = None
+        self._up = asyncio.Event()  # cleared while calls fail, set by the next success
+        self._up.set()
         self._last_failure_log = 0.0
         # Counters for /metrics: calls, errors by kind, total latency.
         self.calls = 0
@@ -177,14 +185,14 @@ class BitcoinRpc:
                             f"(HTTP {resp.status}); check the rpc user/password or cookie file"
                         )
                     body = await resp.read()
+            except TimeoutError as exc:  # before ClientConnectionError: a read timeout is both
+                raise RpcTimeout(
+                    f"bitcoind at {self.display_url} did not answer {method} within {timeout} s"
+                ) from exc
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
                 raise RpcUnavailable(
                     f"bitcoind at {self.display_url} unreachable: {type(exc).__name__}: "
                     f"{_describe(exc)}"
-                ) from exc
-            except TimeoutError as exc:
-                raise RpcUnavailable(
-                    f"bitcoind at {self.display_url} did not answer {method} within {timeout} s"
                 ) from exc
             return self._decode(method, resp.status, body)
         raise AssertionError("unreachable")
@@ -217,8 +225,11 @@ class BitcoinRpc:
         wallet: str | None = None,
         timeout: float | None = None,
         retry: bool = True,
+        quiet_timeout: bool = False,
     ) -> Any:
-        """Call ``method``; retries RpcUnavailable per the policy when ``retry`` is true."""
+        """Call ``method``; retries RpcUnavailable per the policy when ``retry`` is true.
+        ``quiet_timeout``: a timeout is expected (a long-poll on a quiet chain): ``RpcTimeout``
+        is raised at once, neither logged nor counted as an error."""
         delay = self.retry.first_delay
         eff_timeout = self._timeout if timeout is None else timeout
         while True:
@@ -227,7 +238,10 @@ class BitcoinRpc:
                 async with self._sem:
                     result = await self._request_once(method, list(params), wallet, eff_timeout)
             except RpcUnavailable as exc:
+                if quiet_timeout and isinstance(exc, RpcTimeout):
+                    raise
                 self.errors["unavailable"] += 1
+                self._up.clear()
                 now = time.monotonic()
                 if self._failing_since is None:
                     self._failing_since = now
@@ -252,7 +266,21 @@ class BitcoinRpc:
             self._note_success()
             return result
 
+    @property
+    def available(self) -> bool:
+        """False from a failed call (unreachable, timed out) until the next one that succeeds."""
+        return self._up.is_set()
+
+    async def wait_available(self, timeout: float) -> bool:
+        """Wait until a call succeeds (at once if the last one did), at most ``timeout``
+        seconds. Returns whether bitcoind is available."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._up.wait()
+        return self._up.is_set()
+
     def _note_success(self) -> None:
+        self._up.set()
         if self._failing_since is not None:
             down = time.monotonic() - self._failing_since
             log.info("bitcoind_restored", url=self.display_url, down_seconds=round(down, 1))

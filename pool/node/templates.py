@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from pool.jobs import Template, TemplateError
-from pool.node.rpc import BitcoinRpc, RpcError
+from pool.node.rpc import BitcoinRpc, RpcError, RpcTimeout
 
 log = structlog.get_logger("pool.node.templates")
 
@@ -45,6 +45,7 @@ class TemplateWatcher:
         self.current: Template | None = None
         self._wake = asyncio.Event()
         self._best_hash: str | None = None
+        self.longpoll_timeouts = 0  # long-polls that ended quietly (no change within the timeout)
 
     async def fetch(self) -> Template:
         gbt = await self.rpc.call("getblocktemplate", GBT_RULES)
@@ -108,7 +109,9 @@ class TemplateWatcher:
                 self._wake.set()
 
     async def _longpoll_loop(self) -> None:
-        """getblocktemplate with ``longpollid`` returns when the template changes."""
+        """getblocktemplate with ``longpollid`` returns when the template changes. On a quiet
+        chain it may not return within ``longpoll_timeout``: that is normal (not logged, not
+        counted as an RPC error) and the same long-poll is simply asked again."""
         longpollid: str | None = None
         while True:
             if longpollid is None:
@@ -122,7 +125,11 @@ class TemplateWatcher:
                     {**GBT_RULES, "longpollid": longpollid},
                     retry=False,
                     timeout=self.longpoll_timeout,
+                    quiet_timeout=True,
                 )
+            except RpcTimeout:
+                self.longpoll_timeouts += 1
+                continue
             except RpcError:
                 longpollid = None
                 await asyncio.sleep(self.poll_interval)

@@ -241,6 +241,10 @@ async def test_a_rejected_block_never_counts(regtest_node: ManagedNode, ledger: 
     assert ledger.aggregates.blocks[lost.hash_hex]["worker"] == finder.name
     assert ledger.reserve().rewards_earned_units == 0
     assert (await stored(ledger))["totals"]["shares"] == 1  # that share is not credited
+    # stale (never accepted; the chain holds another block at its height): rejected too
+    late = share(finder, job, block_hash="00" * 4 + "ef" * 28)
+    await ledger.block_submitted(late, finder, submission(SubmitStatus.STALE, late), 6.0)
+    assert (await stored(ledger))["blocks"][late.hash_hex] == REJECTED
 
 
 async def test_blocks_not_refused_stay_pending_until_the_chain_settles_them(

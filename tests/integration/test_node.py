@@ -2,10 +2,31 @@
 
 from __future__ import annotations
 
-import pytest
+import asyncio
+import contextlib
+import signal
+import socket
+from pathlib import Path
 
+import pytest
+from structlog.testing import capture_logs
+
+from pool.app import PoolApp, StartupError
+from pool.config import ApiConfig, Config, NodeConfig, PoolConfig, PortConfig, StratumConfig
+from pool.jobs import Template
+from pool.node.binaries import Binaries
+from pool.node.lifecycle import find_leftovers
 from pool.node.managed import ManagedNode, free_port
-from pool.node.rpc import BitcoinRpc, RetryPolicy, RpcAuthError, RpcRefused, RpcUnavailable
+from pool.node.rpc import (
+    BitcoinRpc,
+    RetryPolicy,
+    RpcAuthError,
+    RpcError,
+    RpcRefused,
+    RpcUnavailable,
+)
+from pool.node.templates import TemplateWatcher
+from tests.integration.harness import wait_for
 
 
 async def test_managed_node_is_regtest_with_mature_coins(regtest_node: ManagedNode) -> None:
@@ -69,3 +90,121 @@ async def test_cookie_auth_works(regtest_node: ManagedNode) -> None:
         assert await rpc.call("getblockcount") >= 101
     finally:
         await rpc.close()
+
+
+async def test_quiet_longpoll_is_neither_logged_nor_counted_as_an_error(
+    regtest_node: ManagedNode,
+) -> None:
+    """A long-poll that times out on a quiet chain is the normal end of a wait: asked again,
+    not logged as bitcoind_unavailable, not counted among the RPC errors."""
+    rpc = BitcoinRpc(regtest_node.rpc_url, cookie_file=regtest_node.cookie_file)
+    templates: list[bool] = []
+
+    async def on_template(template: Template, new_block: bool) -> None:
+        templates.append(new_block)
+
+    watcher = TemplateWatcher(
+        rpc, on_template, refresh_interval=100.0, poll_interval=0.2, longpoll_timeout=0.5
+    )
+    with capture_logs() as logs:
+        task = asyncio.create_task(watcher.run())
+        try:
+            await wait_for(lambda: watcher.longpoll_timeouts >= 3, 60, "3 quiet long-polls")
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await rpc.close()
+    assert templates and templates[0] is True  # the watcher did run against the node
+    assert rpc.errors["unavailable"] == 0
+    assert not [e for e in logs if e["event"] == "bitcoind_unavailable"]
+
+
+async def test_managed_node_killed_is_restarted_and_the_client_keeps_working(
+    bitcoind_binaries: Binaries, tmp_path: Path
+) -> None:
+    """SIGKILL the node: the supervisor starts it again (same ports, new cookie) and the same
+    RPC client works against it; a submission waiting for it is woken when it is back."""
+    node = ManagedNode(tmp_path / "node", binaries=bitcoind_binaries, restart_backoff=(0.2, 1.0))
+    rpc = await node.start()
+    try:
+        restarted: list[int] = []
+        node.restart_listeners.append(lambda: restarted.append(node.restarts))
+        node.supervise()
+        cookie_before = node.cookie_file.read_text()
+        old = node.process
+        assert old is not None
+        old.send_signal(signal.SIGKILL)
+        with pytest.raises(RpcError):
+            await rpc.call("getblockcount", retry=False, timeout=5.0)
+        assert not rpc.available
+        await wait_for(lambda: node.restarts == 1, 60, "the node restarted")
+        assert restarted == [1]
+        assert node.process is not None and node.process.pid != old.pid
+        assert await rpc.wait_available(0.0)  # the supervisor's ready check reached it
+        assert await rpc.call("getblockcount", retry=False) == 0
+        assert node.cookie_file.read_text() != cookie_before
+    finally:
+        await node.stop()
+    assert node.process is None
+
+
+async def test_leftover_node_on_the_data_dir_is_stopped_before_the_start(
+    bitcoind_binaries: Binaries, tmp_path: Path
+) -> None:
+    """A bitcoind left running on the data dir (as after a crash without the parent-death
+    signal) holds its lock: the next start stops it over RPC, then starts its own."""
+    leftover = ManagedNode(tmp_path / "node", binaries=bitcoind_binaries, die_with_parent=False)
+    await leftover.start()
+    proc = leftover.process
+    assert proc is not None
+    leftover.process = None  # forget it, as a crashed pool would
+    try:
+        node = ManagedNode(tmp_path / "node", binaries=bitcoind_binaries)
+        with capture_logs() as logs:
+            rpc = await node.start()
+        try:
+            assert node.leftovers_stopped == 1
+            assert proc.wait(30) == 0  # stopped cleanly, over RPC
+            events = [e for e in logs if e["event"].startswith("bitcoind_leftover")]
+            assert [e["event"] for e in events] == [
+                "bitcoind_leftover_found",
+                "bitcoind_leftover_stopped",
+            ]
+            assert events[0]["pid"] == proc.pid and events[1]["how"] == "rpc_stop"
+            assert await rpc.call("getblockcount") == 0
+        finally:
+            await node.stop()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if leftover.rpc is not None:
+            await leftover.rpc.close()
+
+
+@pytest.mark.parametrize("failure", ["payout_address", "stratum_port"])
+async def test_start_failing_after_the_node_started_stops_the_node(
+    failure: str, tmp_path: Path
+) -> None:
+    """The managed node is started first; whatever fails after it, the shutdown stops it."""
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1] if failure == "stratum_port" else 0
+    payout = "bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4" if failure == "payout_address" else ""
+    config = Config(
+        node=NodeConfig(mode="managed"),
+        pool=PoolConfig(payout_address=payout, data_dir=str(tmp_path / "pool")),
+        stratum=StratumConfig(ports=(PortConfig(port=port),)),
+        api=ApiConfig(enabled=False),
+    )
+    app = PoolApp(config)
+    try:
+        with pytest.raises((StartupError, OSError)):
+            await app.run_until_signalled()
+    finally:
+        busy.close()
+    assert app.node is not None  # it did start...
+    assert app.node.process is None  # ...and was stopped
+    assert find_leftovers(tmp_path / "pool" / "bitcoind") == []

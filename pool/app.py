@@ -33,6 +33,7 @@ from pool.ledger.ledger import Ledger, LedgerError
 from pool.ledger.payouts import Payouts, RoundResult
 from pool.node.managed import ManagedNode, ensure_wallet, prepare_regtest_wallet
 from pool.node.rpc import BitcoinRpc, RetryPolicy, RpcError, RpcRefused
+from pool.node.spool import BlockSpool
 from pool.node.submit import BlockSubmission, BlockSubmitter
 from pool.node.templates import TemplateWatcher
 from pool.server.auth import Credentials
@@ -163,7 +164,10 @@ class PoolApp:
             retry_initial=cfg.node.submit_retry_seconds,
             retry_max=cfg.node.submit_retry_max_seconds,
             keep_recent=cfg.node.resubmit_recent_blocks,
+            spool=BlockSpool(self.data_dir / "blocks"),
         )
+        # blocks an earlier run found but could not get bitcoind to settle: submitted now
+        self.submitter.resume_spooled()
         info = await rpc.call("getblockchaininfo")
         self.network = network = network_for_chain(info["chain"])
         address = cfg.pool.payout_address
@@ -440,6 +444,8 @@ class PoolApp:
             await self.api.stop()
         if self.server is not None:
             await self.server.stop(reconnect=True)
+        if self.submitter is not None:
+            await self.submitter.close()  # spooled blocks still unsettled stay for the next start
         await self.tasks.stop()
         if self.ledger is not None:
             await self.ledger.close()  # every journaled share committed to the store

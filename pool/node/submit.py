@@ -11,6 +11,7 @@ node included), so the block is resubmitted at once when the node returns.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import time
 from collections import deque
@@ -21,6 +22,7 @@ import structlog
 
 from pool.node.lifecycle import Backoff
 from pool.node.rpc import BitcoinRpc, RpcError, RpcRefused
+from pool.node.spool import BlockSpool
 
 log = structlog.get_logger("pool.node.submit")
 
@@ -115,6 +117,7 @@ class BlockSubmitter:
         timeout: float = 60.0,
         log_every: float = 60.0,
         keep_recent: int = 16,
+        spool: BlockSpool | None = None,
     ) -> None:
         Backoff(retry_initial, retry_max)  # validates
         self.rpc = rpc
@@ -129,23 +132,70 @@ class BlockSubmitter:
         self._node_ready = asyncio.Event()  # cleared from node_down to the end of the restore
         self._node_ready.set()
         self._restore_task: asyncio.Task[None] | None = None
+        self.spool = spool  # unsettled blocks on disk: resubmitted at the next start
+        self.resumed = 0  # blocks left unsettled by an earlier run, submitted again
+        self._resume_tasks: set[asyncio.Task[BlockSubmission]] = set()
 
     async def submit(self, block: bytes, *, block_hash: str, height: int) -> BlockSubmission:
         self.pending[block_hash] = height
         log.info("block_found", height=height, hash=block_hash)
+        spooled = self.spool is not None and self.spool.keep(height, block_hash, block)
         try:
-            return await self._submit(block, block_hash=block_hash, height=height)
+            result = await self._submit(block, block_hash=block_hash, height=height)
         except asyncio.CancelledError:  # the pool is stopping with the block still unsettled
-            log.error(
-                "block_submission_abandoned",
-                height=height,
-                hash=block_hash,
-                block=block.hex(),
-                note="the pool stopped before bitcoind settled it: submitblock this hex by hand",
-            )
+            if spooled:
+                log.warning(
+                    "block_submission_deferred",
+                    height=height,
+                    hash=block_hash,
+                    note="the pool stopped before bitcoind settled it: submitted at next start",
+                )
+            else:
+                log.error(
+                    "block_submission_abandoned",
+                    height=height,
+                    hash=block_hash,
+                    block=block.hex(),
+                    note="the pool stopped before bitcoind settled it: submitblock this hex",
+                )
             raise
         finally:
             self.pending.pop(block_hash, None)
+        if spooled:
+            assert self.spool is not None
+            self.spool.drop(height, block_hash)
+        return result
+
+    def resume_spooled(self) -> int:
+        """Submit again (in the background) the blocks an earlier run left unsettled on disk;
+        their outcome is logged, and the ledger settles them from the chain like any block.
+        Returns how many there are."""
+        if self.spool is None:
+            return 0
+        blocks = self.spool.load()
+        for spooled in blocks:
+            log.warning(
+                "block_resubmitted_from_spool",
+                height=spooled.height,
+                hash=spooled.block_hash,
+                note="left unsettled by an earlier run",
+            )
+            task = asyncio.create_task(
+                self.submit(spooled.block, block_hash=spooled.block_hash, height=spooled.height),
+                name=f"block-resume-{spooled.block_hash[:16]}",
+            )
+            self._resume_tasks.add(task)
+            task.add_done_callback(self._resume_tasks.discard)
+        self.resumed += len(blocks)
+        return len(blocks)
+
+    async def close(self) -> None:
+        """Stop the resubmissions of spooled blocks (they stay on disk for the next start)."""
+        for task in list(self._resume_tasks):
+            task.cancel()
+        for task in list(self._resume_tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def _submit(self, block: bytes, *, block_hash: str, height: int) -> BlockSubmission:
         backoff = Backoff(self.retry_initial, self.retry_max)

@@ -3,13 +3,15 @@ framing (``stratum.framing.LineBuffer``), the codec (``stratum.codec.decode_requ
 pool's per-connection core (``pool.server.core.PoolConnection``).
 
 Input ``i`` of a run with seed ``s`` is made by ``random.Random(f"{s}:{i}")`` alone, so any
-input can be made again on its own (``--seed s --start i --count 1``). An input is a stream of
-one to four messages, each a real valid request (subscribe, authorize, submit for a live job,
-configure, suggest_difficulty, extranonce.subscribe, get_transactions) mutated at the JSON level
-(ids and params of every type, missing and extra keys, deep nesting, huge numbers) and/or the
-byte level (flips, interesting bytes, inserts, deletes, splices, truncation, runs longer than
-the line limit), or plain random bytes; often after a valid handshake, so submits reach the
-share check. Every input is fed whole and byte by byte.
+input can be made again on its own. An input is a stream of one to three messages, each a real
+valid request (subscribe, authorize, submit for a live job, configure, suggest_difficulty,
+extranonce.subscribe, get_transactions) mutated at the JSON level (ids and params of every
+type, missing and extra keys, deep nesting, huge numbers) and/or the byte level (flips,
+interesting bytes, inserts, deletes, splices, truncation, runs longer than the line limit), or
+plain random bytes; 60 % follow a valid handshake (fed whole), so submits reach the share
+check. Every input is fed whole and byte by byte. The core's surroundings (job table, duplicate
+filter, per-worker statistics) are made afresh every ``FRESH_CONTEXT_EVERY`` inputs, so a
+failure replays from the start of its block (the hint printed says so).
 
 Invariants checked for every input (a failure stops the run and prints how to replay it):
 

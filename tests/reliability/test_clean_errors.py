@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from pool.api import guard
 from pool.chain_sim import ChainSim
 from pool.node.managed import ManagedNode, free_port
 from tests.integration.harness import wallet_address
@@ -27,6 +28,7 @@ from tests.integration.harness import wallet_address
 pytestmark = pytest.mark.integration
 
 TOKEN = "clean-errors-token"
+FLOOD = 500  # bad requests in a row
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -296,8 +298,18 @@ async def test_http_errors_are_json_and_no_traceback_reaches_the_log(
         assert status == 400 and body["status"] == 400
         good = b"GET /api/pool HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
         assert (await http(api_port, good))[0] == 200  # still serving
+        # a flood of bad requests: the log grows by a few lines, not one per request
+        before, started = pool.log.stat().st_size, time.monotonic()
+        flood = b"GET " + url + b" HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        for _ in range(FLOOD):
+            assert (await http(api_port, flood))[0] == 414
+        windows = (time.monotonic() - started) / guard.LOG_WINDOW_SECONDS + 1
+        assert (await http(api_port, good))[0] == 200
     finally:
         assert pool.stop() == 0
+    grown = pool.log.stat().st_size - before
+    print(f"{FLOOD} bad requests in {time.monotonic() - started:.1f} s: log +{grown} bytes")
+    assert grown < 400 * guard.LOG_BURST * (windows + 1)
     text = pool.log.read_text()
     assert "Traceback" not in text
     lines = pool.lines()  # every line of the log is one JSON object

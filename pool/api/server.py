@@ -238,7 +238,12 @@ class ApiServer:
                 presented.strip().encode(), self._token.encode()
             )
             if not ok:
-                log.warning("api_admin_refused", path=request.path, peer=request.remote)
+                self._limited_log(
+                    "warning",
+                    "api_admin_refused",
+                    path=guard.clip(request.path),
+                    peer=request.remote,
+                )
                 raise ApiError(
                     401,
                     "admin endpoints need the header 'Authorization: Bearer <token>' "

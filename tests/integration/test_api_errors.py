@@ -242,3 +242,13 @@ async def test_configured_hosts_replace_the_default(
         assert (await exchange(app, get("/api/pool", host="127.0.0.1")))[0] == 421
     finally:
         await app.stop()
+
+
+async def test_refused_admin_tokens_are_logged_rate_limited(pool: PoolApp) -> None:
+    assert pool.api is not None
+    pool.api._limited_log._state.clear()
+    with capture_logs() as logs:
+        for _ in range(3 * guard.LOG_BURST):
+            got, _, answer = await exchange(pool, post("/api/admin/ban", b"{}", token="wrong"))
+            assert got == 401 and "Authorization: Bearer" in answer["error"]
+    assert len([x for x in logs if x["event"] == "api_admin_refused"]) == guard.LOG_BURST

@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test lint typecheck unit integration bitcoind chromium bench clean
+.PHONY: run test lint typecheck unit integration bitcoind chromium bench fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,3 +56,10 @@ bench: $(STAMP) bitcoind
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# The long fuzz run (not part of `make test`; its 20 000-input version is): a million inputs
+# against the Stratum framing, codec and per-connection core, whole and byte by byte.
+# FUZZ_ARGS="--seed N" replays a run, "--count N --jobs N" sizes it.
+FUZZ_ARGS ?=
+fuzz: $(STAMP)
+	$(BIN)/python -m tests.fuzz $(FUZZ_ARGS)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import structlog
 
+from pool import preflight
 from pool.api.server import ApiServer
 from pool.bitcoin import (
     AddressError,
@@ -152,6 +153,10 @@ class PoolApp:
     async def start(self) -> None:
         cfg = self.config
         log.info("limits", **limits_summary(cfg))
+        try:  # before bitcoind starts: ports free, data dir writable (one line naming the key)
+            preflight.check_environment(cfg)
+        except preflight.PreflightError as exc:
+            raise StartupError(str(exc)) from None
         self.data_dir.mkdir(parents=True, exist_ok=True)
         bans_path = self.data_dir / "bans.json"
         try:  # first: a bad bans file stops the start before anything else happens
@@ -280,13 +285,22 @@ class PoolApp:
         path = self.chain_sim_file
         if path.exists():
             try:
-                chain = ChainSim.from_state(json.loads(path.read_text()), events=events)
+                state = json.loads(path.read_text())
+                chain = ChainSim.from_state(state, events=events)
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 raise StartupError(
                     f"{path}: the saved simulated-difficulty state cannot be used ({exc}); "
                     "remove the file to start the simulation afresh"
                 ) from exc
             log.info("chain_sim_resumed", difficulty=chain.difficulty, blocks=chain.blocks_seen)
+            for drift in preflight.chain_sim_drift(state, sim):
+                log.warning(
+                    "chain_sim_setting_ignored",
+                    key=drift.key,
+                    configured=drift.configured,
+                    saved=drift.saved,
+                    note=drift.message(path),
+                )
             return chain
         chain = ChainSim(
             initial_difficulty=sim.initial_difficulty,

@@ -34,8 +34,20 @@ def _parser() -> argparse.ArgumentParser:
 
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="config_command", required=True)
-    check = config_sub.add_parser("check", help="validate a config and print it, secrets masked")
+    check = config_sub.add_parser(
+        "check",
+        help="validate a config and print it, secrets masked",
+        description="Validate a config and print it, secrets masked. Also checks it against "
+        "this machine as `run` does before starting bitcoind: every port can be bound, the data "
+        "dir can be written, a saved simulated chain matches chain.simulation.",
+    )
     check.add_argument("file", type=Path)
+    check.add_argument(
+        "--static",
+        action="store_true",
+        help="check the file only, not this machine (e.g. the config of a running pool, "
+        "whose ports are taken)",
+    )
 
     from pool import economics as econ
 
@@ -105,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from pool import config as config_mod
-    from pool import logs
+    from pool import logs, preflight
     from pool.app import PoolApp, StartupError, with_overrides
     from pool.node.binaries import BitcoindNotFound
     from pool.node.managed import NodeStartError
@@ -119,6 +131,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cfg = with_overrides(
         cfg, data_dir=args.data_dir, stratum_port=args.stratum_port, api_port=args.api_port
     )
+    try:  # the command-line options as the file's keys, then this machine: before bitcoind
+        config_mod.validate(cfg, f"{cfg.source} (with the command-line options)")
+        preflight.check_environment(cfg)
+    except config_mod.ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except preflight.PreflightError as exc:
+        print(f"error: refusing to start: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     logs.configure(cfg.logging.level, cfg.logging.format)
     loop_factory = None
     if cfg.stratum.event_loop == "uvloop":
@@ -142,6 +163,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except (BitcoindNotFound, NodeStartError, RpcError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    except OSError as exc:  # e.g. a port taken between the check and the bind: one line
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     finally:  # a shutdown that failed or was interrupted: the managed node still goes
@@ -152,12 +176,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_config_check(args: argparse.Namespace) -> int:
     from pool import config as config_mod
+    from pool import preflight
 
     try:
         cfg = config_mod.load(args.file)
     except config_mod.ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    if not args.static:
+        try:
+            data_dir = preflight.check_environment(cfg, create=False)
+        except preflight.PreflightError as exc:
+            print(f"error: {args.file}: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        path, drifts = preflight.saved_chain_sim_drift(cfg, data_dir)
+        for drift in drifts:
+            print(f"warning: {drift.message(path)}", file=sys.stderr)
     print(json.dumps(config_mod.effective(cfg), indent=2))
     return EXIT_OK
 

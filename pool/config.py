@@ -11,6 +11,7 @@ cookie file.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 import tomllib
@@ -21,6 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# Regtest's own difficulty (powLimit bits 207fffff): DIFF1_TARGET / (0x7fffff << 232), ~4.66e-10.
+# pool.chain_sim holds the same value as MIN_DIFFICULTY (a unit test checks they agree).
+SIM_MIN_DIFFICULTY = (0xFFFF << 208) / (0x7FFFFF << 232)
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "regtest.toml"
 ENV_PREFIX = "POOL_"
 
@@ -186,6 +190,14 @@ class ApiConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     admin_token_env: str = "POOL_API_TOKEN"  # admin endpoints need this bearer token; unset: off
+    # Host-header check (DNS rebinding): names the API answers to, "*" for any; empty: automatic
+    # (a loopback or specific bind address: it, localhost, 127.0.0.1 and [::1]; 0.0.0.0 or ::
+    # binds: any host, since the pool cannot know its public names)
+    allowed_hosts: tuple[str, ...] = ()
+    max_request_line_bytes: int = 8190  # longest request line (method, URL, version)
+    max_header_bytes: int = 8190  # longest header field
+    max_headers: int = 64  # header fields per request
+    max_body_bytes: int = 65536  # longest request body (admin bodies are a few bytes)
 
 
 @dataclass(frozen=True)
@@ -302,6 +314,12 @@ def load(path: Path | None = None, env: Mapping[str, str] | None = None) -> Conf
         data = tomllib.loads(path.read_text())
     except FileNotFoundError as exc:
         raise ConfigError(f"{where}: no such config file") from exc
+    except IsADirectoryError as exc:
+        raise ConfigError(f"{where}: is a directory, not a config file") from exc
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read the config file ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{where}: not a text file (not UTF-8: {exc.reason})") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{where}: not valid TOML: {exc}") from exc
     overridden = _apply_env(data, os.environ if env is None else env)
@@ -394,10 +412,21 @@ def validate(config: Config, where: str) -> None:
     sim = config.chain.simulation
     if sim.initial_difficulty <= 0:
         fail("chain.simulation.initial_difficulty", "must be positive")
+    if sim.initial_difficulty < SIM_MIN_DIFFICULTY:
+        fail(
+            "chain.simulation.initial_difficulty",
+            f"must be at least {SIM_MIN_DIFFICULTY:.6g} (regtest's own difficulty, its powLimit "
+            f"bits 207fffff), got {sim.initial_difficulty:g}",
+        )
     if sim.retarget_interval < 1:
         fail("chain.simulation.retarget_interval", "must be at least 1")
     if sim.target_spacing_seconds <= 0:
         fail("chain.simulation.target_spacing_seconds", "must be positive")
+    if sim.retarget_interval * sim.target_spacing_seconds < 0.001:
+        fail(
+            "chain.simulation.target_spacing_seconds",
+            "times chain.simulation.retarget_interval must be at least 1 ms",
+        )
     if sim.clamp_factor < 1:
         fail("chain.simulation.clamp_factor", "must be at least 1")
     if sim.mainnet_difficulty < 0:
@@ -455,6 +484,38 @@ def validate(config: Config, where: str) -> None:
         fail("node.resubmit_recent_blocks", "must be 0..1000")
     if not node.submit_retry_max_seconds >= node.submit_retry_seconds:
         fail("node.submit_retry_max_seconds", "must be at least node.submit_retry_seconds")
+    _validate_api(config, fail)
+
+
+def _hosts_overlap(a: str, b: str) -> bool:
+    """Whether listeners on hosts ``a`` and ``b`` with the same port would collide: only two
+    different concrete IP addresses are known not to."""
+    try:
+        ip_a, ip_b = ipaddress.ip_address(a.strip("[]")), ipaddress.ip_address(b.strip("[]"))
+    except ValueError:
+        return True  # a name ("localhost") or "" (every address)
+    return ip_a == ip_b or ip_a.is_unspecified or ip_b.is_unspecified
+
+
+def _validate_api(config: Config, fail: typing.Callable[[str, str], None]) -> None:
+    api = config.api
+    if not 0 <= api.port <= 65535:
+        fail("api.port", "must be 0..65535")
+    if api.enabled and api.port:
+        for i, port in enumerate(config.stratum.ports):
+            if port.port == api.port and _hosts_overlap(api.host, config.stratum.host):
+                fail("api.port", f"{api.port} is also stratum.ports[{i}].port: use another port")
+    for i, host in enumerate(api.allowed_hosts):
+        if not host or any(c.isspace() or c in "/@?#" for c in host):
+            fail(f"api.allowed_hosts[{i}]", f"must be a host name or address, got {host!r}")
+    for name, least in (
+        ("max_request_line_bytes", 1024),
+        ("max_header_bytes", 1024),
+        ("max_headers", 16),
+        ("max_body_bytes", 1024),
+    ):
+        if getattr(api, name) < least:
+            fail(f"api.{name}", f"must be at least {least}")
 
 
 def limits_summary(config: Config) -> dict[str, Any]:
@@ -474,6 +535,10 @@ def limits_summary(config: Config) -> dict[str, Any]:
         "ledger.storage_retry_seconds": config.ledger.storage_retry_seconds,
         "ledger.storage_retry_max_seconds": config.ledger.storage_retry_max_seconds,
         "ledger.reconcile_blocks": config.ledger.reconcile_blocks,
+        "api.max_request_line_bytes": config.api.max_request_line_bytes,
+        "api.max_header_bytes": config.api.max_header_bytes,
+        "api.max_headers": config.api.max_headers,
+        "api.max_body_bytes": config.api.max_body_bytes,
     }
 
 

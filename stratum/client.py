@@ -224,7 +224,7 @@ class ClientConnection:
             case SetExtranonce(extranonce1=extranonce1, extranonce2_size=size):
                 self._extranonce1, self._extranonce2_size = extranonce1, size
             case SetVersionMask(mask=mask):
-                self._version_mask = int(mask, 16)
+                self._version_mask = int(mask.zfill(8), 16)
         return message
 
     def close(self) -> None:
@@ -304,7 +304,7 @@ class ClientConnection:
         mask = result.get("version-rolling.mask")
         granted = result.get("version-rolling") is True
         if granted and isinstance(mask, str) and is_hex(mask.zfill(8), 8):
-            self._version_mask = int(mask, 16)
+            self._version_mask = int(mask.zfill(8), 16)
         else:
             self._version_mask = None
         self._core.fire(Trigger.CONFIGURE)

@@ -86,7 +86,7 @@ def negotiate_version_rolling(params: Mapping[str, Any], pool_mask: int) -> int 
         return None
     if type(min_bits) is not int or not 0 <= min_bits <= 32:
         return None
-    granted = pool_mask & int(raw_mask, 16)
+    granted = pool_mask & int(raw_mask.zfill(8), 16)  # "" is 0 (int("", 16) raises)
     if granted == 0 or granted.bit_count() < min_bits:
         return None
     return granted

@@ -3,7 +3,9 @@
 Read-only, except the admin endpoints (POST, ``Authorization: Bearer <token>``). The token is
 read at start from the environment variable named by ``api.admin_token_env``; when that is
 unset or empty the admin endpoints are off and answer 403 saying so. Every error is a JSON
-object ``{"error": message, "status": code, ...}``.
+object ``{"error": message, "status": code, ...}``, also for requests aiohttp cannot parse and
+for faults of the pool itself (500, no traceback to the client, one log line); see
+``pool.api.guard`` for those and for the Host check (``api.allowed_hosts``, 421).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiohttp import web
 
+from pool.api import guard
 from pool.api.collect import WorkerRanking, collect
 from pool.api.metrics import CONTENT_TYPE, render
 from pool.api.views import CACHE_SECONDS, ApiError, Views
@@ -98,10 +101,14 @@ class ApiServer:
         self._metrics: tuple[float, bytes] | None = None  # (monotonic time, rendered text)
         self._pages: dict[tuple[int, int], tuple[float, object, bytes]] = {}
         self._renders = asyncio.Semaphore(RENDERS_AT_ONCE)
+        self._allowed_hosts = guard.allowed_hosts(app.config.api)
+        self._limited_log = guard.RateLimitedLog()
 
     # -- lifecycle --------------------------------------------------------------------------------
     def build(self) -> web.Application:
-        web_app = web.Application(middlewares=[self._errors])
+        web_app = web.Application(
+            middlewares=[self._errors], client_max_size=self.app.config.api.max_body_bytes
+        )
         r = web_app.router
         r.add_get("/", self.dashboard)
         r.add_get("/address/{address}", self.dashboard)
@@ -126,7 +133,15 @@ class ApiServer:
         cfg = self.app.config.api
         self._token = os.environ.get(cfg.admin_token_env, "")
         self._page = dashboard_html()
-        self._runner = web.AppRunner(self.build(), access_log=None, shutdown_timeout=2.0)
+        self._runner = guard.GuardedRunner(
+            self.build(),
+            self._limited_log,
+            access_log=None,
+            shutdown_timeout=2.0,
+            max_line_size=cfg.max_request_line_bytes,
+            max_field_size=cfg.max_header_bytes,
+            max_headers=cfg.max_headers,
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, cfg.host, cfg.port, reuse_address=True)
         await site.start()
@@ -138,6 +153,7 @@ class ApiServer:
             port=self.port,
             url=f"http://{cfg.host}:{self.port}/",
             admin="on" if self._token else f"off ({cfg.admin_token_env} not set)",
+            allowed_hosts="any" if self._allowed_hosts is None else sorted(self._allowed_hosts),
         )
         return self.port
 
@@ -164,23 +180,48 @@ class ApiServer:
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
+            refusal = guard.host_refusal(request.headers.get("Host"), self._allowed_hosts)
+            if refusal is not None:
+                self._limited_log(
+                    "warning",
+                    "api_host_refused",
+                    host=guard.clip(request.headers.get("Host"), 100),
+                    peer=request.remote,
+                )
+                raise ApiError(421, refusal)
             return await handler(request)
         except ApiError as exc:
             return web.json_response(exc.body(), status=exc.status, headers=exc.headers)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            what = f"{request.method} {request.path}"
-            message = {404: f"no such endpoint: {what}", 405: f"method not allowed: {what}"}
+            what = guard.clip(f"{request.method} {request.path}", 200)
+            message = {
+                404: f"no such endpoint: {what}",
+                405: f"method not allowed: {what}",
+                413: "the body is longer than api.max_body_bytes "
+                f"({self.app.config.api.max_body_bytes} bytes)",
+            }
             return web.json_response(
                 {"error": message.get(exc.status, exc.reason), "status": exc.status},
                 status=exc.status,
                 headers={k: v for k, v in exc.headers.items() if k.lower() == "allow"},
             )
-        except Exception as exc:  # a bug or a broken store: say so, keep serving
-            log.exception("api_error", path=request.path, error=repr(exc))
+        except Exception as exc:  # a bug or a broken store: say so (one line), keep serving
+            self._limited_log(
+                "error",
+                "api_error",
+                path=guard.clip(request.path, 200),
+                error=type(exc).__name__,
+                detail=guard.clip(exc),
+                where=guard.where(exc),
+            )
             return web.json_response(
-                {"error": f"internal error: {type(exc).__name__}: {exc}", "status": 500},
+                {
+                    "error": f"internal error ({type(exc).__name__}): the pool's log has the "
+                    "details (event api_error)",
+                    "status": 500,
+                },
                 status=500,
             )
 
@@ -198,7 +239,12 @@ class ApiServer:
                 presented.strip().encode(), self._token.encode()
             )
             if not ok:
-                log.warning("api_admin_refused", path=request.path, peer=request.remote)
+                self._limited_log(
+                    "warning",
+                    "api_admin_refused",
+                    path=guard.clip(request.path),
+                    peer=request.remote,
+                )
                 raise ApiError(
                     401,
                     "admin endpoints need the header 'Authorization: Bearer <token>' "
@@ -512,9 +558,11 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     if not raw.strip():
         return {}
     try:
-        body = await request.json()
+        body = json.loads(raw)
     except ValueError:
         raise ApiError(400, "the body is not JSON") from None
+    except RecursionError:
+        raise ApiError(400, "the body is nested too deeply") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the body must be a JSON object")
     return body

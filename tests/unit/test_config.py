@@ -104,6 +104,24 @@ def test_environment_overrides(tmp_path: Path) -> None:
         ),
         ("[ledger]\nreconcile_blocks = 0\n", "ledger.reconcile_blocks"),
         ("[ledger]\nreconcile_blocks = 100001\n", "ledger.reconcile_blocks"),
+        ("[chain.simulation]\ninitial_difficulty = 1e-12\n", "chain.simulation.initial_difficulty"),
+        (
+            "[chain.simulation]\nretarget_interval = 1\ntarget_spacing_seconds = 0.0001\n",
+            "chain.simulation.target_spacing_seconds",
+        ),
+        ("[api]\nport = 3333\n", "api.port"),
+        ("[api]\nport = 70000\n", "api.port"),
+        ("[stratum]\nhost = '0.0.0.0'\n[api]\nport = 3333\n", "api.port"),
+        (
+            "[[stratum.ports]]\nport = 4000\n[[stratum.ports]]\nport = 4000\n",
+            "stratum.ports[1].port",
+        ),
+        ("[api]\nallowed_hosts = ['ok', 'a b']\n", "api.allowed_hosts[1]"),
+        ("[api]\nallowed_hosts = ['']\n", "api.allowed_hosts[0]"),
+        ("[api]\nmax_request_line_bytes = 100\n", "api.max_request_line_bytes"),
+        ("[api]\nmax_header_bytes = 0\n", "api.max_header_bytes"),
+        ("[api]\nmax_headers = 2\n", "api.max_headers"),
+        ("[api]\nmax_body_bytes = 10\n", "api.max_body_bytes"),
     ],
 )
 def test_cross_checks_name_the_key(text: str, key: str, tmp_path: Path) -> None:
@@ -145,3 +163,52 @@ def test_effective_config_masks_secrets(tmp_path: Path) -> None:
     }
     assert data["secrets"]["api.admin_token_env"]["set"] is False
     assert cfg.effective(cfg.load(None, env={}), env={})["node"]["rpc_url"].startswith("http://127")
+
+
+def test_regtest_minimum_difficulty_is_the_simulations_own() -> None:
+    from pool.chain_sim import MIN_DIFFICULTY
+
+    assert cfg.SIM_MIN_DIFFICULTY == MIN_DIFFICULTY
+    assert 4.65e-10 < cfg.SIM_MIN_DIFFICULTY < 4.66e-10
+    ok = dataclasses.replace(
+        Config(),
+        chain=cfg.ChainConfig(simulation=cfg.SimulationConfig(initial_difficulty=MIN_DIFFICULTY)),
+    )
+    cfg.validate(ok, "x")  # the minimum itself is accepted
+    below = dataclasses.replace(
+        ok,
+        chain=cfg.ChainConfig(
+            simulation=cfg.SimulationConfig(initial_difficulty=MIN_DIFFICULTY * 0.999)
+        ),
+    )
+    with pytest.raises(ConfigError, match=r"initial_difficulty must be at least 4\.65654e-10"):
+        cfg.validate(below, "x")
+
+
+def test_api_port_may_equal_a_stratum_port_on_another_address() -> None:
+    config = dataclasses.replace(
+        Config(),
+        stratum=cfg.StratumConfig(host="127.0.0.1"),
+        api=cfg.ApiConfig(host="127.0.0.2", port=3333),
+    )
+    cfg.validate(config, "x")
+    off = dataclasses.replace(Config(), api=cfg.ApiConfig(enabled=False, port=3333))
+    cfg.validate(off, "x")  # no API listener, no clash
+
+
+def test_config_path_that_is_a_directory_or_unreadable_or_binary(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is a directory, not a config file") as info:
+        load(tmp_path, env={})
+    assert str(tmp_path) in str(info.value)
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ConfigError, match="not a text file"):
+        load(binary, env={})
+    dangling = tmp_path / "dangling.toml"
+    dangling.symlink_to(tmp_path / "nowhere" / "x.toml")
+    with pytest.raises(ConfigError, match="no such config file"):
+        load(dangling, env={})
+    looped = tmp_path / "loop.toml"
+    looped.symlink_to(looped)
+    with pytest.raises(ConfigError, match="cannot read the config file"):
+        load(looped, env={})

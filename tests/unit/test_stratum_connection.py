@@ -383,6 +383,7 @@ def test_configure_intersection_and_unknown_extensions() -> None:
         ({"version-rolling.mask": "e000"}, 0x1FFFE000, 0xE000),
         ({"version-rolling.mask": "e0000000"}, 0x1FFFE000, None),  # empty intersection
         ({"version-rolling.mask": "zz"}, 0x1FFFE000, None),
+        ({"version-rolling.mask": ""}, 0x1FFFE000, None),  # found by make fuzz: raised
         ({"version-rolling.mask": 5}, 0x1FFFE000, None),
         ({"version-rolling.min-bit-count": "2"}, 0x1FFFE000, None),
         ({"version-rolling.min-bit-count": 17}, 0x1FFFE000, None),

@@ -1,0 +1,1 @@
+"""The long fuzz run (``make fuzz``, ``python -m tests.fuzz``): see ``engine``."""

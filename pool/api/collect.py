@@ -139,6 +139,7 @@ def collect(
             [
                 sample(len(server.banned_ips), {"kind": "ip"}),
                 sample(len(server.banned_workers), {"kind": "worker"}),
+                sample(len(server.temp_bans()), {"kind": "ip_temporary"}),
             ],
         ),
     ]
@@ -211,6 +212,7 @@ def collect(
                 rpc.latency_total,
             ),
         ]
+    out += _node_metrics(app)
     tasks = getattr(app, "tasks", None)
     if tasks is not None and tasks.states:
         out.append(
@@ -228,6 +230,35 @@ def collect(
             int(watcher is not None and not watcher.done()),
         )
     )
+    return out
+
+
+def _node_metrics(app: PoolSource) -> list[Metric]:
+    """The managed node's restarts and the found blocks still being submitted."""
+    out: list[Metric] = []
+    node = getattr(app, "node", None)
+    if node is not None:
+        out.append(
+            counter(
+                PREFIX + "bitcoind_restarts_total",
+                "Times the managed bitcoind died while the pool ran and was started again.",
+                node.restarts,
+            )
+        )
+    submitter = getattr(app, "submitter", None)
+    if submitter is not None:
+        out += [
+            gauge(
+                PREFIX + "blocks_submitting",
+                "Found blocks bitcoind has not settled yet (retried until it does).",
+                len(submitter.pending),
+            ),
+            counter(
+                PREFIX + "block_submit_retries_total",
+                "Block submissions asked again because bitcoind did not answer.",
+                submitter.retries,
+            ),
+        ]
     return out
 
 

@@ -428,9 +428,27 @@ class ApiServer:
         return {"ok": True, "height": height, "seconds": round(time.monotonic() - start, 4)}
 
     # -- admin ------------------------------------------------------------------------------------
-    def _bans(self) -> dict[str, list[str]]:
+    def _bans(self) -> dict[str, Any]:
+        """The operator's bans (kept in bans.json) and the temporary IP bans the pool gave
+        abusers by itself (in memory, ending by themselves)."""
         server = self.views.parts().server
-        return {"ips": sorted(server.banned_ips), "workers": sorted(server.banned_workers)}
+        now = time.time()
+        temporary = [
+            {
+                "ip": ban.ip,
+                "until": ban.until,
+                "seconds_left": round(max(0.0, ban.until - now), 1),
+                "ban_seconds": ban.seconds,
+                "bans": ban.bans,
+                "reason": ban.reason,
+            }
+            for ban in server.temp_bans()
+        ]
+        return {
+            "ips": sorted(server.banned_ips),
+            "workers": sorted(server.banned_workers),
+            "temporary": temporary,
+        }
 
     async def get_bans(self, request: web.Request) -> web.Response:
         return web.json_response(self._bans())
@@ -482,10 +500,11 @@ class ApiServer:
         kind, value = await self._ban_target(request)
         server = self.views.parts().server
         bans = server.banned_ips if kind == "ip" else server.banned_workers
-        if value not in bans:
+        lifted = kind == "ip" and server.lift_temp_ban(value)  # the pool's own temporary ban
+        if value not in bans and not lifted:
             raise ApiError(404, f"{kind} {value} is not banned", target={kind: value})
         bans.discard(value)
-        log.warning("api_unban", kind=kind, value=value, peer=request.remote)
+        log.warning("api_unban", kind=kind, value=value, temporary=lifted, peer=request.remote)
         await self._save_bans(server, f"the unban of {kind} {value} is in force")
         return web.json_response({"unbanned": {kind: value}, **self._bans()})
 

@@ -11,7 +11,9 @@ from pool.chain_sim import ChainSim
 from pool.config import Config
 from pool.ledger.ledger import Ledger
 from pool.ledger.payouts import RoundResult
+from pool.node.managed import ManagedNode
 from pool.node.rpc import BitcoinRpc
+from pool.node.submit import BlockSubmitter
 from pool.server.server import StratumServer
 from pool.tasks import Supervisor
 
@@ -24,6 +26,8 @@ class PoolSource(Protocol):
     ledger: Ledger | None
     chain_sim: ChainSim | None
     tasks: Supervisor  # the supervised background tasks (/healthz shows them)
+    node: ManagedNode | None  # the managed bitcoind (None: an external node)
+    submitter: BlockSubmitter | None  # found blocks being submitted until settled
 
     @property
     def watcher_task(self) -> asyncio.Task[None] | None:

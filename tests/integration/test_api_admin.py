@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import socket
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,7 @@ async def test_admin_needs_the_bearer_token(mined: Mined) -> None:
     assert status == 401
     assert mined.app.server is not None and not mined.app.server.banned_ips
     status, body = await get(mined, "/api/admin/bans", Authorization=f"Bearer {TOKEN}")
-    assert status == 200 and body == {"ips": [], "workers": []}
+    assert status == 200 and body == {"ips": [], "workers": [], "temporary": []}
 
 
 async def test_admin_is_off_without_a_token(mined: Mined) -> None:
@@ -191,6 +192,32 @@ async def test_bans(mined: Mined) -> None:
     finally:
         server.banned_ips.clear()
         server.banned_workers.clear()
+
+
+async def test_temporary_ip_bans_are_listed_counted_and_lifted(mined: Mined) -> None:
+    """The pool's own temporary bans (given to abusers by the guard) are in the admin API's
+    list and in /metrics, and an operator's unban of the IP ends them."""
+    server = mined.app.server
+    assert server is not None
+    ip, now = "10.7.7.7", time.time()
+    ban = None
+    for _ in range(server.config.limits.ban_strikes):
+        ban = server.ctx.guard.strike(ip, now, "test strikes")
+    assert ban is not None and ban.ip == ip
+    status, body = await post(mined, "/api/admin/unban", {"ip": "10.7.7.8"})
+    assert status == 404  # another IP: nothing to lift
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    status, bans = await get(mined, "/api/admin/bans", **headers)
+    assert status == 200 and bans["ips"] == []
+    [temporary] = bans["temporary"]
+    assert temporary["ip"] == ip and temporary["reason"] == "test strikes"
+    assert 0 < temporary["seconds_left"] <= temporary["ban_seconds"]
+    async with mined.http.get(mined.base + "/metrics") as resp:
+        text = await resp.text()
+    assert 'stratum_pool_bans{kind="ip_temporary"} 1' in text
+    status, body = await post(mined, "/api/admin/unban", {"ip": ip})
+    assert status == 200 and body["temporary"] == []
+    assert server.ctx.guard.banned(ip, time.time()) is None
 
 
 @pytest.mark.parametrize(

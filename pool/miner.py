@@ -122,6 +122,19 @@ class MinerOptions:
     batch: int = 20000
 
 
+def throttle(done: int, rate: float, elapsed: float) -> tuple[float, float]:
+    """The pace of a throttled miner: ``done`` hashes ``elapsed`` seconds after its start, at
+    ``rate`` per second. Returns (seconds to sleep, seconds to move the start later). A miner
+    that fell more than MAX_THROTTLE_DEBT behind (CPU busy) forgives itself the rest: it keeps
+    its rate steady instead of bursting to catch up."""
+    ahead = done / rate - elapsed
+    if ahead > 0:
+        return ahead, 0.0
+    if ahead < -MAX_THROTTLE_DEBT:
+        return 0.0, -ahead - MAX_THROTTLE_DEBT
+    return 0.0, 0.0
+
+
 @dataclass
 class MinerStats:
     accepted: int = 0
@@ -379,12 +392,10 @@ class MinerConnection:
                 for n in found:
                     self.submit(unit, n)
                 if rate is not None:
-                    ahead = done / rate - (time.monotonic() - start)
-                    if ahead > 0:
-                        await asyncio.sleep(ahead)
-                    elif ahead < -MAX_THROTTLE_DEBT:
-                        # Fell behind (CPU busy): do not burst to catch up, keep the rate steady.
-                        start -= -ahead - MAX_THROTTLE_DEBT
+                    pause, forgive = throttle(done, rate, time.monotonic() - start)
+                    start += forgive
+                    if pause > 0:
+                        await asyncio.sleep(pause)
 
     def submit(self, unit: WorkUnit, nonce: int) -> None:
         if self.job is None or self.miner.stopping.is_set():

@@ -8,6 +8,7 @@ miner was told "accepted" must be credited exactly once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -17,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,13 @@ from pool.ledger.journal_read import read_records
 from pool.ledger.store import Store
 from pool.node.binaries import Binaries
 from pool.node.managed import ManagedNode, free_port
-from tests.integration.harness import journal_identity, own_node, told_accepted, wallet_address
+from tests.integration.harness import (
+    journal_identity,
+    own_node,
+    told_accepted,
+    wait_for,
+    wallet_address,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -185,11 +192,29 @@ async def test_sigkill_under_load_loses_nothing_and_credits_once(
     miners = [start_miner(port, f"{addresses[i]}.w{i}", records[i], 60_000.0) for i in range(2)]
     try:
         kills = 4
+
+        def acknowledged() -> int:
+            """Shares the miners were told were accepted so far (complete lines only)."""
+            n = 0
+            for f in records:
+                with contextlib.suppress(FileNotFoundError):
+                    lines = f.read_text().split("\n")[:-1]  # the last one may be partial
+                    n += sum(1 for line in lines if json.loads(line)["accepted"])
+            return n
+
+        def grown_by(count: int, since: int) -> Callable[[], bool]:
+            return lambda: acknowledged() >= since + count
+
         for _ in range(kills):
+            # a random moment, once the miners have had shares acknowledged by this run (a
+            # busy machine slows them: wait on that, not on the clock alone)
+            before = acknowledged()
             await asyncio.sleep(rng.uniform(1.5, 4.0))
+            await wait_for(grown_by(10, before), 120, "10 more acknowledged shares")
             await pool.kill()
             await pool.start()
         await asyncio.sleep(3.0)
+        await wait_for(lambda: acknowledged() >= 50, 120, "50 acknowledged shares in all")
         for m in miners:
             m.send_signal(signal.SIGINT)
         summaries = [json.loads(m.communicate(timeout=30)[0].splitlines()[-1]) for m in miners]

@@ -47,7 +47,9 @@ class NodeConfig:
     template_refresh_seconds: float = 30.0
     poll_interval_seconds: float = 1.0
     longpoll: bool = True
-    longpoll_timeout_seconds: float = 120.0  # a quiet long-poll is asked again after this
+    # A quiet long-poll is asked again after this. Long: bitcoind keeps serving one its client
+    # gave up on (an RPC thread each) until the next block or mempool change.
+    longpoll_timeout_seconds: float = 3600.0
     restart_backoff_seconds: float = 1.0  # managed node died: first restart delay (doubles)
     restart_backoff_max_seconds: float = 30.0  # ...up to this
     stop_timeout_seconds: float = 30.0  # a stopping node (ours or a leftover) is killed after

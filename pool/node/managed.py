@@ -35,6 +35,7 @@ from pool.node.rpc import (
 
 log = structlog.get_logger("pool.node.managed")
 
+RPC_THREADS = 32
 RPC_WALLET_ALREADY_LOADED = -35
 RPC_WALLET_NOT_FOUND = -18
 SUPERVISE_INTERVAL = 0.2  # how often the supervisor looks whether the process still runs
@@ -129,6 +130,10 @@ class ManagedNode:
             "-fallbackfee=0.0002",
             "-printtoconsole=0",
             "-rpcworkqueue=64",
+            # bitcoind keeps serving a long-poll its client gave up on (a pool stopped, or a
+            # client-side timeout) until the next block or mempool change, holding one RPC
+            # thread each: the default 4 would let a few pool restarts starve every RPC call.
+            f"-rpcthreads={RPC_THREADS}",
             *self.extra_args,
         ]
 

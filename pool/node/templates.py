@@ -34,7 +34,7 @@ class TemplateWatcher:
         refresh_interval: float = 30.0,
         poll_interval: float = 1.0,
         longpoll: bool = True,
-        longpoll_timeout: float = 120.0,
+        longpoll_timeout: float = 3600.0,
     ) -> None:
         self.rpc = rpc
         self.on_template = on_template

@@ -23,6 +23,7 @@ from pool.node.rpc import (
     RpcAuthError,
     RpcError,
     RpcRefused,
+    RpcTimeout,
     RpcUnavailable,
 )
 from pool.node.templates import TemplateWatcher
@@ -118,6 +119,27 @@ async def test_quiet_longpoll_is_neither_logged_nor_counted_as_an_error(
     assert templates and templates[0] is True  # the watcher did run against the node
     assert rpc.errors["unavailable"] == 0
     assert not [e for e in logs if e["event"] == "bitcoind_unavailable"]
+
+
+async def test_long_polls_given_up_on_do_not_starve_the_managed_nodes_rpc(
+    regtest_node: ManagedNode,
+) -> None:
+    """bitcoind keeps serving a long-poll whose client gave up (a stopped pool, a client-side
+    timeout) until the next block or mempool change, on one of its RPC threads. Six of them
+    (more than bitcoind's default of 4 threads) must leave the managed node answering."""
+    rpc = regtest_node.rpc
+    assert rpc is not None
+    template = await rpc.call("getblocktemplate", {"rules": ["segwit"]})
+    for _ in range(6):
+        with pytest.raises(RpcTimeout):
+            await rpc.call(
+                "getblocktemplate",
+                {"rules": ["segwit"], "longpollid": template["longpollid"]},
+                retry=False,
+                timeout=0.3,
+                quiet_timeout=True,
+            )
+    assert await rpc.call("getblockcount", retry=False, timeout=20.0) >= 0
 
 
 async def test_managed_node_killed_is_restarted_and_the_client_keeps_working(

@@ -184,7 +184,7 @@ def test_resubmit_recent_blocks_is_bounded(value: str, tmp_path: Path) -> None:
 
 def test_node_defaults(tmp_path: Path) -> None:
     node = load_str("", tmp_path).node
-    assert node.longpoll_timeout_seconds == 120.0
+    assert node.longpoll_timeout_seconds == 3600.0
     assert (node.restart_backoff_seconds, node.restart_backoff_max_seconds) == (1.0, 30.0)
     assert (node.submit_retry_seconds, node.submit_retry_max_seconds) == (0.5, 5.0)
     assert node.stop_timeout_seconds == 30.0

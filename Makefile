@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test lint typecheck unit integration bitcoind chromium bench fuzz clean compose-test
+.PHONY: run test lint typecheck unit integration bitcoind chromium bench fuzz clean compose-test compose-wheels
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -73,3 +73,7 @@ fuzz: $(STAMP)
 COMPOSE_ARGS ?=
 compose-test: $(STAMP)
 	$(BIN)/python docker/compose_test.py test $(if $(SETUP_PODMAN),--setup-podman) $(COMPOSE_ARGS)
+
+# Only the first step: the pool's wheels in docker/wheels, for `docker compose up --build` by hand.
+compose-wheels: $(STAMP)
+	$(BIN)/python docker/compose_test.py wheels $(COMPOSE_ARGS)

@@ -248,7 +248,7 @@ def check_stack(
     log(f"bitcoind has block {header['height']} {header['hash']} ({header['confirmations']} conf)")
 
 
-def compose_test(engine: str, timeout: float, keep: bool) -> None:
+def compose_test(engine: str, timeout: float, keep: bool, no_cache: bool) -> None:
     started = time.monotonic()
     base_image, debian_image = base_images(engine)
     build_wheels(engine, base_image)
@@ -264,7 +264,7 @@ def compose_test(engine: str, timeout: float, keep: bool) -> None:
     }
     compose = compose_cmd(engine)
     log(f"engine {engine}; BASE_IMAGE={base_image} DEBIAN_IMAGE={debian_image}")
-    stream([*compose, "build"], env=env)
+    stream([*compose, "build", *(["--no-cache"] if no_cache else [])], env=env)
     built = time.monotonic()
     log(f"images built in {built - started:.0f} s")
     ok = False
@@ -294,13 +294,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--setup-podman", action="store_true", help="install podman when missing")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds for each wait")
     p.add_argument("--keep", action="store_true", help="leave a passing stack running")
+    p.add_argument("--no-cache", action="store_true", help="build the images from scratch")
     args = p.parse_args(argv)
     try:
         engine = choose_engine(args.engine, args.setup_podman)
         if args.action == "wheels":
             build_wheels(engine, base_images(engine)[0])
         else:
-            compose_test(engine, args.timeout, args.keep)
+            compose_test(engine, args.timeout, args.keep, args.no_cache)
     except Failed as exc:
         log(f"FAILED: {exc}")
         return 1

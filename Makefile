@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test lint typecheck unit integration bitcoind chromium bench fuzz clean
+.PHONY: run test lint typecheck unit integration bitcoind chromium bench fuzz clean compose-test compose-wheels
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -63,3 +63,17 @@ clean:
 FUZZ_ARGS ?=
 fuzz: $(STAMP)
 	$(BIN)/python -m tests.fuzz $(FUZZ_ARGS)
+
+# docker/compose.yaml run for real (not part of `make test`: it needs podman or Docker and a few
+# minutes): the pool's wheels built here for the image's Python, the images built, the stack up,
+# a credited share and a block waited for, the stack down (on failure too, after its logs).
+# podman + podman-compose when installed, else Docker; COMPOSE_ARGS="--engine docker" chooses.
+# SETUP_PODMAN=1 installs podman first when it is missing (docker/setup-podman.sh: Debian, root).
+# BASE_IMAGE / DEBIAN_IMAGE (environment) override the images' bases.
+COMPOSE_ARGS ?=
+compose-test: $(STAMP)
+	$(BIN)/python docker/compose_test.py test $(if $(SETUP_PODMAN),--setup-podman) $(COMPOSE_ARGS)
+
+# Only the first step: the pool's wheels in docker/wheels, for `docker compose up --build` by hand.
+compose-wheels: $(STAMP)
+	$(BIN)/python docker/compose_test.py wheels $(COMPOSE_ARGS)

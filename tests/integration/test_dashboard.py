@@ -392,6 +392,11 @@ async def test_figures_match_their_maths(
     server, ledger = dashboard.app.server, dashboard.app.ledger
     rpc = regtest_node.rpc
     assert server is not None and ledger is not None and rpc is not None
+    await wait_for(
+        lambda: any(b["status"] == "pending" for b in ledger.aggregates.blocks.values()),
+        120,
+        "a block found by the miners",
+    )
     for miner in dashboard.miners:
         miner.stopping.set()
     await wait_for(lambda: not server.sessions, 30, "the miners gone")

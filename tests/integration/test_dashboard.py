@@ -426,6 +426,9 @@ async def test_figures_match_their_maths(
     assert "hidden" in dom.by_id("error").attrs, dom.by_id("error").text
     pool = after["/api/pool"]
     shown = cards(dom)
+    # the API's "miners" counts open connections: labelled so
+    assert shown["Connections"][0] == str(pool["miners"]) == "0"
+    assert "Miners" not in shown
 
     # effort = expected blocks / found blocks (100 % average, below 100 % lucky)
     effort = pool["effort"]["24h"]

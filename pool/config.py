@@ -186,6 +186,9 @@ class LedgerConfig:
     # the pool's blocks missing from the store (since the last one it holds)
 
 
+MAX_MESSAGE_CHARS = 4096  # api.max_message_chars at most (a miner shows the text in its log)
+
+
 @dataclass(frozen=True)
 class ApiConfig:
     enabled: bool = True
@@ -200,6 +203,7 @@ class ApiConfig:
     max_header_bytes: int = 8190  # longest header field
     max_headers: int = 64  # header fields per request
     max_body_bytes: int = 65536  # longest request body (admin bodies are a few bytes)
+    max_message_chars: int = 256  # longest client.show_message text sent by the admin API
 
 
 @dataclass(frozen=True)
@@ -518,6 +522,8 @@ def _validate_api(config: Config, fail: typing.Callable[[str, str], None]) -> No
     ):
         if getattr(api, name) < least:
             fail(f"api.{name}", f"must be at least {least}")
+    if not 1 <= api.max_message_chars <= MAX_MESSAGE_CHARS:
+        fail("api.max_message_chars", f"must be 1..{MAX_MESSAGE_CHARS}")
 
 
 def limits_summary(config: Config) -> dict[str, Any]:
@@ -541,6 +547,7 @@ def limits_summary(config: Config) -> dict[str, Any]:
         "api.max_header_bytes": config.api.max_header_bytes,
         "api.max_headers": config.api.max_headers,
         "api.max_body_bytes": config.api.max_body_bytes,
+        "api.max_message_chars": config.api.max_message_chars,
     }
 
 

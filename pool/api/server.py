@@ -26,6 +26,7 @@ import structlog
 from aiohttp import web
 
 from pool.api import guard
+from pool.api.admin_message import send_message
 from pool.api.collect import WorkerRanking, collect
 from pool.api.metrics import CONTENT_TYPE, render
 from pool.api.views import CACHE_SECONDS, ApiError, Views
@@ -126,6 +127,7 @@ class ApiServer:
         r.add_post("/api/admin/unban", self.admin(self.post_unban))
         r.add_post("/api/admin/reconnect", self.admin(self.post_reconnect))
         r.add_post("/api/admin/payout", self.admin(self.post_payout))
+        r.add_post("/api/admin/message", self.admin(self.post_message))
         return web_app
 
     async def start(self) -> int:
@@ -519,6 +521,12 @@ class ApiServer:
         count = server.reconnect_all(wait)
         log.warning("api_reconnect_all", connections=count, wait=wait)
         return web.json_response({"reconnected": count, "wait": wait})
+
+    async def post_message(self, request: web.Request) -> web.Response:
+        """client.show_message to one worker's connections or all (see admin_message)."""
+        limit = self.app.config.api.max_message_chars
+        body = await _json_body(request)
+        return web.json_response(send_message(self.views, body, limit, request.remote))
 
     async def post_payout(self, request: web.Request) -> web.Response:
         log.warning("api_payout_round", peer=request.remote)

@@ -24,6 +24,14 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
+from pool.api.amounts import (
+    balance_view,
+    money,
+    payout_view,
+    sat_money,
+    sat_to_btc,
+    units_to_sat,
+)
 from pool.bitcoin import (
     DIFF1_TARGET,
     AddressError,
@@ -39,7 +47,7 @@ from pool.ledger.pps import (
     FEE_DENOMINATOR,
     UNITS_PER_SAT,
     block_value,
-    format_btc,
+    share_value,
 )
 from pool.ledger.store import Balance, Store
 from pool.server.auth import AuthError, parse_credentials
@@ -48,6 +56,18 @@ from pool.stats import WorkerStats
 if TYPE_CHECKING:
     from pool.api.source import PoolSource
     from pool.server.server import StratumServer
+
+__all__ = [  # the amount helpers, re-exported (they lived here)
+    "ApiError",
+    "Views",
+    "balance_view",
+    "minute_points",
+    "money",
+    "payout_view",
+    "sat_money",
+    "sat_to_btc",
+    "units_to_sat",
+]
 
 WINDOW_NAMES = {60: "1m", 300: "5m", 3600: "1h"}
 MINUTE = 60
@@ -86,39 +106,6 @@ class ChainSimView(Protocol):
 
 def window_name(seconds: int) -> str:
     return WINDOW_NAMES.get(seconds, f"{seconds}s")
-
-
-def units_to_sat(units: int) -> int:
-    """Whole satoshis, rounded towards zero (a negative reserve stays honest)."""
-    return units // UNITS_PER_SAT if units >= 0 else -((-units) // UNITS_PER_SAT)
-
-
-def sat_to_btc(sat: int) -> str:
-    sign = "-" if sat < 0 else ""
-    whole, frac = divmod(abs(sat), 100_000_000)
-    return f"{sign}{whole}.{frac:08d}"
-
-
-def money(name: str, units: int) -> dict[str, Any]:
-    return {
-        f"{name}_units": units,
-        f"{name}_sat": units_to_sat(units),
-        f"{name}_btc": format_btc(units),
-    }
-
-
-def sat_money(name: str, sat: int) -> dict[str, Any]:
-    return {f"{name}_sat": sat, f"{name}_btc": sat_to_btc(sat)}
-
-
-def balance_view(balance: Balance | None) -> dict[str, Any]:
-    b = balance or Balance("", 0, 0, 0)
-    return {
-        **money("balance", b.balance_units),
-        **money("credited", b.credited_units),
-        **money("paid", b.paid_units),
-        **money("pending", b.pending_units),
-    }
 
 
 def rates(meter: HashrateMeter | None, windows: Sequence[int], now: float) -> dict[str, float]:
@@ -197,6 +184,7 @@ class Views:
         ledger = p.ledger.aggregates
         block_counts = ledger.block_counts()
         reserve = ledger.reserve()
+        luck = ledger.luck(now)
         return {
             "time": now,
             "chain": p.network.name,
@@ -228,7 +216,10 @@ class Views:
                 **money("credits", reserve.credits_units),
                 **money("fees", reserve.fees_units),
             },
-            "luck": ledger.luck(now),
+            # "luck" (kept for old clients) holds expected / found: that is effort, and
+            # "effort" says so (100 % = average, below 100 % = lucky)
+            "luck": luck,
+            "effort": effort_view(luck),
             "ledger": {"shares": ledger.shares},
         }
 
@@ -253,23 +244,28 @@ class Views:
         }
 
     def pps(self, job: Job | None, p: Parts) -> dict[str, Any] | None:
-        """The PPS rate on the current job: the credit per unit of share difficulty (what a
-        difficulty-1 share earns, after the pool fee). One share is never credited more than
-        one block (``capped``: the block difficulty is below 1, so a difficulty-1 share would
-        itself be a block and earns one block's value)."""
+        """The PPS rate on the current job. ``value``: the credit per unit of share
+        difficulty, after the pool fee, for shares below the block difficulty (a share of
+        difficulty d earns d * value). ``share_credit``: what a difficulty-1 share is really
+        credited: no share earns more than one block, so when the block difficulty is below 1
+        (``capped``; plain regtest, low simulated difficulties) it is one block's value after
+        the fee, and ``value`` is a rate nothing is paid at for a difficulty-1 share."""
         if job is None:
             return None
         fee = self.app.config.ledger.fee_bps
         value_sat = self._block_value(job, p)
         gross = self._rate(job, value_sat)
         credit = gross * (FEE_DENOMINATOR - fee) / FEE_DENOMINATOR
+        share = share_value(1.0, job.block_target, value_sat, fee)
         return {
             "scheme": p.ledger.scheme.value,
             "fee_bps": fee,
             **sat_money("block_value", value_sat),
+            "block_difficulty": target_to_difficulty(job.block_target),
             "share_difficulty": 1.0,
             **money("gross", gross.numerator // gross.denominator),
             **money("value", credit.numerator // credit.denominator),
+            **money("share_credit", share.credit),
             "capped": job.block_target > DIFF1_TARGET,
         }
 
@@ -533,6 +529,21 @@ class Views:
         }
 
 
+def effort_view(
+    luck: dict[str, dict[str, float | int | None]],
+) -> dict[str, dict[str, float | int | None]]:
+    """Effort per window: the work done over the work expected for the blocks found
+    (expected blocks / found blocks; 1 = average, below 1 = lucky, None before a block)."""
+    return {
+        name: {
+            "expected_blocks": w["expected_blocks"],
+            "found_blocks": w["found_blocks"],
+            "effort": w["luck"],
+        }
+        for name, w in luck.items()
+    }
+
+
 def minute_points(rows: Iterable[dict[str, Any]], now: float, started: float) -> list[Any]:
     """One point per minute from the first with shares to the current one. A minute this
     process only saw part of (its start, the current minute) is divided by the part seen."""
@@ -568,21 +579,6 @@ def minute_points(rows: Iterable[dict[str, Any]], now: float, started: float) ->
             }
         )
     return points
-
-
-def payout_view(row: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": row["id"],
-        "status": row["status"],
-        "txid": row["txid"],
-        "created_at": row["created_at"],
-        "updated_at": row["updated_at"],
-        **sat_money("total", row["total_sat"]),
-        "error": row["error"],
-        "items": [
-            {"address": i["address"], **sat_money("amount", i["amount_sat"])} for i in row["items"]
-        ],
-    }
 
 
 def _address_of(name: str) -> str:

@@ -379,6 +379,24 @@ class StratumServer:
             session.close("asked to reconnect")
         return len(sessions)
 
+    def show_message(self, text: str, worker: str | None = None) -> int:
+        """client.show_message to every subscribed miner, or only to the connections of
+        ``worker`` (a worker name, or a bare address: all its workers); how many got it."""
+        sent = 0
+        for session in list(self.sessions.values()):
+            core = session.core
+            if core is None or session.closed:
+                continue
+            if worker is not None and not any(
+                c.name == worker or c.address == worker for c in core.workers.values()
+            ):
+                continue
+            data = core.show_message(text)
+            if data:
+                session.send(data)
+                sent += 1
+        return sent
+
     # -- jobs -------------------------------------------------------------------------------------
     def publish(self, job: Job) -> None:
         """A new job: into the table (retiring old ones), then to every ready miner."""

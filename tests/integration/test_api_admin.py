@@ -125,6 +125,77 @@ async def test_admin_reconnect_all(mined: Mined) -> None:
         assert status == 400, (bad, body)
 
 
+async def test_admin_message_to_one_worker_an_address_or_all(mined: Mined) -> None:
+    """client.show_message reaches exactly the connections asked for, over real sockets."""
+    server = mined.app.server
+    assert server is not None
+    port = server.bound_ports[0]
+    first, second = mined.addresses
+    names = [f"{first}.msga", f"{first}.msgb", f"{second}.msgc"]
+    clients = [await RawClient.connect(port) for _ in names]
+    try:
+        for client, name in zip(clients, names, strict=True):
+            await client.handshake(name)
+        a, b = clients[:2]
+
+        async def shown(client: RawClient) -> str:
+            msg = await client.notification("client.show_message")
+            [text] = msg["params"]
+            assert isinstance(text, str)
+            return text
+
+        status, body = await post(
+            mined, "/api/admin/message", {"message": "to a", "worker": names[0]}
+        )
+        assert status == 200 and body == {"sent": 1, "worker": names[0], "chars": 4}, body
+        assert await shown(a) == "to a"
+        status, body = await post(
+            mined, "/api/admin/message", {"message": "to ab", "worker": first}
+        )
+        assert status == 200 and body["sent"] == 2, body
+        assert await shown(a) == "to ab"
+        assert await shown(b) == "to ab"  # b's first: "to a" never reached it
+        text = "é" * server.config.api.max_message_chars  # the longest allowed, not ASCII
+        status, body = await post(mined, "/api/admin/message", {"message": text})
+        assert status == 200 and body["sent"] >= 3, body  # and any other miner connected
+        assert body["worker"] is None
+        for client in clients:
+            assert await shown(client) == text  # c's first: nothing before reached it
+        # a worker with no connection: nothing sent, a 404 saying so
+        idle = f"{second}.nobody"
+        status, body = await post(mined, "/api/admin/message", {"message": "x", "worker": idle})
+        assert status == 404 and body["sent"] == 0 and idle in body["error"], body
+    finally:
+        for client in clients:
+            await client.close()
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ({"message": "x" * 257}, "longer than api.max_message_chars (256)"),
+        ({"message": "   "}, "must not be blank"),
+        ({"message": "two\nlines"}, "control characters (found U+000A)"),
+        ({"message": "esc \x1b[31m"}, "control characters (found U+001B)"),
+        ({"message": 5}, 'the body must be {"message"'),
+        ({}, 'the body must be {"message"'),
+        ({"message": "x", "worker": "nope.rig"}, "not a worker name"),
+        ({"message": "x", "worker": 7}, "worker must be a string"),
+        ({"message": "x", "to": "all"}, "unknown field(s) ['to']"),
+        ([1], "JSON object"),
+    ],
+)
+async def test_admin_message_input_errors(mined: Mined, body: Any, words: str) -> None:
+    assert mined.app.config.api.max_message_chars == 256  # the default, as the cases assume
+    status, answer = await post(mined, "/api/admin/message", body)
+    assert status == 400 and words in answer["error"], answer
+
+
+async def test_admin_message_needs_the_token(mined: Mined) -> None:
+    status, body = await post(mined, "/api/admin/message", {"message": "hi"}, token="wrong")
+    assert status == 401, body
+
+
 async def authorize(port: int, user: str) -> tuple[RawClient, dict[str, Any]]:
     client = await RawClient.connect(port)
     client.send(1, "mining.subscribe", ["test-client/1"])

@@ -1,6 +1,9 @@
 """The dashboard in headless Chromium (Debian's ``chromium``) against a running pool with two
 real miners on it: the rendered DOM holds the hashrate chart and both workers, and a
-screenshot shows the chart (its colours are found in the PNG's pixels)."""
+screenshot shows the chart (its colours are found in the PNG's pixels). Once the miners stop,
+every figure shown is checked against the API's numbers: effort (not "luck"), one balance per
+address, the PPS credit a difficulty-1 share really gets, and an orphaned block (made with
+``invalidateblock``) shown as orphaned, not with confirmations -1. About a minute."""
 
 from __future__ import annotations
 
@@ -15,11 +18,15 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import pytest_asyncio
 
 from pool.api.server import ApiServer
+from pool.app import PoolApp
 from pool.config import ApiConfig, ChainConfig, PortConfig, SimulationConfig
+from pool.ledger.pps import FEE_DENOMINATOR, UNITS_PER_SAT
+from pool.ledger.store import Store
 from pool.miner import Miner, MinerOptions
 from pool.node.managed import ManagedNode
 from tests.integration.harness import pool_config, start_pool, wait_for, wallet_address
@@ -139,6 +146,8 @@ class Dashboard:
     base: str
     names: list[str]
     addresses: list[str]
+    app: PoolApp
+    miners: list[Miner]
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -189,7 +198,7 @@ async def dashboard(
             "100 shares from each miner and 10 hashrate samples",
             lambda: {n: w.accepted for n, w in server.stats.workers.items()},
         )
-        yield Dashboard(f"http://127.0.0.1:{port}", names, addresses)
+        yield Dashboard(f"http://127.0.0.1:{port}", names, addresses, app, miners)
     finally:
         for m in miners:
             m.stopping.set()
@@ -216,8 +225,19 @@ async def test_dom_has_the_chart_and_both_workers(dashboard: Dashboard, tmp_path
     links = {e.text for e in dom.find("a") if e.inside("workers")}
     assert set(dashboard.names) <= links
     labels = {e.text for e in dom.find("div", class_="label") if e.inside("cards")}
-    assert {"Pool hashrate", "Simulated difficulty", "PPS value / difficulty 1"} <= labels
+    assert {
+        "Pool hashrate",
+        "Simulated difficulty",
+        "PPS credit / difficulty-1 share",
+        "Effort (24 h)",
+    } <= labels
+    assert not {"Luck (24 h)", "PPS value / difficulty 1"} & labels  # the misleading labels
     assert dom.by_id("chain").text == "regtest"
+    # a balance belongs to an address: not in the worker rows, once per address below them
+    headers = [e.text for e in dom.find("th") if e.inside("workers")]
+    assert headers and not [h for h in headers if "Balance" in h], headers
+    balances = {e.attrs["data-address"] for e in dom.find("tr") if "data-address" in e.attrs}
+    assert balances == set(dashboard.addresses)
 
 
 async def test_address_page(dashboard: Dashboard, tmp_path: Path) -> None:
@@ -231,6 +251,9 @@ async def test_address_page(dashboard: Dashboard, tmp_path: Path) -> None:
     assert rows == {dashboard.names[1]}
     assert "hidden" not in dom.by_id("payouts-section").attrs
     assert "hidden" in dom.by_id("blocks-section").attrs
+    assert "hidden" in dom.by_id("balances-section").attrs  # the balance is a card here
+    labels = [e.text for e in dom.find("div", class_="label") if e.inside("cards")]
+    assert labels.count("Balance") == 1
     assert dom.find("rect", class_="minute-bar")
 
 
@@ -315,3 +338,152 @@ async def test_screenshot_shows_the_chart(dashboard: Dashboard, tmp_path: Path) 
     line = [(x, y) for x, y in find_colour(rows, BLUE, slack=12) if top - 80 <= y <= bottom]
     assert len(line) > 100, f"no live hashrate line over the bars ({len(line)} pixels)"
     assert max(x for x, _ in line) - min(x for x, _ in line) > 100
+
+
+def fmt_btc(exact: str) -> str:
+    """The dashboard's fmtBtc: an exact BTC string cut for display."""
+    whole, _, frac = exact.partition(".")
+    digits = len(whole.lstrip("-"))
+    if whole.lstrip("-") == "0":
+        cut = frac[:8].rstrip("0")
+        return f"{whole}.{cut}" if cut else "0"
+    return f"{whole}.{frac[: max(2, 7 - digits)]}"
+
+
+def cards(dom: Dom) -> dict[str, tuple[str, str, str]]:
+    """label -> (value, sub, title) of the cards."""
+    out = {}
+    for card in dom.find("div", class_="card"):
+        parts = {
+            e.attrs["class"]: e.text
+            for e in dom.elements
+            if e.tag == "div" and e.parents and e.parents[-1] is card
+        }
+        out[parts["label"]] = (parts["value"], parts["sub"], card.attrs.get("title", ""))
+    return out
+
+
+async def api_state(base: str) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as http:
+        state = {}
+        for path in ("/api/pool", "/api/workers", "/api/blocks?limit=20"):
+            async with http.get(base + path) as resp:
+                assert resp.status == 200, path
+                state[path.split("?")[0]] = await resp.json()
+    return state
+
+
+def still(before: dict[str, Any], after: dict[str, Any]) -> bool:
+    """The figures compared are the same in both (hashrates decay: not compared)."""
+    return (
+        [(w["name"], w["balance"]) for w in before["/api/workers"]["workers"]]
+        == [(w["name"], w["balance"]) for w in after["/api/workers"]["workers"]]
+        and before["/api/blocks"]["blocks"] == after["/api/blocks"]["blocks"]
+        and before["/api/pool"]["effort"] == after["/api/pool"]["effort"]
+        and before["/api/pool"]["pps"] == after["/api/pool"]["pps"]
+    )
+
+
+async def test_figures_match_their_maths(
+    dashboard: Dashboard, regtest_node: ManagedNode, tmp_path: Path
+) -> None:
+    """Runs last: stops the module's miners (the figures stand still), orphans the pool's
+    newest block, and checks each card and table against the API's exact numbers."""
+    server, ledger = dashboard.app.server, dashboard.app.ledger
+    rpc = regtest_node.rpc
+    assert server is not None and ledger is not None and rpc is not None
+    await wait_for(
+        lambda: any(b["status"] == "pending" for b in ledger.aggregates.blocks.values()),
+        120,
+        "a block found by the miners",
+    )
+    for miner in dashboard.miners:
+        miner.stopping.set()
+    await wait_for(lambda: not server.sessions, 30, "the miners gone")
+    pending = await ledger.store.run(Store.blocks, ("pending",))
+    assert pending, "no block found by the miners"
+    block = pending[0]  # the newest: invalidating it orphans it (and nothing of another test)
+    await rpc.call("invalidateblock", block["hash"])
+    try:
+        await ledger.check_blocks(rpc)
+        await wait_for(
+            lambda: ledger.aggregates.blocks[block["hash"]]["status"] == "orphaned",
+            30,
+            "the invalidated block orphaned",
+        )
+        # the pool's own block checks may still be settling the confirmations: a page
+        # rendered while the API's figures stood still is the one compared
+        for _ in range(5):
+            before = await api_state(dashboard.base)
+            dom = Dom((await chromium(dashboard.base + "/", tmp_path, "--dump-dom")).decode())
+            after = await api_state(dashboard.base)
+            if still(before, after):
+                break
+        else:
+            raise AssertionError("the API's figures kept changing while the page rendered")
+    finally:
+        await rpc.call("reconsiderblock", block["hash"])
+    assert "hidden" in dom.by_id("error").attrs, dom.by_id("error").text
+    pool = after["/api/pool"]
+    shown = cards(dom)
+    # the API's "miners" counts open connections: labelled so
+    assert shown["Connections"][0] == str(pool["miners"]) == "0"
+    assert "Miners" not in shown
+
+    # effort = expected blocks / found blocks (100 % average, below 100 % lucky)
+    effort = pool["effort"]["24h"]
+    expected, found = effort["expected_blocks"], effort["found_blocks"]
+    assert found >= 1 and expected > 0
+    assert effort["effort"] == pytest.approx(expected / found)
+    assert pool["luck"]["24h"]["luck"] == effort["effort"]  # the old field, kept as it was
+    value, sub, title = shown["Effort (24 h)"]
+    assert value == f"{100 * expected / found:.0f} %", (value, expected, found)
+    assert sub.startswith(f"{expected:.2f} expected · {found} found")
+    assert sub.endswith(" · lucky" if expected < found else " · unlucky"), sub
+    assert "below 100 % lucky" in title
+
+    # PPS: what a difficulty-1 share is really credited, never the uncapped rate
+    pps = pool["pps"]
+    assert pps["capped"] is True  # simulated difficulty 2e-4: a difficulty-1 share is a block
+    assert pps["block_difficulty"] == pytest.approx(2e-4, rel=0.5)
+    one_block = pps["block_value_sat"] * UNITS_PER_SAT
+    fee = pps["fee_bps"]
+    assert pps["share_credit_units"] == one_block * (FEE_DENOMINATOR - fee) // FEE_DENOMINATOR
+    assert pps["value_units"] > 1000 * pps["share_credit_units"]  # the rate nothing is paid at
+    value, sub, title = shown["PPS credit / difficulty-1 share"]
+    assert value == f"{fmt_btc(pps['share_credit_btc'])} BTC"
+    assert fmt_btc(pps["value_btc"]) not in value
+    assert "capped: one block" in sub and f"exactly {pps['share_credit_btc']} BTC" in title
+
+    # one balance per address, equal to the API's, none in the worker rows
+    workers = after["/api/workers"]["workers"]
+    expected_rows = {w["address"]: w["balance"] for w in workers}
+    rows = [e for e in dom.find("tr") if "data-address" in e.attrs]
+    assert sorted(r.attrs["data-address"] for r in rows) == sorted(expected_rows)
+    for row in rows:
+        cells = [e for e in dom.find("td") if e.parents and e.parents[-1] is row]
+        balance = expected_rows[row.attrs["data-address"]]
+        assert cells[1].text == "1"  # one worker listed per address here
+        assert cells[2].attrs["title"] == f"exactly {balance['balance_btc']} BTC"
+        assert cells[2].text == fmt_btc(balance["balance_btc"])
+        assert cells[3].attrs["title"] == f"exactly {balance['credited_btc']} BTC"
+    assert any(b["balance"]["balance_units"] > 0 for b in workers)
+    for row in (e for e in dom.find("tr") if "data-worker" in e.attrs):
+        cells = [e for e in dom.find("td") if e.parents and e.parents[-1] is row]
+        assert len(cells) == 9 and not [c for c in cells if "exactly" in c.attrs.get("title", "")]
+
+    # the orphaned block: "orphaned", not confirmations -1
+    blocks = {b["hash"]: b for b in after["/api/blocks"]["blocks"]}
+    assert blocks[block["hash"]]["status"] == "orphaned"
+    assert blocks[block["hash"]]["confirmations"] == -1  # the API's number, as bitcoind says
+    rows = {e.attrs["data-block"]: e for e in dom.find("tr") if "data-block" in e.attrs}
+    assert set(rows) == set(blocks)
+    for block_hash, row in rows.items():
+        cells = [e.text for e in dom.find("td") if e.parents and e.parents[-1] is row]
+        status, confirmations = cells[5], cells[6]
+        assert status == blocks[block_hash]["status"]
+        if status == "orphaned":
+            assert confirmations == "orphaned"
+        else:
+            assert confirmations == str(blocks[block_hash]["confirmations"])
+        assert "-1" not in cells

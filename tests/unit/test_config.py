@@ -122,6 +122,8 @@ def test_environment_overrides(tmp_path: Path) -> None:
         ("[api]\nmax_header_bytes = 0\n", "api.max_header_bytes"),
         ("[api]\nmax_headers = 2\n", "api.max_headers"),
         ("[api]\nmax_body_bytes = 10\n", "api.max_body_bytes"),
+        ("[api]\nmax_message_chars = 0\n", "api.max_message_chars"),
+        ("[api]\nmax_message_chars = 5000\n", "api.max_message_chars"),
     ],
 )
 def test_cross_checks_name_the_key(text: str, key: str, tmp_path: Path) -> None:

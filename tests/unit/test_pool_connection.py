@@ -326,3 +326,17 @@ def test_shares_refused_by_storage_still_count_for_vardiff() -> None:
     assert changed, "vardiff never moved on 64 valid (unrecorded) shares"
     assert changed[0][0]["method"] == "mining.set_difficulty"
     assert changed[0][0]["params"][0] > 1e-12
+
+
+def test_show_message_only_to_a_subscribed_open_connection() -> None:
+    core, _, _ = setup()
+    assert core.show_message("before subscribe") == b""  # the miner would not understand it
+    handshake(core)
+    [msg] = messages([core.show_message("pool maintenance at 12:00 UTC")])
+    assert msg == {
+        "id": None,
+        "method": "client.show_message",
+        "params": ["pool maintenance at 12:00 UTC"],
+    }
+    core.close("test")
+    assert core.show_message("after close") == b""

@@ -197,6 +197,7 @@ class StratumServer:
                 host=host,
                 port=bound,
                 **tls_fields,
+                **({"cert": str(secure.cert)} if secure is not None else {}),
                 start_difficulty=port.start_difficulty,
                 min_difficulty=port.min_difficulty,
                 max_difficulty=port.max_difficulty,

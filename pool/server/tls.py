@@ -360,12 +360,11 @@ def gate_factory(
 
 
 def describe(secure: TlsListener | None) -> dict[str, object]:
-    """A port's TLS facts for its log line and the API's port list."""
+    """A port's TLS facts for the API's port list (no file paths: the API is public)."""
     if secure is None:
         return {"tls": False}
     return {
         "tls": True,
         "fingerprint_sha256": secure.fingerprint,
-        "cert": str(secure.cert),
         "self_signed": secure.self_signed,
     }

@@ -136,6 +136,7 @@ async def test_tls_client_mines_and_plain_port_stays_plain(
             (port, True),
         ]
         assert body["stratum_ports"][1]["fingerprint_sha256"] == pinned
+        assert "cert" not in body["stratum_ports"][1]  # no server file path in the public API
 
 
 async def test_plain_and_silent_clients_on_the_tls_port_are_closed(

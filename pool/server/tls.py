@@ -150,6 +150,11 @@ def _write_private(path: Path, data: bytes, mode: int) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself survives a power loss
+    finally:
+        os.close(directory)
 
 
 def generate_self_signed(cert: Path, key: Path, host: str) -> str:

@@ -4,7 +4,7 @@ A bfgminer-style client (Python's ssl) verifies the pool's self-signed certifica
 or by its pinned SHA-256 fingerprint and mines; a plain-TCP client on the TLS port, and one that
 sends nothing, are closed (not left hanging); the per-IP limits hold for connections still in
 their TLS handshake; the certificate is made once and reused; a key that does not match its
-certificate stops the start before the node is asked anything. About 30 s of wall time.
+certificate stops the start before the node is asked anything. About 10 s of wall time.
 """
 
 from __future__ import annotations

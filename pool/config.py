@@ -75,6 +75,9 @@ class PortConfig:
     min_difficulty: float = 0.00001
     max_difficulty: float = 1e15
     name: str = ""
+    tls: bool = False  # Stratum inside TLS 1.2+ (pool/server/tls.py)
+    tls_cert: str = ""  # PEM certificate (chain) and its key; both empty: a self-signed pair
+    tls_key: str = ""  # made in <data_dir>/tls on the first start
 
 
 @dataclass(frozen=True)
@@ -362,6 +365,8 @@ def validate(config: Config, where: str) -> None:
         seen.add(port.port)
         if not 0 < port.min_difficulty <= port.start_difficulty <= port.max_difficulty:
             fail(key, "needs 0 < min_difficulty <= start_difficulty <= max_difficulty")
+        if (port.tls_cert or port.tls_key) and not (port.tls and port.tls_cert and port.tls_key):
+            fail(key, "needs tls = true and both tls_cert and tls_key (or neither: self-signed)")
     try:
         mask = int(config.stratum.version_rolling_mask, 16)
     except ValueError:

@@ -1,9 +1,10 @@
 """Checks of the machine a config will run on, made before anything starts.
 
 ``pool.config.validate`` checks the config on its own; these check it against the machine:
-every listening port can be bound (then it is released at once) and the data dir can be
-written. ``stratum-pool run`` makes them before it starts bitcoind, so a port in use or a
-read-only data dir is one line naming the key, not a traceback after the node is up;
+every listening port can be bound (then it is released at once), the data dir can be
+written and every TLS port's certificate and key are usable. ``stratum-pool run`` makes them
+before it starts bitcoind, so a port in use, a read-only data dir or a key that does not match
+its certificate is one line naming the key, not a traceback after the node is up;
 ``stratum-pool config check`` makes them too (``--static`` skips them, e.g. for the config of a
 pool that is running and so holds its ports).
 
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pool.config import Config, SimulationConfig
+from pool.server import tls
 
 CHAIN_SIM_FILE = "chain_sim.json"
 # Subdirectories the pool writes to when they exist (bitcoind's datadir, the ledger).
@@ -125,7 +127,18 @@ def check_environment(config: Config, *, create: bool = True) -> Path:
     """Every check of this module; the first failure raises PreflightError."""
     path = check_data_dir(config, create=create)
     check_ports(config)
+    check_tls(config, path, create=create)
     return path
+
+
+def check_tls(config: Config, data_dir: Path, *, create: bool) -> None:
+    """Every TLS port's certificate and key can be read, are PEM, match and load; the pool's
+    self-signed pair is made here on the first start (when ``create``)."""
+    for i, port in enumerate(config.stratum.ports):
+        try:
+            tls.listener(i, port, data_dir, config.stratum.host, create=create)
+        except tls.TlsError as exc:
+            raise PreflightError(str(exc)) from None
 
 
 @dataclass(frozen=True)

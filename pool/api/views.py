@@ -191,6 +191,7 @@ class Views:
             "started": p.server.hashrate.pool.started,
             "hashrate": rates(p.server.hashrate.pool, p.server.hashrate.windows, now),
             "miners": len(p.server.sessions),
+            "stratum_ports": p.server.port_list,  # each: port, name, tls (and its fingerprint)
             "workers": self.directory(p).online,
             "shares": {
                 "accepted": stats.accepted,

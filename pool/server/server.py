@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import itertools
 import socket
@@ -27,6 +28,7 @@ from pool.hashrate import HashrateBook
 from pool.jobs import Job, JobTable
 from pool.logs import LogLimiter, clip
 from pool.node.submit import BlockSubmission
+from pool.server import tls
 from pool.server.auth import Credentials
 from pool.server.bans import Bans
 from pool.server.context import PoolContext, WorkerLimits
@@ -103,6 +105,7 @@ class StratumServer:
         # Connections not yet authorized, per IP, oldest first (over the cap the oldest goes).
         self._unauthorized: dict[str, dict[int, Session]] = {}
         self.bound_ports: list[int] = []
+        self.port_list: list[dict[str, Any]] = []  # per port: its number, name, whether TLS
         self.accepting = True
         self.send_queue_bytes = config.limits.send_queue_bytes
         self._not_recorded = 0  # shares the ledger refused since the last log line about it
@@ -168,10 +171,17 @@ class StratumServer:
     async def start(self) -> list[int]:
         host = self.config.stratum.host
         loop = asyncio.get_running_loop()
-        for port in self.config.stratum.ports:
+        for index, port in enumerate(self.config.stratum.ports):
             settings = self.core_settings(port)
+            # None: a plain port (a TLS one's files were checked by the preflight already)
+            secure = tls.listener(index, port, self.config.pool.data_dir, host)
+            plain = functools.partial(self._new_session, settings)
+            timeout = self.config.limits.handshake_timeout_seconds
+            factory: Callable[[], asyncio.Protocol] = (
+                plain if secure is None else tls.gate_factory(plain, secure, timeout)
+            )
             server = await loop.create_server(
-                lambda s=settings: self._new_session(s),  # type: ignore[misc]
+                factory,
                 host=host,
                 port=port.port,
                 reuse_address=True,
@@ -180,10 +190,14 @@ class StratumServer:
             self._servers.append(server)
             bound = server.sockets[0].getsockname()[1]
             self.bound_ports.append(bound)
+            tls_fields = tls.describe(secure)
+            self.port_list.append({"port": bound, "name": port.name, **tls_fields})
             log.info(
                 "stratum_listening",
                 host=host,
                 port=bound,
+                **tls_fields,
+                **({"cert": str(secure.cert)} if secure is not None else {}),
                 start_difficulty=port.start_difficulty,
                 min_difficulty=port.min_difficulty,
                 max_difficulty=port.max_difficulty,

@@ -47,6 +47,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_zmq_endpoint() -> str:
+    """A ZMQ endpoint on a free loopback port, for a managed node's hashblock feed."""
+    return f"tcp://127.0.0.1:{free_port()}"
+
+
 class NodeStartError(RuntimeError):
     """bitcoind did not start or did not become ready; the message carries its log's tail."""
 
@@ -73,6 +78,7 @@ class ManagedNode:
         rpc_port: int | None = None,
         p2p_port: int | None = None,
         extra_args: tuple[str, ...] = (),
+        zmq_hashblock: str = "",
         die_with_parent: bool = True,
         restart_backoff: tuple[float, float] = (1.0, 30.0),
         stop_timeout: float = 30.0,
@@ -82,6 +88,7 @@ class ManagedNode:
         self._binaries = binaries
         self.ports = NodePorts(rpc=rpc_port or free_port(), p2p=p2p_port or free_port())
         self.extra_args = extra_args
+        self.zmq_hashblock = zmq_hashblock  # tcp://127.0.0.1:PORT: publish new block hashes
         self.die_with_parent = die_with_parent
         self.restart_backoff = restart_backoff
         self.stop_timeout = stop_timeout
@@ -129,6 +136,7 @@ class ManagedNode:
             "-fallbackfee=0.0002",
             "-printtoconsole=0",
             "-rpcworkqueue=64",
+            *([f"-zmqpubhashblock={self.zmq_hashblock}"] if self.zmq_hashblock else []),
             *self.extra_args,
         ]
 

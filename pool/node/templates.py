@@ -95,14 +95,15 @@ class TemplateWatcher:
             self.poke("zmq")
 
     async def run(self) -> None:
+        last_refresh = time.monotonic()
+        # first: the long-poll starts from this template's longpollid, not after a poll interval
+        await self._safe_update(force=True, source="start")
         tasks = [asyncio.create_task(self._poll_loop(), name="gbt-poll")]
         if self.zmq is not None:
             tasks.append(asyncio.create_task(self.zmq.run(), name="zmq-hashblock"))
         if self.longpoll:
             tasks.append(asyncio.create_task(self._longpoll_loop(), name="gbt-longpoll"))
         try:
-            last_refresh = time.monotonic()
-            await self._safe_update(force=True, source="start")
             while True:
                 wait = max(0.0, self.refresh_interval - (time.monotonic() - last_refresh))
                 with contextlib.suppress(TimeoutError):

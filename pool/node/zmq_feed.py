@@ -147,6 +147,7 @@ class HashBlockFeed:
                 log.warning("zmq_bad_message", endpoint=self.endpoint, error=str(exc))
                 continue
             self.messages += 1
+            log.debug("zmq_hashblock", block_hash=msg.block_hash, sequence=msg.sequence)
             kind, missed = self.sequence.observe(msg.sequence)
             if kind == "gap":
                 log.warning(

@@ -139,3 +139,33 @@ def test_watcher_credits_the_first_source_and_ignores_a_zmq_hash_it_mines_on() -
     assert watcher._wake.is_set() and watcher._wake_source == "zmq"
     watcher.poke("longpoll")
     assert watcher._wake_source == "zmq"
+
+
+def test_bench_counts_sources_from_the_pool_log_and_reports_each_way(tmp_path: Path) -> None:
+    from benchmarks import report
+    from benchmarks.zmq_latency import block_sources, node_keys
+
+    log = tmp_path / "pool.log"
+    lines = [
+        '{"event": "new_block", "source": "start"}',
+        '{"event": "new_block", "source": "zmq"}',
+        '{"event": "new_block", "source": "longpoll"}',
+        '{"event": "new_block", "source": "zmq"}',
+        '{"event": "job_published"}',
+        "not json: new_block",
+    ]
+    log.write_text("\n".join(lines) + "\n")
+    assert block_sources(log) == {"longpoll": 1, "zmq": 2}
+    assert node_keys("zmq", "tcp://127.0.0.1:5")["longpoll"] is False
+    assert node_keys("longpoll", "tcp://127.0.0.1:5")["zmq_hashblock"] == ""
+    assert node_keys("both", "tcp://127.0.0.1:5")["zmq_hashblock"] == "tcp://127.0.0.1:5"
+    way = {"rounds": [{}], "miners": 10, "p50_ms": 3.0, "p99_ms": 9.0, "missing": 0}
+    results = {"scenarios": {"zmq": {"zmq": {**way, "sources": {"zmq": 1}}}}}
+    rows = report.rows(results)
+    assert rows == [
+        (
+            "new block -> clean notify, zmq",
+            "p50 3.0 ms, p99 9.0 ms (1 blocks, 10 miners; announced by: zmq 1)",
+            "",
+        )
+    ]

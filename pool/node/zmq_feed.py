@@ -101,7 +101,7 @@ class HashBlockFeed:
         self.sequence = SequenceTracker()
         self.messages = 0  # well-formed hashblock messages received
         self.bad_messages = 0
-        self.connected = False
+        self.connected = False  # connected and past the ZMTP handshake
         self.connects = 0  # connections made (the first and every reconnection)
         self.disconnects = 0
 
@@ -118,7 +118,9 @@ class HashBlockFeed:
             sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
             sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
             sock.setsockopt(zmq.SUBSCRIBE, TOPIC)
-            monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+            monitor = sock.get_monitor_socket(
+                zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+            )
             sock.connect(self.endpoint)
             log.info("zmq_subscribing", endpoint=self.endpoint, topic=TOPIC.decode())
             watch = asyncio.create_task(self._watch(monitor), name="zmq-monitor")
@@ -169,7 +171,7 @@ class HashBlockFeed:
     async def _watch(self, monitor: zmq.asyncio.Socket) -> None:
         while True:
             event = parse_monitor_message(await monitor.recv_multipart())
-            if event["event"] == zmq.EVENT_CONNECTED:
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:  # connected, ZMTP greeted
                 self.connected = True
                 self.connects += 1
                 log.info("zmq_connected", endpoint=self.endpoint, connects=self.connects)

@@ -254,6 +254,7 @@ class PoolApp:
             longpoll=cfg.node.longpoll,
             longpoll_timeout=cfg.node.longpoll_timeout_seconds,
             zmq_endpoint=self.zmq_endpoint,
+            zmq_heartbeat=cfg.node.zmq_heartbeat_seconds,
         )
         await self.watcher.update(force=True)  # a job exists before the first miner arrives
         await self.server.start()

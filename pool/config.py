@@ -59,6 +59,7 @@ class NodeConfig:
     # external: the address bitcoind reports in getzmqnotifications, if any), "" (off: long-poll
     # and poll only) or tcp://HOST:PORT (managed: 127.0.0.1 only)
     zmq_hashblock: str = "auto"
+    zmq_heartbeat_seconds: float = 10.0  # a silent ZMQ connection is pinged; 3 unanswered: redone
 
 
 @dataclass(frozen=True)
@@ -489,6 +490,8 @@ def validate(config: Config, where: str) -> None:
         fail("node.resubmit_recent_blocks", "must be 0..1000")
     if not node.submit_retry_max_seconds >= node.submit_retry_seconds:
         fail("node.submit_retry_max_seconds", "must be at least node.submit_retry_seconds")
+    if not (math.isfinite(node.zmq_heartbeat_seconds) and 1 <= node.zmq_heartbeat_seconds <= 3600):
+        fail("node.zmq_heartbeat_seconds", "must be 1..3600 seconds")
     if node.zmq_hashblock not in ("auto", ""):
         problem = zmq_endpoint_problem(node.zmq_hashblock)
         managed = node.mode == "managed"
@@ -559,6 +562,7 @@ def limits_summary(config: Config) -> dict[str, Any]:
         "node.submit_retry_max_seconds": config.node.submit_retry_max_seconds,
         "node.longpoll_timeout_seconds": config.node.longpoll_timeout_seconds,
         "node.resubmit_recent_blocks": config.node.resubmit_recent_blocks,
+        "node.zmq_heartbeat_seconds": config.node.zmq_heartbeat_seconds,
         "ledger.payout_max_recipients": config.ledger.payout_max_recipients,
         "ledger.journal_segment_bytes": config.ledger.journal_segment_bytes,
         "ledger.journal_retention_days": config.ledger.journal_retention_days,

@@ -47,6 +47,7 @@ class TemplateWatcher:
         longpoll: bool = True,
         longpoll_timeout: float = 120.0,
         zmq_endpoint: str = "",
+        zmq_heartbeat: float = 10.0,
     ) -> None:
         self.rpc = rpc
         self.on_template = on_template
@@ -60,7 +61,9 @@ class TemplateWatcher:
         self._best_hash: str | None = None
         self.longpoll_timeouts = 0  # long-polls that ended quietly (no change within the timeout)
         self.new_blocks = dict.fromkeys(SOURCES, 0)  # new blocks, by the source that announced
-        self.zmq = HashBlockFeed(zmq_endpoint, self._zmq_block) if zmq_endpoint else None
+        self.zmq = (
+            HashBlockFeed(zmq_endpoint, self._zmq_block, zmq_heartbeat) if zmq_endpoint else None
+        )
 
     async def fetch(self) -> Template:
         gbt = await self.rpc.call("getblocktemplate", GBT_RULES)

@@ -30,9 +30,10 @@ log = structlog.get_logger("pool.node.zmq")
 TOPIC = b"hashblock"
 RECONNECT_MS = 100  # first reconnect attempt after a lost connection...
 RECONNECT_MAX_MS = 5000  # ...then doubled up to this
-HEARTBEAT_MS = 10_000  # ZMTP ping on a quiet connection: a peer that vanished is noticed...
-HEARTBEAT_TIMEOUT_MS = 30_000  # ...when it does not answer within this (then: reconnect)
-RCVHWM = 1000  # messages queued in the socket before the oldest are dropped (never blocks)
+HEARTBEAT_MISSES = 3  # unanswered heartbeat intervals before the connection is dropped
+# Messages the socket queues before it drops new ones (a ZMQ SUB never blocks its publisher).
+# Not a pool limit: the feed reads them at once, and 1000 hashblock messages are ~50 kB.
+RCVHWM = 1000
 
 OnBlock = Callable[[str], None]
 
@@ -95,8 +96,11 @@ class HashBlockFeed:
     the background), a malformed message is logged and skipped. Cancelling it closes the
     socket. ``on_block`` must not block (it only wakes the template watcher)."""
 
-    def __init__(self, endpoint: str, on_block: OnBlock) -> None:
+    def __init__(self, endpoint: str, on_block: OnBlock, heartbeat_seconds: float = 10.0) -> None:
         self.endpoint = endpoint
+        # a ZMTP ping on a quiet connection this often: bitcoind's host gone without a word
+        # (no TCP reset) is noticed after HEARTBEAT_MISSES of them, and ZMQ reconnects
+        self.heartbeat_ms = max(1, round(heartbeat_seconds * 1000))
         self.on_block = on_block
         self.sequence = SequenceTracker()
         self.messages = 0  # well-formed hashblock messages received
@@ -114,8 +118,8 @@ class HashBlockFeed:
             sock.setsockopt(zmq.RCVHWM, RCVHWM)
             sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_MS)
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_MAX_MS)
-            sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_MS)
-            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+            sock.setsockopt(zmq.HEARTBEAT_IVL, self.heartbeat_ms)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, self.heartbeat_ms * HEARTBEAT_MISSES)
             sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
             sock.setsockopt(zmq.SUBSCRIBE, TOPIC)
             monitor = sock.get_monitor_socket(

@@ -5,15 +5,19 @@ Each test leaves one fast way for the block to arrive (the long-poll or ZMQ off,
 every 5 s, the refresh every 100 s) and asserts that the clean ``mining.notify`` for the
 mined block came through it: the ``new_block`` line for that block hash names the source.
 A block credited to the poll (a ZMQ message lost to a fresh subscription, a poll tick in the
-same millisecond) is followed by another, at most 5. Wall time: about 30 s on a busy 2-core
-machine (the managed pool's own bitcoind start and its 101 blocks dominate).
+same millisecond) is followed by another, at most 5. The feed's own reconnection, gap and
+malformed-message handling run against a ZMQ publisher process of the test's own (stopped
+with SIGSTOP to go silent). Wall time: 10-20 s on a busy 2-core machine (the managed pool's
+own bitcoind and its 101 blocks, and the ~3 s until a silent publisher is dropped).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,6 +31,7 @@ from structlog.testing import capture_logs
 from pool.app import PoolApp
 from pool.config import ApiConfig, Config, NodeConfig, PoolConfig, PortConfig, StratumConfig
 from pool.node.managed import ManagedNode, free_port
+from pool.node.zmq_feed import HashBlockFeed
 from tests.integration.harness import RawClient, pool_config, start_pool, wait_for, wallet_address
 from tests.unit.test_metrics import parse_exposition
 
@@ -218,3 +223,90 @@ async def test_without_zmq_the_block_reaches_miners_through_the_longpoll(
         assert fams["stratum_pool_new_blocks_total"].value(source="zmq") == 0
     finally:
         await app.stop()
+
+
+# -- the feed against a publisher of the test's own ------------------------------------------------
+PUBLISHER = """
+import struct, sys, time, zmq
+sock = zmq.Context().socket(zmq.PUB)
+sock.bind(sys.argv[1])
+for line in sys.stdin:  # "SEQ" publishes a hashblock with that sequence; "bad" a malformed one
+    word = line.strip()
+    if word == "bad":
+        sock.send_multipart([b"hashblock", b"short"])
+    else:
+        seq = int(word)
+        sock.send_multipart([b"hashblock", seq.to_bytes(32, "big"), struct.pack("<I", seq)])
+    print("sent", flush=True)
+"""
+
+
+async def test_feed_notices_a_silent_publisher_reconnects_and_logs_gaps() -> None:
+    """A publisher that stops answering without closing (SIGSTOP: no TCP reset) is dropped
+    after the missed heartbeats and reconnected when it answers again; lost messages show as
+    a sequence gap, a malformed one is counted and skipped. The event loop stays free."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        PUBLISHER,
+        endpoint,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    heard: list[str] = []
+    feed = HashBlockFeed(endpoint, heard.append, heartbeat_seconds=1.0)
+    task = asyncio.create_task(feed.run())
+
+    async def publish(word: str) -> None:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(f"{word}\n".encode())
+        await proc.stdin.drain()
+        assert await asyncio.wait_for(proc.stdout.readline(), 30) == b"sent\n"
+
+    async def until_heard(n: int, word: str) -> None:
+        """Publish ``word`` again until ``n`` messages were heard (the first after a connect
+        can be lost: the subscription travels to the publisher after the handshake)."""
+        while len(heard) < n:
+            await publish(word)
+            with contextlib.suppress(AssertionError):
+                await wait_for(lambda: len(heard) >= n, 1.0, "")
+
+    try:
+        with capture_logs() as logs:
+            await wait_for(lambda: feed.connected, 30, "the feed connected")
+            await until_heard(1, "7")
+            await publish("bad")
+            await wait_for(lambda: feed.bad_messages == 1, 30, "the malformed message counted")
+            before = len(heard)  # "7" may have been heard more than once (sent again)
+            await publish("10")  # 8 and 9 never sent: a gap of 2
+            await wait_for(lambda: len(heard) > before, 30, "the message after the gap")
+            assert (feed.sequence.gaps, feed.sequence.missed) == (1, 2)
+            proc.send_signal(signal.SIGSTOP)
+            stopped = time.monotonic()
+            # the loop keeps running while the feed waits: a timer fires on time
+            ticks = 0
+            while feed.connected:
+                await asyncio.sleep(0.1)
+                ticks += 1
+                assert time.monotonic() - stopped < 60, "silent publisher never dropped"
+            noticed = time.monotonic() - stopped
+            proc.send_signal(signal.SIGCONT)
+            await wait_for(lambda: feed.connected, 60, "the feed reconnected")
+            await until_heard(len(heard) + 1, "11")
+        assert ticks >= 10 and 2.0 <= noticed <= 30.0, noticed
+        assert feed.connects >= 2 and feed.disconnects >= 1
+        events = [e["event"] for e in logs]
+        assert {"zmq_bad_message", "zmq_sequence_gap", "zmq_disconnected"} <= set(events)
+        gap = next(e for e in logs if e["event"] == "zmq_sequence_gap")
+        assert gap["missed"] == 2 and gap["sequence"] == 10
+        assert heard[0] == (7).to_bytes(32, "big").hex()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
+        await proc.wait()

@@ -13,6 +13,7 @@ from pool.config import Config, ConfigError, NodeConfig, load, zmq_endpoint_prob
 from pool.node.templates import SOURCES, TemplateWatcher
 from pool.node.zmq_feed import (
     TOPIC,
+    HashBlockFeed,
     SequenceTracker,
     ZmqMessageError,
     endpoint_from_notifications,
@@ -108,6 +109,17 @@ def test_bad_endpoints_have_a_reason(endpoint: str) -> None:
 def test_good_endpoint() -> None:
     assert zmq_endpoint_problem("tcp://node.example:28332") is None
     assert NodeConfig().zmq_hashblock == "auto"
+
+
+@pytest.mark.parametrize("value", ["0.5", "0", "-1", "3601"])
+def test_zmq_heartbeat_out_of_range_is_refused(value: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"node\.zmq_heartbeat_seconds must be 1\.\.3600"):
+        load_text(f"[node]\nzmq_heartbeat_seconds = {value}\n", tmp_path)
+
+
+def test_zmq_heartbeat_reaches_the_socket_options() -> None:
+    feed = HashBlockFeed("tcp://127.0.0.1:1", lambda _h: None, heartbeat_seconds=2.5)
+    assert feed.heartbeat_ms == 2500
 
 
 def test_config_refuses_a_bad_zmq_endpoint_naming_the_key(tmp_path: Path) -> None:

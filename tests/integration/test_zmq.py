@@ -30,7 +30,8 @@ from structlog.testing import capture_logs
 
 from pool.app import PoolApp
 from pool.config import ApiConfig, Config, NodeConfig, PoolConfig, PortConfig, StratumConfig
-from pool.node.managed import ManagedNode, free_port
+from pool.node.binaries import Binaries
+from pool.node.managed import ManagedNode, free_port, free_zmq_endpoint
 from pool.node.zmq_feed import HashBlockFeed
 from tests.integration.harness import RawClient, pool_config, start_pool, wait_for, wallet_address
 from tests.unit.test_metrics import parse_exposition
@@ -223,6 +224,37 @@ async def test_without_zmq_the_block_reaches_miners_through_the_longpoll(
         assert fams["stratum_pool_new_blocks_total"].value(source="zmq") == 0
     finally:
         await app.stop()
+
+
+async def test_external_node_auto_finds_its_hashblock_address(
+    bitcoind_binaries: Binaries, tmp_path: Path
+) -> None:
+    """node.zmq_hashblock = "auto" on an external node: the pool asks bitcoind
+    (getzmqnotifications) where it publishes hashblock and subscribes there."""
+    endpoint = free_zmq_endpoint()
+    node = ManagedNode(tmp_path / "node", binaries=bitcoind_binaries, zmq_hashblock=endpoint)
+    await node.start()
+    try:
+        base = pool_config(node, tmp_path / "pool", MINE_TO)
+        config = dataclasses.replace(
+            base, node=dataclasses.replace(base.node, longpoll=False, **SLOW)
+        )
+        assert config.node.zmq_hashblock == "auto"
+        app = await start_pool(config)
+        try:
+            assert app.zmq_endpoint == endpoint
+            await wait_for(lambda: feed_of(app).connected, 30, "the ZMQ subscription connected")
+            client = await RawClient.connect(app.server.bound_ports[0])  # type: ignore[union-attr]
+            try:
+                await client.handshake(f"{MINE_TO}.auto")
+                seen, _logs = await block_through(app, client, "zmq")
+                assert seen[-1] == "zmq"
+            finally:
+                await client.close()
+        finally:
+            await app.stop()
+    finally:
+        await node.stop()
 
 
 # -- the feed against a publisher of the test's own ------------------------------------------------

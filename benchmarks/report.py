@@ -146,6 +146,22 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                     done = sum(r[key]["http_requests_in_window"].values())
                     text += f"; {done} API requests answered in {r[key]['cpu']['seconds']:.0f} s"
                 out.append((label, text, target))
+    if "zmq" in sc:
+        r = sc["zmq"]
+        if failed("zmq"):
+            out.append(("new block -> clean notify, ZMQ vs long-poll", str(failed("zmq")), ""))
+        for way in ("zmq", "longpoll", "both"):
+            v = r.get(way)
+            if not isinstance(v, dict) or "rounds" not in v:
+                continue
+            sources = ", ".join(f"{k} {n}" for k, n in v["sources"].items()) or "none"
+            text = (
+                f"p50 {_ms(v['p50_ms'])}, p99 {_ms(v['p99_ms'])} ({len(v['rounds'])} blocks, "
+                f"{v['miners']} miners; announced by: {sources}"
+                + (f"; {v['missing']} notifies missing" if v["missing"] else "")
+                + ")"
+            )
+            out.append((f"new block -> clean notify, {way}", text, ""))
     return out
 
 

@@ -1,6 +1,6 @@
-"""The five outsider scenarios of issue 11 (item 5). Each starts a fresh pool process (fresh
-data dir) on the shared regtest node, runs the load generator against it and returns a dict
-for the results file.
+"""The outsider scenarios of issue 11 (item 5), and ``zmq`` (issue 15). Each starts a fresh
+pool process (fresh data dir) on the shared regtest node (``zmq``: on a node of its own),
+runs the load generator against it and returns a dict for the results file.
 
 - ``submits``: random-nonce mining.submit answered per second (nearly all rejected, low
   difficulty) at 20 and 100 connections, 32 in flight each, share difficulty 1.
@@ -11,6 +11,8 @@ for the results file.
 - ``fanout``: new block -> clean mining.notify at every one of 1 000 and 10 000 idle miners.
 - ``api``: Stratum answer latency (paced submits) without and with 10 clients polling
   GET /api/workers and GET /metrics, with 20 000 workers known.
+- ``zmq``: new block -> clean mining.notify through bitcoind's ZMQ hashblock feed, the
+  getblocktemplate long-poll, and both (benchmarks/zmq_latency.py; a node of its own).
 
 The pool runs as shipped except for what a benchmark must set (``harness.pool_config``): an
 external node, one port at a fixed difficulty with vardiff off, connection limits raised for
@@ -31,9 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks import zmq_latency
 from benchmarks.harness import REPO, Cpus, Loadgen, Node, PoolProcess, free_ports, pool_config
 
-SCENARIOS = ("submits", "accepted", "idle", "fanout", "api")
+SCENARIOS = ("submits", "accepted", "idle", "fanout", "api", "zmq")
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,8 @@ class Settings:
     api_submitters: int = 20
     api_rate: float = 2000.0
     api_http_clients: int = 10
+    zmq_miners: int = 100  # the zmq scenario (benchmarks/zmq_latency.py): idle miners...
+    zmq_rounds: int = 10  # ...and blocks per way (zmq, longpoll, both)
     pool_src: str = ""  # run the pool from this source tree (default: this checkout)
 
     @classmethod
@@ -68,6 +73,8 @@ class Settings:
             fanout_counts=(100, 1_000),
             fanout_rounds=2,
             api_worker_connections=20,
+            zmq_miners=10,
+            zmq_rounds=3,
         )
 
 
@@ -280,6 +287,7 @@ RUNNERS = {
     "idle": idle,
     "fanout": fanout,
     "api": api,
+    "zmq": zmq_latency.zmq,
 }
 
 

@@ -16,6 +16,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import structlog
 
@@ -32,11 +33,17 @@ from pool.config import Config, SimulationConfig, limits_summary
 from pool.jobs import JobConfig, Template, build_job
 from pool.ledger.ledger import Ledger, LedgerError
 from pool.ledger.payouts import Payouts, RoundResult
-from pool.node.managed import ManagedNode, ensure_wallet, prepare_regtest_wallet
+from pool.node.managed import (
+    ManagedNode,
+    ensure_wallet,
+    free_zmq_endpoint,
+    prepare_regtest_wallet,
+)
 from pool.node.rpc import BitcoinRpc, RetryPolicy, RpcError, RpcRefused
 from pool.node.spool import BlockSpool
 from pool.node.submit import BlockSubmission, BlockSubmitter
 from pool.node.templates import TemplateWatcher
+from pool.node.zmq_feed import endpoint_from_notifications
 from pool.server.auth import Credentials
 from pool.server.bans import BansFileError, load_bans
 from pool.server.server import StratumServer
@@ -78,6 +85,7 @@ class PoolApp:
         self.api: ApiServer | None = None
         self.tasks = Supervisor()  # every background task: restarted when it dies
         self.submitter: BlockSubmitter | None = None
+        self.zmq_endpoint = ""  # bitcoind's hashblock feed the watcher subscribes to ("" none)
 
     @property
     def watcher_task(self) -> asyncio.Task[None] | None:
@@ -111,8 +119,11 @@ class PoolApp:
         node_cfg = self.config.node
         retry = RetryPolicy(give_up_after=node_cfg.rpc_give_up_seconds)
         if node_cfg.mode == "managed":
+            zmq = node_cfg.zmq_hashblock
+            self.zmq_endpoint = free_zmq_endpoint() if zmq == "auto" else zmq
             self.node = ManagedNode(
                 self.data_dir / "bitcoind",
+                zmq_hashblock=self.zmq_endpoint,
                 restart_backoff=(
                     node_cfg.restart_backoff_seconds,
                     node_cfg.restart_backoff_max_seconds,
@@ -150,6 +161,16 @@ class PoolApp:
             retry=retry,
         )
 
+    async def _external_zmq(self, rpc: BitcoinRpc) -> str:
+        """node.zmq_hashblock = "auto" on an external node: the address it reports, if any."""
+        try:
+            notifications = await rpc.call("getzmqnotifications")
+        except RpcRefused as exc:  # a bitcoind built without ZMQ has no such method
+            log.info("zmq_unavailable", error=exc.message)
+            return ""
+        host = urlsplit(self.config.node.rpc_url).hostname or "127.0.0.1"
+        return endpoint_from_notifications(notifications, host)
+
     async def start(self) -> None:
         cfg = self.config
         log.info("limits", **limits_summary(cfg))
@@ -175,6 +196,15 @@ class PoolApp:
         self.submitter.resume_spooled()
         info = await rpc.call("getblockchaininfo")
         self.network = network = network_for_chain(info["chain"])
+        if cfg.node.mode == "external":
+            zmq = cfg.node.zmq_hashblock
+            self.zmq_endpoint = await self._external_zmq(rpc) if zmq == "auto" else zmq
+        log.info(
+            "new_block_sources",
+            zmq_hashblock=self.zmq_endpoint or "off",
+            longpoll=cfg.node.longpoll,
+            poll_interval_seconds=cfg.node.poll_interval_seconds,
+        )
         address = cfg.pool.payout_address
         if not address:
             if self.node is not None:
@@ -223,6 +253,8 @@ class PoolApp:
             poll_interval=cfg.node.poll_interval_seconds,
             longpoll=cfg.node.longpoll,
             longpoll_timeout=cfg.node.longpoll_timeout_seconds,
+            zmq_endpoint=self.zmq_endpoint,
+            zmq_heartbeat=cfg.node.zmq_heartbeat_seconds,
         )
         await self.watcher.update(force=True)  # a job exists before the first miner arrives
         await self.server.start()
@@ -265,7 +297,7 @@ class PoolApp:
         if self.submitter is not None:
             self.submitter.node_restarted()
         if self.watcher is not None:
-            self.watcher.poke()
+            self.watcher.poke("restart")
 
     # -- simulated network difficulty (regtest) --------------------------------------------------
     @property
@@ -438,7 +470,7 @@ class PoolApp:
             if changes:
                 self._sim_changed(changes)
         if submission.accepted and self.watcher is not None:
-            self.watcher.poke()  # new tip: clean jobs go out without waiting for a poll
+            self.watcher.poke("submit")  # new tip: clean jobs go out without waiting for a poll
         return submission
 
     # -- shutdown ---------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 # Regtest's own difficulty (powLimit bits 207fffff): DIFF1_TARGET / (0x7fffff << 232), ~4.66e-10.
 # pool.chain_sim holds the same value as MIN_DIFFICULTY (a unit test checks they agree).
@@ -56,6 +57,11 @@ class NodeConfig:
     submit_retry_seconds: float = 0.5  # a found block unsubmitted: first retry delay (doubles)
     submit_retry_max_seconds: float = 5.0  # ...up to this; retried until settled, any outage
     resubmit_recent_blocks: int = 16  # the pool's last blocks given again to a restarted node
+    # bitcoind's ZMQ hashblock feed: "auto" (managed: the node publishes on a free loopback port;
+    # external: the address bitcoind reports in getzmqnotifications, if any), "" (off: long-poll
+    # and poll only) or tcp://HOST:PORT (managed: 127.0.0.1 only)
+    zmq_hashblock: str = "auto"
+    zmq_heartbeat_seconds: float = 10.0  # a silent ZMQ connection is pinged; 3 unanswered: redone
 
 
 @dataclass(frozen=True)
@@ -495,7 +501,34 @@ def validate(config: Config, where: str) -> None:
         fail("node.resubmit_recent_blocks", "must be 0..1000")
     if not node.submit_retry_max_seconds >= node.submit_retry_seconds:
         fail("node.submit_retry_max_seconds", "must be at least node.submit_retry_seconds")
+    if not (math.isfinite(node.zmq_heartbeat_seconds) and 1 <= node.zmq_heartbeat_seconds <= 3600):
+        fail("node.zmq_heartbeat_seconds", "must be 1..3600 seconds")
+    if node.zmq_hashblock not in ("auto", ""):
+        problem = zmq_endpoint_problem(node.zmq_hashblock)
+        managed = node.mode == "managed"
+        if problem is None and managed and urlsplit(node.zmq_hashblock).hostname != "127.0.0.1":
+            problem = "must be on 127.0.0.1 for the managed node (or auto)"
+        if problem is not None:
+            fail("node.zmq_hashblock", f"{problem}; got {node.zmq_hashblock!r} (or auto, or '')")
     _validate_api(config, fail)
+
+
+def zmq_endpoint_problem(endpoint: str) -> str | None:
+    """Why ``endpoint`` is not a usable ``tcp://HOST:PORT`` ZMQ address (None when it is)."""
+    parts = urlsplit(endpoint)
+    if parts.scheme != "tcp":
+        return "must be tcp://HOST:PORT"
+    if parts.path or parts.query or parts.fragment or parts.username or parts.password:
+        return "must be tcp://HOST:PORT, nothing else"
+    try:
+        port = parts.port
+    except ValueError:
+        return "has a port that is not 1..65535"
+    if not parts.hostname or not port:
+        return "must be tcp://HOST:PORT with a host and a port 1..65535"
+    if parts.hostname in ("*", "0.0.0.0", "::"):
+        return "must name the host to connect to, not a wildcard"
+    return None
 
 
 def _hosts_overlap(a: str, b: str) -> bool:
@@ -542,6 +575,7 @@ def limits_summary(config: Config) -> dict[str, Any]:
         "node.submit_retry_max_seconds": config.node.submit_retry_max_seconds,
         "node.longpoll_timeout_seconds": config.node.longpoll_timeout_seconds,
         "node.resubmit_recent_blocks": config.node.resubmit_recent_blocks,
+        "node.zmq_heartbeat_seconds": config.node.zmq_heartbeat_seconds,
         "ledger.payout_max_recipients": config.ledger.payout_max_recipients,
         "ledger.journal_segment_bytes": config.ledger.journal_segment_bytes,
         "ledger.journal_retention_days": config.ledger.journal_retention_days,

@@ -213,6 +213,7 @@ def collect(
             ),
         ]
     out += _node_metrics(app)
+    out += _new_block_metrics(app)
     tasks = getattr(app, "tasks", None)
     if tasks is not None and tasks.states:
         out.append(
@@ -257,6 +258,49 @@ def _node_metrics(app: PoolSource) -> list[Metric]:
                 PREFIX + "block_submit_retries_total",
                 "Block submissions asked again because bitcoind did not answer.",
                 submitter.retries,
+            ),
+        ]
+    return out
+
+
+def _new_block_metrics(app: PoolSource) -> list[Metric]:
+    """Which source announced each new block; the ZMQ feed's state."""
+    watcher = getattr(app, "watcher", None)
+    if watcher is None:
+        return []
+    out = [
+        counter(
+            PREFIX + "new_blocks_total",
+            "New blocks seen since the start, by the source that announced them first (zmq, "
+            "longpoll, poll, submit: the pool's own block, restart, refresh, start).",
+            [sample(n, {"source": src}) for src, n in watcher.new_blocks.items()],
+        )
+    ]
+    feed = watcher.zmq
+    if feed is not None:
+        out += [
+            gauge(
+                PREFIX + "zmq_connected",
+                "1 while the ZMQ hashblock subscription is connected to bitcoind.",
+                int(feed.connected),
+            ),
+            counter(
+                PREFIX + "zmq_messages_total",
+                "ZMQ hashblock messages received, by kind (ok, malformed).",
+                [
+                    sample(feed.messages, {"kind": "ok"}),
+                    sample(feed.bad_messages, {"kind": "malformed"}),
+                ],
+            ),
+            counter(
+                PREFIX + "zmq_missed_messages_total",
+                "ZMQ hashblock messages lost (gaps in bitcoind's sequence numbers).",
+                feed.sequence.missed,
+            ),
+            counter(
+                PREFIX + "zmq_reconnects_total",
+                "Times the ZMQ subscription connected again after losing bitcoind.",
+                max(0, feed.connects - 1),
             ),
         ]
     return out

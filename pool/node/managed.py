@@ -48,6 +48,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_zmq_endpoint() -> str:
+    """A ZMQ endpoint on a free loopback port, for a managed node's hashblock feed."""
+    return f"tcp://127.0.0.1:{free_port()}"
+
+
 class NodeStartError(RuntimeError):
     """bitcoind did not start or did not become ready; the message carries its log's tail."""
 
@@ -74,6 +79,7 @@ class ManagedNode:
         rpc_port: int | None = None,
         p2p_port: int | None = None,
         extra_args: tuple[str, ...] = (),
+        zmq_hashblock: str = "",
         die_with_parent: bool = True,
         restart_backoff: tuple[float, float] = (1.0, 30.0),
         stop_timeout: float = 30.0,
@@ -83,6 +89,7 @@ class ManagedNode:
         self._binaries = binaries
         self.ports = NodePorts(rpc=rpc_port or free_port(), p2p=p2p_port or free_port())
         self.extra_args = extra_args
+        self.zmq_hashblock = zmq_hashblock  # tcp://127.0.0.1:PORT: publish new block hashes
         self.die_with_parent = die_with_parent
         self.restart_backoff = restart_backoff
         self.stop_timeout = stop_timeout
@@ -134,6 +141,7 @@ class ManagedNode:
             # client-side timeout) until the next block or mempool change, holding one RPC
             # thread each: the default 4 would let a few pool restarts starve every RPC call.
             f"-rpcthreads={RPC_THREADS}",
+            *([f"-zmqpubhashblock={self.zmq_hashblock}"] if self.zmq_hashblock else []),
             *self.extra_args,
         ]
 

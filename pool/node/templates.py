@@ -1,9 +1,14 @@
-"""The new-block watcher: getblocktemplate long-poll, with periodic polling as a fallback.
+"""The new-block watcher: bitcoind's ZMQ hashblock feed (when configured), with the
+getblocktemplate long-poll and a periodic best-block poll kept as fallbacks.
 
 It calls ``on_template(template, new_block)`` whenever there is something to send to miners:
 ``new_block=True`` as soon as the previous block changed (miners must drop their work), and
 ``new_block=False`` every ``refresh_interval`` seconds with a fresh template (new mempool
 transactions; also keeps miners that stop after 120 s without a new job id hashing).
+
+Each new block is put down to the source that announced it first (``SOURCES``): the
+``new_block`` log line carries it as ``source`` and ``new_blocks`` counts blocks by source.
+The others, arriving after, find the template already current and do nothing.
 """
 
 from __future__ import annotations
@@ -17,12 +22,18 @@ import structlog
 
 from pool.jobs import Template, TemplateError
 from pool.node.rpc import BitcoinRpc, RpcError, RpcTimeout
+from pool.node.zmq_feed import HashBlockFeed
 
 log = structlog.get_logger("pool.node.templates")
 
 GBT_RULES = {"rules": ["segwit"]}
 
 OnTemplate = Callable[[Template, bool], Awaitable[None]]
+
+# What announced a new block: bitcoind's ZMQ feed, the getblocktemplate long-poll, the
+# best-block poll, the pool's own accepted block, the managed node's restart, the periodic
+# refresh, or the pool's start.
+SOURCES = ("zmq", "longpoll", "poll", "submit", "restart", "refresh", "start")
 
 
 class TemplateWatcher:
@@ -35,6 +46,8 @@ class TemplateWatcher:
         poll_interval: float = 1.0,
         longpoll: bool = True,
         longpoll_timeout: float = 3600.0,
+        zmq_endpoint: str = "",
+        zmq_heartbeat: float = 10.0,
     ) -> None:
         self.rpc = rpc
         self.on_template = on_template
@@ -44,45 +57,65 @@ class TemplateWatcher:
         self.longpoll_timeout = longpoll_timeout
         self.current: Template | None = None
         self._wake = asyncio.Event()
+        self._wake_source = "refresh"  # the first source that woke the watcher since its update
         self._best_hash: str | None = None
         self.longpoll_timeouts = 0  # long-polls that ended quietly (no change within the timeout)
+        self.new_blocks = dict.fromkeys(SOURCES, 0)  # new blocks, by the source that announced
+        self.zmq = (
+            HashBlockFeed(zmq_endpoint, self._zmq_block, zmq_heartbeat) if zmq_endpoint else None
+        )
 
     async def fetch(self) -> Template:
         gbt = await self.rpc.call("getblocktemplate", GBT_RULES)
         return Template.from_rpc(gbt)
 
-    async def update(self, *, force: bool = False) -> bool:
+    async def update(self, *, force: bool = False, source: str = "start") -> bool:
         """Fetch a template; publish it if the previous block changed or ``force``.
-        Returns True if it was a new block."""
+        ``source`` says what asked (``SOURCES``). Returns True if it was a new block."""
         template = await self.fetch()
         new_block = self.current is None or template.prev_hash != self.current.prev_hash
         if new_block or force:
             self.current = template
             self._best_hash = template.prev_hash_hex
             if new_block:
-                log.info("new_block", height=template.height, prev=template.prev_hash_hex)
+                self.new_blocks[source] += 1
+                log.info(
+                    "new_block", height=template.height, prev=template.prev_hash_hex, source=source
+                )
             await self.on_template(template, new_block)
         return new_block
 
-    def poke(self) -> None:
+    def poke(self, source: str = "submit") -> None:
         """Ask for a new template at once (e.g. after the pool itself found a block)."""
+        if not self._wake.is_set():
+            self._wake_source = source
         self._wake.set()
 
+    def _zmq_block(self, block_hash: str) -> None:
+        """The ZMQ feed heard of a block: a new template unless it is already the one mined on
+        (a long-poll or poll got there first)."""
+        if block_hash != self._best_hash:
+            self.poke("zmq")
+
     async def run(self) -> None:
+        last_refresh = time.monotonic()
+        # first: the long-poll starts from this template's longpollid, not after a poll interval
+        await self._safe_update(force=True, source="start")
         tasks = [asyncio.create_task(self._poll_loop(), name="gbt-poll")]
+        if self.zmq is not None:
+            tasks.append(asyncio.create_task(self.zmq.run(), name="zmq-hashblock"))
         if self.longpoll:
             tasks.append(asyncio.create_task(self._longpoll_loop(), name="gbt-longpoll"))
         try:
-            last_refresh = time.monotonic()
-            await self._safe_update(force=True)
             while True:
                 wait = max(0.0, self.refresh_interval - (time.monotonic() - last_refresh))
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(wait):  # cancels cleanly, unlike 3.11 wait_for
                         await self._wake.wait()
+                source = self._wake_source if self._wake.is_set() else "refresh"
                 self._wake.clear()
                 due = time.monotonic() - last_refresh >= self.refresh_interval
-                new_block = await self._safe_update(force=due)
+                new_block = await self._safe_update(force=due, source=source)
                 if due or new_block:
                     last_refresh = time.monotonic()
         finally:
@@ -90,9 +123,9 @@ class TemplateWatcher:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _safe_update(self, *, force: bool) -> bool:
+    async def _safe_update(self, *, force: bool, source: str) -> bool:
         try:
-            return await self.update(force=force)
+            return await self.update(force=force, source=source)
         except (RpcError, TemplateError) as exc:
             log.warning("template_fetch_failed", error=str(exc))
             return False
@@ -106,7 +139,7 @@ class TemplateWatcher:
             except RpcError:
                 continue
             if self._best_hash is not None and best != self._best_hash:
-                self._wake.set()
+                self.poke("poll")
 
     async def _longpoll_loop(self) -> None:
         """getblocktemplate with ``longpollid`` returns when the template changes. On a quiet
@@ -135,4 +168,4 @@ class TemplateWatcher:
                 await asyncio.sleep(self.poll_interval)
                 continue
             longpollid = gbt.get("longpollid") if isinstance(gbt, dict) else None
-            self._wake.set()
+            self.poke("longpoll")

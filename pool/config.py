@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 # Regtest's own difficulty (powLimit bits 207fffff): DIFF1_TARGET / (0x7fffff << 232), ~4.66e-10.
 # pool.chain_sim holds the same value as MIN_DIFFICULTY (a unit test checks they agree).
@@ -201,6 +202,30 @@ class ApiConfig:
 
 
 @dataclass(frozen=True)
+class WebhookUrlConfig:
+    url: str = ""  # http:// or https://
+    events: tuple[str, ...] = ()  # only these events (pool.webhooks.EVENTS); empty: every event
+
+
+@dataclass(frozen=True)
+class WebhooksConfig:
+    enabled: bool = False
+    urls: tuple[WebhookUrlConfig, ...] = ()
+    pool_id: str = ""  # the "pool" field of every body; empty: pool.pool_tag
+    secret_env: str = "POOL_WEBHOOK_SECRET"  # HMAC-SHA256 key for the configured URLs; unset: none
+    timeout_seconds: float = 5.0  # one delivery attempt
+    max_attempts: int = 5  # attempts per delivery, then it is dropped (counted)
+    retry_seconds: float = 1.0  # first retry delay, doubled per failure...
+    retry_max_seconds: float = 60.0  # ...up to this
+    queue_size: int = 1000  # deliveries waiting per receiver; over it the oldest is dropped
+    worker_offline_seconds: float = 600.0  # no accepted share this long: worker_offline
+    check_seconds: float = 5.0  # workers and pool health are checked this often
+    subscriptions: str = "admin"  # POST /api/webhooks: admin (token) | open (anyone) | off
+    max_subscriptions: int = 1000  # per-address subscriptions in all
+    max_subscriptions_per_address: int = 4  # URLs one address may subscribe
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = "info"
     format: str = "auto"  # auto (console on a TTY, JSON lines otherwise) | json | console
@@ -216,6 +241,7 @@ class Config:
     chain: ChainConfig = field(default_factory=ChainConfig)
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     source: str = "<defaults>"
 
@@ -226,6 +252,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "logging.format": ("auto", "json", "console"),
     "ledger.scheme": ("pps", "fpps"),
     "ledger.journal_fsync": ("batch", "interval", "never"),
+    "webhooks.subscriptions": ("admin", "open", "off"),
 }
 
 
@@ -485,6 +512,7 @@ def validate(config: Config, where: str) -> None:
     if not node.submit_retry_max_seconds >= node.submit_retry_seconds:
         fail("node.submit_retry_max_seconds", "must be at least node.submit_retry_seconds")
     _validate_api(config, fail)
+    _validate_webhooks(config, fail)
 
 
 def _hosts_overlap(a: str, b: str) -> bool:
@@ -518,6 +546,64 @@ def _validate_api(config: Config, fail: typing.Callable[[str, str], None]) -> No
             fail(f"api.{name}", f"must be at least {least}")
 
 
+WEBHOOK_EVENTS = (  # pool.webhooks sends these
+    "block_found",
+    "block_confirmed",
+    "block_orphaned",
+    "worker_offline",
+    "worker_back",
+    "pool_degraded",
+    "pool_healthy",
+    "payout_sent",
+)
+
+
+def webhook_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot receive webhooks (None: it can): http(s) with a host only."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises on a bad port)
+    except ValueError as exc:
+        return f"is not a URL ({exc})"
+    if parts.scheme not in ("http", "https"):
+        return "must be an http:// or https:// URL"
+    if not parts.hostname or any(c.isspace() for c in url):
+        return "must name a host (and hold no spaces)"
+    if len(url) > 2048:
+        return "must be at most 2048 characters"
+    return None
+
+
+def _validate_webhooks(config: Config, fail: typing.Callable[[str, str], None]) -> None:
+    hooks = config.webhooks
+    for i, target in enumerate(hooks.urls):
+        problem = webhook_url_problem(target.url)
+        if problem is not None:
+            fail(f"webhooks.urls[{i}].url", f"{problem}, got {target.url!r}")
+        for event in target.events:
+            if event not in WEBHOOK_EVENTS:
+                fail(
+                    f"webhooks.urls[{i}].events",
+                    f"has {event!r}; the events are {', '.join(WEBHOOK_EVENTS)}",
+                )
+    for name in (
+        "max_attempts",
+        "queue_size",
+        "max_subscriptions",
+        "max_subscriptions_per_address",
+    ):
+        if getattr(hooks, name) < 1:
+            fail(f"webhooks.{name}", "must be at least 1")
+    if not 0.1 <= hooks.timeout_seconds <= 300:
+        fail("webhooks.timeout_seconds", "must be 0.1..300 seconds")
+    if not 0.01 <= hooks.retry_seconds <= hooks.retry_max_seconds <= 86400:
+        fail("webhooks", "needs 0.01 <= retry_seconds <= retry_max_seconds <= 86400")
+    if not 0.1 <= hooks.check_seconds <= 3600:
+        fail("webhooks.check_seconds", "must be 0.1..3600 seconds")
+    if not hooks.worker_offline_seconds >= hooks.check_seconds:
+        fail("webhooks.worker_offline_seconds", "must be at least webhooks.check_seconds")
+
+
 def limits_summary(config: Config) -> dict[str, Any]:
     """The limits as one flat dict, logged at start-up."""
     return dataclasses.asdict(config.limits) | {
@@ -539,6 +625,12 @@ def limits_summary(config: Config) -> dict[str, Any]:
         "api.max_header_bytes": config.api.max_header_bytes,
         "api.max_headers": config.api.max_headers,
         "api.max_body_bytes": config.api.max_body_bytes,
+        "webhooks.max_attempts": config.webhooks.max_attempts,
+        "webhooks.queue_size": config.webhooks.queue_size,
+        "webhooks.timeout_seconds": config.webhooks.timeout_seconds,
+        "webhooks.retry_max_seconds": config.webhooks.retry_max_seconds,
+        "webhooks.max_subscriptions": config.webhooks.max_subscriptions,
+        "webhooks.max_subscriptions_per_address": config.webhooks.max_subscriptions_per_address,
     }
 
 
@@ -562,6 +654,7 @@ def effective(config: Config, env: Mapping[str, str] | None = None) -> dict[str,
     secrets = {
         "node.rpc_password_env": config.node.rpc_password_env,
         "api.admin_token_env": config.api.admin_token_env,
+        "webhooks.secret_env": config.webhooks.secret_env,
     }
     data["secrets"] = {
         key: {"variable": var, "set": bool(env.get(var))} for key, var in secrets.items()

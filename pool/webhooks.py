@@ -193,7 +193,7 @@ class Webhooks:
                 log.warning(
                     "webhook_dropped",
                     url=box.receiver.url,
-                    event=old.event,
+                    hook_event=old.event,
                     id=old.id,
                     why="queue full (webhooks.queue_size)",
                 )
@@ -246,7 +246,11 @@ class Webhooks:
                 await box.wake.wait()
                 continue
             delivery = box.queue[0]
-            outcome = await self._attempt(box.receiver, delivery)
+            try:
+                outcome = await self._attempt(box.receiver, delivery)
+            except Exception as exc:  # a bug must not end this receiver's deliveries
+                log.exception("webhook_attempt_crashed", url=box.receiver.url, error=repr(exc))
+                outcome = None
             if outcome is None:  # retry later (unless out of attempts)
                 if delivery.attempts < cfg.max_attempts:
                     self.counters.retries += 1
@@ -263,7 +267,7 @@ class Webhooks:
                 log.warning(
                     "webhook_failed",
                     url=box.receiver.url,
-                    event=delivery.event,
+                    hook_event=delivery.event,
                     id=delivery.id,
                     why=outcome,
                 )
@@ -285,7 +289,7 @@ class Webhooks:
             log.info(
                 "webhook_attempt_failed",
                 url=receiver.url,
-                event=delivery.event,
+                hook_event=delivery.event,
                 attempt=delivery.attempts,
                 error=type(exc).__name__,
             )
@@ -295,7 +299,7 @@ class Webhooks:
         log.info(
             "webhook_attempt_failed",
             url=receiver.url,
-            event=delivery.event,
+            hook_event=delivery.event,
             attempt=delivery.attempts,
             status=status,
         )

@@ -256,8 +256,10 @@ class PoolApp:
         await hooks.start()
         server.block_listeners.append(hooks.block_settled)
 
-        async def health() -> list[str]:  # the /healthz verdict, with or without the API
-            reasons: list[str] = (await (self.api or ApiServer(self)).health_report())["reasons"]
+        checker = ApiServer(self)  # the /healthz verdict, with or without the API
+
+        async def health() -> list[str]:
+            reasons: list[str] = (await checker.health_report())["reasons"]
             return reasons
 
         self.tasks.spawn("webhooks-monitor", hooks.monitor(lambda: server.stats.workers, health))

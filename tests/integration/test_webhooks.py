@@ -1,0 +1,356 @@
+"""Webhooks from a real pool on a real regtest bitcoind to real aiohttp receivers on loopback.
+
+Receivers: one that answers 200 (every event), one that sleeps 30 s per request, a closed port,
+one that answers 500 (block_found only: its retries are counted), and a per-address
+subscription made through the API. On plain regtest every share is a block, so each share
+raises block_found. Workers go offline after 3 s without an accepted share.
+
+Wall time: about 30 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import hmac
+import itertools
+import json
+import os
+import secrets
+import socket
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from aiohttp import web
+
+from pool.app import PoolApp
+from pool.config import ApiConfig, WebhooksConfig, WebhookUrlConfig
+from pool.jobs import prevhash_to_stratum
+from pool.node.managed import ManagedNode
+from tests.integration.harness import (
+    RawClient,
+    pool_config,
+    solve,
+    start_pool,
+    wait_for,
+    wallet_address,
+)
+
+pytestmark = pytest.mark.integration
+
+TOKEN_ENV = "STRATUM_POOL_TEST_HOOKS_TOKEN"
+TOKEN = "test-" + secrets.token_hex(16)
+SECRET_ENV = "STRATUM_POOL_TEST_HOOKS_SECRET"
+SECRET = secrets.token_hex(16)
+OFFLINE_SECONDS = 3.0
+
+
+@dataclasses.dataclass
+class Hit:
+    at: float
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def json(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.body)
+        return data
+
+
+class Receiver:
+    def __init__(self, status: int = 200, delay: float = 0.0) -> None:
+        self.status, self.delay = status, delay
+        self.hits: list[Hit] = []
+        self.secret = ""  # a subscription's, from the API's answer
+        self.runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.hits.append(Hit(time.monotonic(), dict(request.headers), await request.read()))
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        return web.Response(status=self.status)
+
+    async def start(self) -> Receiver:
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", self.handle)
+        self.runner = web.AppRunner(app, shutdown_timeout=0.1)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}/hook"
+        return self
+
+    def events(self, event: str) -> list[dict[str, Any]]:
+        return [h.json for h in self.hits if h.json["event"] == event]
+
+
+@dataclasses.dataclass
+class Pool:
+    app: PoolApp
+    base: str
+    http: aiohttp.ClientSession
+    good: Receiver
+    slow: Receiver
+    failing: Receiver
+    subscribed: Receiver
+    addresses: list[str]
+    data_dir: Path
+
+
+@pytest_asyncio.fixture(scope="module")
+async def pool(
+    regtest_node: ManagedNode, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Pool]:
+    good, slow = await Receiver().start(), await Receiver(delay=30.0).start()
+    failing, subscribed = await Receiver(status=500).start(), await Receiver().start()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}/down"
+    data_dir = tmp_path_factory.mktemp("webhooks")
+    addresses = [await wallet_address(regtest_node) for _ in range(2)]
+    base_cfg = pool_config(regtest_node, data_dir, await wallet_address(regtest_node))
+    hooks = WebhooksConfig(
+        enabled=True,
+        urls=(
+            WebhookUrlConfig(url=slow.url),
+            WebhookUrlConfig(url=closed),
+            WebhookUrlConfig(url=failing.url, events=("block_found",)),
+            WebhookUrlConfig(url=good.url),
+        ),
+        secret_env=SECRET_ENV,
+        pool_id="hooks-test",
+        timeout_seconds=1.0,
+        retry_seconds=0.2,
+        retry_max_seconds=2.0,
+        max_attempts=3,
+        worker_offline_seconds=OFFLINE_SECONDS,
+        check_seconds=0.5,
+        max_subscriptions_per_address=2,
+    )
+    cfg = dataclasses.replace(
+        base_cfg,
+        webhooks=hooks,
+        api=ApiConfig(port=0, admin_token_env=TOKEN_ENV),
+        ledger=dataclasses.replace(base_cfg.ledger, block_check_seconds=1.0),
+    )
+    os.environ[TOKEN_ENV], os.environ[SECRET_ENV] = TOKEN, SECRET
+    app = await start_pool(cfg)
+    try:
+        assert app.api is not None and app.api.port is not None
+        async with aiohttp.ClientSession() as http:
+            yield Pool(
+                app,
+                f"http://127.0.0.1:{app.api.port}",
+                http,
+                good,
+                slow,
+                failing,
+                subscribed,
+                addresses,
+                data_dir,
+            )
+    finally:
+        await app.stop()
+        for r in (good, slow, failing, subscribed):
+            assert r.runner is not None
+            await r.runner.cleanup()
+        for var in (TOKEN_ENV, SECRET_ENV):
+            os.environ.pop(var, None)
+
+
+async def submit_share(client: RawClient, worker: str, difficulty: float, ids: list[int]) -> float:
+    """One accepted share on the newest job (a stale one is tried again on the next job);
+    returns the seconds the pool took to answer it."""
+    for _ in range(10):
+        notify = [m for m in client.messages if m.get("method") == "mining.notify"][-1]
+        extranonce2 = secrets.token_bytes(client.extranonce2_size)
+        solution = solve(notify["params"], client.extranonce1, extranonce2, difficulty)
+        ids[0] += 1
+        started = time.monotonic()
+        client.send(ids[0], "mining.submit", solution.params(worker))
+        answer = await client.response(ids[0])
+        took = time.monotonic() - started
+        if answer.get("result") is True:
+            return took
+        await client.notification("mining.notify")  # stale: a newer job is on its way
+    raise AssertionError("no share accepted in 10 tries")
+
+
+def verify(hit: Hit, secret: str) -> None:
+    expected = hmac.new(secret.encode(), hit.body, hashlib.sha256).hexdigest()
+    assert hit.headers["X-Webhook-Signature"] == f"sha256={expected}"
+
+
+async def test_subscriptions_through_the_api(pool: Pool) -> None:
+    url = pool.base + "/api/webhooks"
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    a = pool.addresses[0]
+    async with pool.http.post(url, json={"address": a, "url": pool.subscribed.url}) as resp:
+        assert resp.status == 401  # webhooks.subscriptions = admin (the default)
+    for body, why in (
+        ({"address": a, "url": "ftp://127.0.0.1/x"}, "http"),
+        ({"address": a, "url": "file:///etc/passwd"}, "http"),
+        ({"address": "not-an-address", "url": pool.subscribed.url}, "not an address"),
+        ({"address": a}, "the body must be"),
+    ):
+        async with pool.http.post(url, json=body, headers=auth) as resp:
+            answer = await resp.json()
+            assert resp.status == 400, answer
+            assert why in answer["error"]
+    async with pool.http.post(
+        url, json={"address": a, "url": pool.subscribed.url}, headers=auth
+    ) as resp:
+        assert resp.status == 201
+        sub = await resp.json()
+    assert len(sub["secret"]) == 64 and sub["address"] == a
+    async with pool.http.post(
+        url, json={"address": a, "url": pool.subscribed.url}, headers=auth
+    ) as resp:
+        assert resp.status == 200 and (await resp.json())["id"] == sub["id"]
+    # the per-address bound (2 here); the one over it is refused, then removed again
+    extra = []
+    for i in range(2):
+        async with pool.http.post(
+            url, json={"address": a, "url": f"http://127.0.0.1:9/x{i}"}, headers=auth
+        ) as resp:
+            extra.append((resp.status, await resp.json()))
+    assert extra[0][0] == 201 and extra[1][0] == 409, extra
+    async with pool.http.delete(f"{url}/{extra[0][1]['id']}", headers=auth) as resp:
+        assert resp.status == 200
+    async with pool.http.delete(f"{url}/{extra[0][1]['id']}", headers=auth) as resp:
+        assert resp.status == 404
+    async with pool.http.get(url, headers=auth) as resp:
+        listed = await resp.json()
+    assert [s["id"] for s in listed["subscriptions"]] == [sub["id"]]
+    assert "secret" not in listed["subscriptions"][0]
+    saved = json.loads((pool.data_dir / "webhooks.json").read_text())
+    assert [s["id"] for s in saved["subscriptions"]] == [sub["id"]]
+    pool.subscribed.secret = sub["secret"]
+
+
+async def on_the_tip(client: RawClient, app: PoolApp) -> None:
+    """Wait until ``client`` has read a job on the chain's current tip."""
+    assert app.rpc is not None and app.server is not None
+    jobs = app.server.jobs
+    tip = await app.rpc.call("getblockcount")
+    await wait_for(
+        lambda: jobs.current is not None and jobs.current.height == tip + 1, 15, "a tip job"
+    )
+    assert jobs.current is not None
+    want = prevhash_to_stratum(jobs.current.prev_hash)
+    while [m for m in client.messages if m.get("method") == "mining.notify"][-1]["params"][
+        1
+    ] != want:
+        await client.notification("mining.notify")
+
+
+async def test_block_found_arrives_and_nothing_waits(pool: Pool) -> None:
+    """block_found reaches the good receiver within seconds although one receiver sleeps
+    30 s and another is down; the shares are answered at once meanwhile. Two blocks on one
+    job: bitcoind keeps the first, the other is orphaned (block_orphaned)."""
+    assert pool.app.server is not None
+    port = pool.app.server.bound_ports[0]
+    clients = []
+    for address in pool.addresses:
+        client = await RawClient.connect(port)
+        difficulty, _ = await client.handshake(f"{address}.w1")
+        clients.append((client, f"{address}.w1", difficulty, [10]))
+    idle = await RawClient.connect(port)
+    await idle.handshake(f"{pool.addresses[0]}.made-up")  # authorized, never a share
+    try:
+        answer_times = []
+        sent = time.monotonic()
+        for client, worker, difficulty, ids in clients:  # both on the same job
+            answer_times.append(await submit_share(client, worker, difficulty, ids))
+        await wait_for(
+            lambda: len(pool.good.events("block_found")) >= 1, 15, "block_found at the receiver"
+        )
+        arrived = next(h.at for h in pool.good.hits if h.json["event"] == "block_found") - sent
+        await wait_for(lambda: len(pool.good.events("block_orphaned")) >= 1, 15, "block_orphaned")
+        # the slow receiver was asked (and holds its request 30 s): nobody waited for it
+        await wait_for(lambda: len(pool.slow.hits) >= 1, 15, "the slow receiver asked")
+        for client, worker, difficulty, ids in clients:  # one after the other: two blocks
+            await on_the_tip(client, pool.app)
+            answer_times.append(await submit_share(client, worker, difficulty, ids))
+        await wait_for(lambda: len(pool.good.events("block_found")) >= 3, 15, "more blocks")
+    finally:
+        for client, *_ in clients:
+            await client.close()
+        await idle.close()
+    print(
+        f"share answers {[round(t, 4) for t in answer_times]} s; block_found after {arrived:.3f} s"
+    )
+    assert max(answer_times) < 5.0  # a receiver held for 30 s delays no answer
+    assert arrived < 10.0
+    assert len(pool.good.events("block_found")) == 3
+    hit = next(h for h in pool.good.hits if h.json["event"] == "block_found")
+    verify(hit, SECRET)
+    body = hit.json
+    assert body["pool"] == "hooks-test" and body["data"]["status"] == "accepted"
+    assert body["data"]["worker"] in {f"{a}.w1" for a in pool.addresses}
+    rpc = pool.app.rpc
+    assert rpc is not None
+    header = await rpc.call("getblockheader", body["data"]["hash"], True)
+    assert header["height"] == body["data"]["height"] and header["confirmations"] >= 1
+    orphan = pool.good.events("block_orphaned")[0]["data"]
+    assert (await rpc.call("getblockheader", orphan["hash"], True))["confirmations"] == -1
+    assert not pool.subscribed.events("block_found")  # a subscription: its address's only
+
+
+async def test_retries_back_off_and_stop_at_the_bound(pool: Pool) -> None:
+    hooks = pool.app.webhooks
+    assert hooks is not None
+    first = pool.good.events("block_found")[0]["id"]
+    failing_box = next(
+        b for b in hooks.hooks._outboxes.values() if b.receiver.url == pool.failing.url
+    )
+    await wait_for(
+        lambda: all(d.id != first for d in failing_box.queue), 30, "the failing delivery given up"
+    )
+    attempts = [h for h in pool.failing.hits if h.json["id"] == first]
+    assert len(attempts) == 3  # webhooks.max_attempts
+    gaps = [b.at - a.at for a, b in itertools.pairwise(attempts)]
+    assert gaps[0] >= 0.18 and gaps[1] >= 0.36, gaps  # 0.2 s, then doubled
+    assert hooks.hooks.counters.failed >= 1 and hooks.hooks.counters.retries >= 2
+
+
+async def test_worker_offline_then_back(pool: Pool) -> None:
+    a, b = pool.addresses
+    await wait_for(
+        lambda: (
+            {e["data"]["worker"] for e in pool.good.events("worker_offline")}
+            >= {f"{a}.w1", f"{b}.w1"}
+        ),
+        OFFLINE_SECONDS + 15,
+        "worker_offline for both workers",
+        lambda: [h.json["event"] for h in pool.good.hits],
+    )
+    offline = pool.good.events("worker_offline")
+    assert len(offline) == 2  # once each, and none for made-up or share-less workers
+    assert all(e["data"]["seconds_since_share"] >= OFFLINE_SECONDS for e in offline)
+    # the subscription got its own address's worker only, signed with its own secret
+    await wait_for(lambda: bool(pool.subscribed.hits), 10, "the subscription's event")
+    sub_hits = [h for h in pool.subscribed.hits if h.json["event"] == "worker_offline"]
+    assert [h.json["data"]["worker"] for h in sub_hits] == [f"{a}.w1"]
+    verify(sub_hits[0], pool.subscribed.secret)
+    # a worker with no connection and no share never raises anything
+    assert not any("made-up" in h.json["data"].get("worker", "") for h in pool.good.hits)
+    client = await RawClient.connect(pool.app.server.bound_ports[0])  # type: ignore[union-attr]
+    try:
+        difficulty, _ = await client.handshake(f"{a}.w1")
+        await submit_share(client, f"{a}.w1", difficulty, [10])
+        await wait_for(
+            lambda: pool.good.events("worker_back") and pool.subscribed.events("worker_back"),
+            15,
+            "worker_back",
+        )
+    finally:
+        await client.close()
+    assert pool.good.events("worker_back")[0]["data"]["worker"] == f"{a}.w1"

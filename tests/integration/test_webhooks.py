@@ -165,11 +165,15 @@ async def pool(
             os.environ.pop(var, None)
 
 
+def last_notify(client: RawClient) -> dict[str, Any]:
+    return [m for m in client.messages if m.get("method") == "mining.notify"][-1]
+
+
 async def submit_share(client: RawClient, worker: str, difficulty: float, ids: list[int]) -> float:
     """One accepted share on the newest job (a stale one is tried again on the next job);
     returns the seconds the pool took to answer it."""
     for _ in range(10):
-        notify = [m for m in client.messages if m.get("method") == "mining.notify"][-1]
+        notify = last_notify(client)
         extranonce2 = secrets.token_bytes(client.extranonce2_size)
         solution = solve(notify["params"], client.extranonce1, extranonce2, difficulty)
         ids[0] += 1
@@ -179,7 +183,8 @@ async def submit_share(client: RawClient, worker: str, difficulty: float, ids: l
         took = time.monotonic() - started
         if answer.get("result") is True:
             return took
-        await client.notification("mining.notify")  # stale: a newer job is on its way
+        if last_notify(client) is notify:  # stale: a newer job is on its way
+            await client.notification("mining.notify")
     raise AssertionError("no share accepted in 10 tries")
 
 
@@ -265,10 +270,17 @@ async def test_block_found_arrives_and_nothing_waits(pool: Pool) -> None:
     idle = await RawClient.connect(port)
     await idle.handshake(f"{pool.addresses[0]}.made-up")  # authorized, never a share
     try:
-        answer_times = []
+        # both on the same job, sent together: bitcoind keeps the first block it gets
+        solutions = [
+            solve(last_notify(c)["params"], c.extranonce1, bytes(c.extranonce2_size), d)
+            for c, _, d, _ in clients
+        ]
         sent = time.monotonic()
-        for client, worker, difficulty, ids in clients:  # both on the same job
-            answer_times.append(await submit_share(client, worker, difficulty, ids))
+        for (client, worker, _, _), solution in zip(clients, solutions, strict=True):
+            client.send(5, "mining.submit", solution.params(worker))
+        answers = [await client.response(5) for client, *_ in clients]
+        answer_times = [time.monotonic() - sent]
+        assert all(a["result"] is True for a in answers), answers
         await wait_for(
             lambda: len(pool.good.events("block_found")) >= 1, 15, "block_found at the receiver"
         )

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiohttp import web
 
+from pool.api.metrics import Metric, counter, gauge, sample
 from pool.api.views import ApiError
 from pool.bitcoin import AddressError, address_to_script
 from pool.webhook_subs import SubscriptionBook, SubscriptionError
@@ -117,3 +118,36 @@ class WebhookRoutes:
                 "queued": hooks.queued(),
             }
         )
+
+
+def webhook_metrics(wiring: object, prefix: str) -> list[Metric]:
+    """/metrics: the webhook deliveries (nothing while webhooks are off)."""
+    book = getattr(wiring, "book", None)
+    if not isinstance(book, SubscriptionBook):
+        return []
+    hooks = book.hooks
+    c = hooks.counters
+    return [
+        counter(
+            prefix + "webhook_deliveries_total",
+            "Webhook deliveries by outcome: delivered; failed (out of attempts, or a 4xx); "
+            "dropped (the oldest of a full queue, webhooks.queue_size).",
+            [
+                sample(c.delivered, {"outcome": "delivered"}),
+                sample(c.failed, {"outcome": "failed"}),
+                sample(c.dropped, {"outcome": "dropped"}),
+            ],
+        ),
+        counter(
+            prefix + "webhook_attempts_total",
+            "Webhook POSTs sent (first attempts and retries).",
+            c.attempts,
+        ),
+        counter(prefix + "webhook_retries_total", "Webhook attempts that were retried.", c.retries),
+        gauge(prefix + "webhook_queued", "Webhook deliveries waiting to be sent.", hooks.queued()),
+        gauge(
+            prefix + "webhook_subscriptions",
+            "Per-address webhook subscriptions (POST /api/webhooks).",
+            len(book.subs.by_id),
+        ),
+    ]

@@ -14,6 +14,7 @@ import hmac
 import json
 import socket
 import time
+import types
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from pool.api.metrics import render
+from pool.api.webhook_routes import webhook_metrics
 from pool.config import Config as PoolConfig
 from pool.config import ConfigError, WebhooksConfig, WebhookUrlConfig, load, validate
 from pool.stats import WorkerStats
@@ -427,3 +430,23 @@ def test_webhook_config_from_toml(tmp_path: Path) -> None:
     path.write_text('[webhooks]\nsubscriptions = "anyone"\n')
     with pytest.raises(ConfigError, match=r"webhooks\.subscriptions must be one of"):
         load(path, env={})
+
+
+async def test_metrics_count_the_dropped(tmp_path: Path) -> None:
+    cfg = hooks_config(
+        WebhookUrlConfig(url=closed_port_url()),
+        queue_size=2,
+        retry_seconds=60.0,
+        retry_max_seconds=60.0,
+    )
+    hooks = Webhooks(cfg, pool_id="p")
+    book = SubscriptionBook(
+        hooks, Subscriptions({}, max_total=9, max_per_address=9), tmp_path / "w.json"
+    )
+    for i in range(5):
+        hooks.emit("block_found", {"height": i})
+    text = render(webhook_metrics(types.SimpleNamespace(book=book), "stratum_pool_"))
+    assert 'stratum_pool_webhook_deliveries_total{outcome="dropped"} 3' in text
+    assert "stratum_pool_webhook_queued 2" in text
+    assert "stratum_pool_webhook_subscriptions 0" in text
+    assert webhook_metrics(None, "stratum_pool_") == []  # webhooks off: no series

@@ -2,10 +2,11 @@
 
 Receivers: one that answers 200 (every event), one that sleeps 30 s per request, a closed port,
 one that answers 500 (block_found only: its retries are counted), and a per-address
-subscription made through the API. On plain regtest every share is a block, so each share
+subscription made through the API; a bitcoind of the test's own, stopped and continued, for
+pool_degraded / pool_healthy. On plain regtest every share is a block, so each share
 raises block_found. Workers go offline after 3 s without an accepted share.
 
-Wall time: about 30 s.
+Wall time: about 20 s.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import itertools
 import json
 import os
 import secrets
+import signal
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -32,9 +34,11 @@ from aiohttp import web
 from pool.app import PoolApp
 from pool.config import ApiConfig, WebhooksConfig, WebhookUrlConfig
 from pool.jobs import prevhash_to_stratum
+from pool.node.binaries import Binaries
 from pool.node.managed import ManagedNode
 from tests.integration.harness import (
     RawClient,
+    own_node,
     pool_config,
     solve,
     start_pool,
@@ -386,3 +390,44 @@ async def test_worker_offline_then_back(pool: Pool) -> None:
     finally:
         await client.close()
     assert pool.good.events("worker_back")[0]["data"]["worker"] == f"{a}.w1"
+
+
+async def test_pool_degraded_then_healthy(
+    bitcoind_binaries: Binaries, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A bitcoind that stops answering (SIGSTOP, its own node) makes the /healthz checks fail:
+    pool_degraded with the reason; answering again (SIGCONT): pool_healthy."""
+    receiver = await Receiver().start()
+    stopped = False
+    async with own_node(bitcoind_binaries, tmp_path_factory.mktemp("hooks-node")) as node:
+        base = pool_config(
+            node, tmp_path_factory.mktemp("hooks-health"), await wallet_address(node)
+        )
+        hooks = WebhooksConfig(
+            enabled=True, urls=(WebhookUrlConfig(url=receiver.url),), check_seconds=0.5
+        )
+        app = await start_pool(
+            dataclasses.replace(base, webhooks=hooks, api=ApiConfig(enabled=False))
+        )
+        assert node.process is not None
+        pid = node.process.pid
+        try:
+            os.kill(pid, signal.SIGSTOP)
+            stopped = True
+            await wait_for(lambda: bool(receiver.events("pool_degraded")), 30, "pool_degraded")
+            os.kill(pid, signal.SIGCONT)
+            stopped = False
+            await wait_for(lambda: bool(receiver.events("pool_healthy")), 30, "pool_healthy")
+        finally:
+            if stopped:
+                os.kill(pid, signal.SIGCONT)
+            await app.stop()
+            assert receiver.runner is not None
+            await receiver.runner.cleanup()
+    degraded = receiver.events("pool_degraded")
+    assert len(degraded) == 1  # once, however many checks failed meanwhile
+    assert any("bitcoind does not answer" in r for r in degraded[0]["data"]["reasons"])
+    assert [h.json["event"] for h in receiver.hits if "pool_" in h.json["event"]] == [
+        "pool_degraded",
+        "pool_healthy",
+    ]

@@ -10,13 +10,16 @@ Who may subscribe (``webhooks.subscriptions``): ``admin`` (the default) needs th
 since the pool cannot tell who owns an address without a signature and each subscription makes
 the pool POST to a URL of the caller's choice; ``open`` lets anyone subscribe (the events carry
 only what GET /api/addresses/{A} shows anyone already; bounded by ``webhooks.max_subscriptions``
-and ``webhooks.max_subscriptions_per_address``); ``off`` refuses all.
+and ``webhooks.max_subscriptions_per_address``; URLs naming localhost or an internal IP address
+are refused); ``off`` refuses all.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import structlog
 from aiohttp import web
@@ -36,8 +39,8 @@ MAX_ADDRESS_CHARS = 100
 
 
 def add(router: web.UrlDispatcher, api: ApiServer) -> None:
-    routes = WebhookRoutes(api)
     mode = api.app.config.webhooks.subscriptions
+    routes = WebhookRoutes(api, mode)
     post: Handler = routes.post
     delete: Handler = routes.delete
     if mode == "admin":
@@ -50,8 +53,9 @@ def add(router: web.UrlDispatcher, api: ApiServer) -> None:
 
 
 class WebhookRoutes:
-    def __init__(self, api: ApiServer) -> None:
+    def __init__(self, api: ApiServer, mode: str) -> None:
         self.api = api
+        self.mode = mode  # webhooks.subscriptions when the routes were built
 
     def _book(self) -> SubscriptionBook:
         wiring = getattr(self.api.app, "webhooks", None)
@@ -82,6 +86,10 @@ class WebhookRoutes:
             raise ApiError(
                 400, f"{address[:100]!r} is not an address on {network.name}: {exc}"
             ) from None
+        if self.mode == "open":
+            refused = _internal_host(url)
+            if refused is not None:
+                raise ApiError(400, f"url: {refused}")
         try:
             sub, new = await book.subscribe(address, url, time.time())
         except SubscriptionError as exc:
@@ -118,6 +126,29 @@ class WebhookRoutes:
                 "queued": hooks.queued(),
             }
         )
+
+
+def _internal_host(url: str) -> str | None:
+    """Open subscriptions never target the pool's own machine or network: a loopback,
+    private, link-local or unspecified IP address, or localhost, is refused (names that
+    resolve to such addresses cannot be told apart here: use admin subscriptions where that
+    matters)."""
+    host = (urlsplit(url).hostname or "").rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return "localhost is not allowed for open subscriptions"
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if (
+        ip.is_loopback
+        or ip.is_private
+        or ip.is_link_local
+        or ip.is_unspecified
+        or (ip.is_multicast or ip.is_reserved)
+    ):
+        return f"{host} is an internal address, not allowed for open subscriptions"
+    return None
 
 
 def webhook_metrics(wiring: object, prefix: str) -> list[Metric]:

@@ -31,6 +31,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
+from pool.api.server import ApiServer
 from pool.app import PoolApp
 from pool.config import ApiConfig, WebhooksConfig, WebhookUrlConfig
 from pool.jobs import prevhash_to_stratum
@@ -431,3 +432,52 @@ async def test_pool_degraded_then_healthy(
         "pool_degraded",
         "pool_healthy",
     ]
+
+
+async def test_open_and_off_subscription_modes(pool: Pool) -> None:
+    """``open``: no token needed, internal destinations refused; ``off``: refused (403)."""
+    app = pool.app
+    original = app.config
+    servers = {}
+    try:
+        for mode in ("open", "off"):
+            app.config = dataclasses.replace(
+                original, webhooks=dataclasses.replace(original.webhooks, subscriptions=mode)
+            )
+            servers[mode] = ApiServer(app)
+            await servers[mode].start()  # the routes follow the mode at build time
+        app.config = original
+        open_url = f"http://127.0.0.1:{servers['open'].port}/api/webhooks"
+        off_url = f"http://127.0.0.1:{servers['off'].port}/api/webhooks"
+        address = pool.addresses[1]
+        for internal in (
+            "http://127.0.0.1:9/x",
+            "http://[::1]/x",
+            "http://localhost/x",
+            "http://10.1.2.3/x",
+            "http://169.254.169.254/latest",
+        ):
+            async with pool.http.post(open_url, json={"address": address, "url": internal}) as r:
+                answer = await r.json()
+                assert r.status == 400 and "open subscriptions" in answer["error"], answer
+        # a public name is taken without a token (deleted at once: nothing is ever sent there)
+        async with pool.http.post(
+            open_url, json={"address": address, "url": "https://hooks.example.com/x"}
+        ) as r:
+            assert r.status == 201
+            sub = await r.json()
+        async with pool.http.delete(f"{open_url}/{sub['id']}") as r:
+            assert r.status == 200
+        async with pool.http.get(open_url) as r:
+            assert r.status == 401  # the listing stays admin-only
+        async with pool.http.post(
+            off_url,
+            json={"address": address, "url": "https://hooks.example.com/x"},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        ) as r:
+            assert r.status == 403
+            assert "webhooks.subscriptions = off" in (await r.json())["error"]
+    finally:
+        app.config = original
+        for server in servers.values():
+            await server.stop()

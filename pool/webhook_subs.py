@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pool.config import webhook_url_problem
+from pool.webhook_config import webhook_url_problem
 from pool.webhooks import ADDRESS_EVENTS, Receiver, Webhooks
 
 FILE_NAME = "webhooks.json"

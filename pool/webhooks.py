@@ -39,9 +39,9 @@ from typing import Any
 import aiohttp
 import structlog
 
-from pool.config import WEBHOOK_EVENTS, WebhooksConfig
 from pool.stats import WorkerStats
 from pool.tasks import Backoff
+from pool.webhook_config import WEBHOOK_EVENTS, WebhooksConfig
 
 log = structlog.get_logger("pool.webhooks")
 

@@ -33,10 +33,11 @@ from aiohttp import web
 
 from pool.api.server import ApiServer
 from pool.app import PoolApp
-from pool.config import ApiConfig, WebhooksConfig, WebhookUrlConfig
+from pool.config import ApiConfig
 from pool.jobs import prevhash_to_stratum
 from pool.node.binaries import Binaries
 from pool.node.managed import ManagedNode
+from pool.webhook_config import WebhooksConfig, WebhookUrlConfig
 from tests.integration.harness import (
     RawClient,
     own_node,

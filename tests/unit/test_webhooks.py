@@ -25,8 +25,9 @@ from aiohttp import web
 from pool.api.metrics import render
 from pool.api.webhook_routes import webhook_metrics
 from pool.config import Config as PoolConfig
-from pool.config import ConfigError, WebhooksConfig, WebhookUrlConfig, load, validate
+from pool.config import ConfigError, load, validate
 from pool.stats import WorkerStats
+from pool.webhook_config import WebhooksConfig, WebhookUrlConfig
 from pool.webhook_subs import (
     Subscription,
     SubscriptionBook,

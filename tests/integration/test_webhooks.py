@@ -144,7 +144,7 @@ async def pool(
         base_cfg,
         webhooks=hooks,
         api=ApiConfig(port=0, admin_token_env=TOKEN_ENV),
-        ledger=dataclasses.replace(base_cfg.ledger, block_check_seconds=1.0),
+        ledger=dataclasses.replace(base_cfg.ledger, block_check_seconds=1.0, block_maturity=2),
     )
     os.environ[TOKEN_ENV], os.environ[SECRET_ENV] = TOKEN, SECRET
     app = await start_pool(cfg)
@@ -332,6 +332,20 @@ async def test_block_found_arrives_and_nothing_waits(pool: Pool) -> None:
     orphan = pool.good.events("block_orphaned")[0]["data"]
     assert (await rpc.call("getblockheader", orphan["hash"], True))["confirmations"] == -1
     assert not pool.subscribed.events("block_found")  # a subscription: its address's only
+
+
+async def test_block_confirmed(pool: Pool) -> None:
+    """ledger.block_maturity = 2 here: the first block is confirmed two blocks later."""
+    first = pool.good.events("block_found")[0]["data"]["hash"]
+    await wait_for(
+        lambda: first in {e["data"]["hash"] for e in pool.good.events("block_confirmed")},
+        15,
+        "block_confirmed for the first block",
+        lambda: [h.json["event"] for h in pool.good.hits],
+    )
+    assert pool.app.rpc is not None
+    header = await pool.app.rpc.call("getblockheader", first, True)
+    assert header["confirmations"] >= 2
 
 
 async def test_retries_back_off_and_stop_at_the_bound(pool: Pool) -> None:

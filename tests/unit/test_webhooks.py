@@ -26,6 +26,7 @@ from pool.api.metrics import render
 from pool.api.webhook_routes import webhook_metrics
 from pool.config import Config as PoolConfig
 from pool.config import ConfigError, load, validate
+from pool.ledger.payouts import RoundResult
 from pool.stats import WorkerStats
 from pool.webhook_config import WebhooksConfig, WebhookUrlConfig
 from pool.webhook_subs import (
@@ -37,6 +38,7 @@ from pool.webhook_subs import (
     save,
 )
 from pool.webhook_subs import load as load_subs
+from pool.webhook_wiring import PoolWebhooks
 from pool.webhooks import (
     ADDRESS_EVENTS,
     HealthWatch,
@@ -451,3 +453,43 @@ async def test_metrics_count_the_dropped(tmp_path: Path) -> None:
     assert "stratum_pool_webhook_queued 2" in text
     assert "stratum_pool_webhook_subscriptions 0" in text
     assert webhook_metrics(None, "stratum_pool_") == []  # webhooks off: no series
+
+
+async def test_payout_sent_to_the_operator_and_each_address(
+    receivers: list[HookReceiver], tmp_path: Path
+) -> None:
+    operator, miner = await receiver(receivers), await receiver(receivers)
+    hooks = Webhooks(hooks_config(WebhookUrlConfig(url=operator.url)), pool_id="p")
+    book = SubscriptionBook(
+        hooks, Subscriptions({}, max_total=9, max_per_address=9), tmp_path / "w.json"
+    )
+    sub, _ = await book.subscribe("addrA", miner.url, 1.0)
+    wiring = PoolWebhooks(hooks, book)
+    await hooks.start()
+    try:
+        wiring.payout_round(RoundResult(status="waiting_for_funds", paid={}))  # nothing sent
+        wiring.payout_round(
+            RoundResult(
+                status="paid", payout_id="p1", txid="ab" * 32, paid={"addrA": 700, "addrB": 300}
+            )
+        )
+        wiring.blocks_changed(["cc:pending->confirmed"])
+        await wait_for(lambda: len(operator.hits) == 2 and len(miner.hits) == 1, 10, "hits")
+    finally:
+        await hooks.close()
+    assert operator.hits[0].json["data"] == {
+        "payout_id": "p1",
+        "txid": "ab" * 32,
+        "paid": {"addrA": 700, "addrB": 300},
+        "total_sat": 1000,
+    }
+    assert operator.hits[1].json["event"] == "block_confirmed"
+    mine = miner.hits[0]
+    assert mine.json["data"] == {
+        "payout_id": "p1",
+        "txid": "ab" * 32,
+        "address": "addrA",
+        "amount_sat": 700,
+    }
+    expected = hmac.new(sub.secret.encode(), mine.body, hashlib.sha256).hexdigest()
+    assert mine.headers["X-Webhook-Signature"] == f"sha256={expected}"

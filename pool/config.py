@@ -489,7 +489,7 @@ def validate(config: Config, where: str) -> None:
     if not node.submit_retry_max_seconds >= node.submit_retry_seconds:
         fail("node.submit_retry_max_seconds", "must be at least node.submit_retry_seconds")
     _validate_api(config, fail)
-    validate_webhooks(config.webhooks, fail)
+    validate_webhooks(config.webhooks, fail, config.limits.worker_idle_seconds)
 
 
 def _hosts_overlap(a: str, b: str) -> bool:

@@ -59,7 +59,9 @@ def webhook_url_problem(url: str) -> str | None:
     return None
 
 
-def validate_webhooks(hooks: WebhooksConfig, fail: Callable[[str, str], None]) -> None:
+def validate_webhooks(
+    hooks: WebhooksConfig, fail: Callable[[str, str], None], worker_idle_seconds: float
+) -> None:
     """The [webhooks] checks of ``pool.config.validate``."""
     for i, target in enumerate(hooks.urls):
         problem = webhook_url_problem(target.url)
@@ -87,3 +89,9 @@ def validate_webhooks(hooks: WebhooksConfig, fail: Callable[[str, str], None]) -
         fail("webhooks.check_seconds", "must be 0.1..3600 seconds")
     if not hooks.worker_offline_seconds >= hooks.check_seconds:
         fail("webhooks.worker_offline_seconds", "must be at least webhooks.check_seconds")
+    if not hooks.worker_offline_seconds < worker_idle_seconds:
+        fail(
+            "webhooks.worker_offline_seconds",
+            "must be less than limits.worker_idle_seconds (a worker forgotten first is never "
+            "said to be offline)",
+        )

@@ -25,7 +25,7 @@ from aiohttp import web
 from pool.api.metrics import render
 from pool.api.webhook_routes import webhook_metrics
 from pool.config import Config as PoolConfig
-from pool.config import ConfigError, load, validate
+from pool.config import ConfigError, LimitsConfig, load, validate
 from pool.ledger.payouts import RoundResult
 from pool.stats import WorkerStats
 from pool.webhook_config import WebhooksConfig, WebhookUrlConfig
@@ -395,6 +395,16 @@ def test_a_damaged_subscriptions_file_is_refused(tmp_path: Path) -> None:
 def test_the_shipped_config_has_webhooks_off() -> None:
     assert load(env={}).webhooks == WebhooksConfig()
     assert WebhooksConfig().enabled is False
+
+
+def test_offline_must_come_before_the_worker_is_forgotten() -> None:
+    cfg = PoolConfig(
+        webhooks=WebhooksConfig(worker_offline_seconds=7200.0),
+        limits=LimitsConfig(worker_idle_seconds=7200.0),
+    )
+    with pytest.raises(ConfigError, match=r"limits\.worker_idle_seconds"):
+        validate(cfg, "test.toml")
+    validate(dataclasses.replace(cfg, limits=LimitsConfig(worker_idle_seconds=7201.0)), "t")
 
 
 @pytest.mark.parametrize(

@@ -49,6 +49,8 @@ from pool.server.bans import BansFileError, load_bans
 from pool.server.server import StratumServer
 from pool.shares import ShareResult
 from pool.tasks import Supervisor
+from pool.webhook_subs import SubscriptionsFileError
+from pool.webhook_wiring import PoolWebhooks
 
 log = structlog.get_logger("pool.app")
 
@@ -86,6 +88,7 @@ class PoolApp:
         self.tasks = Supervisor()  # every background task: restarted when it dies
         self.submitter: BlockSubmitter | None = None
         self.zmq_endpoint = ""  # bitcoind's hashblock feed the watcher subscribes to ("" none)
+        self.webhooks: PoolWebhooks | None = None  # webhooks.enabled
 
     @property
     def watcher_task(self) -> asyncio.Task[None] | None:
@@ -246,6 +249,8 @@ class PoolApp:
         self.server.use_bans(bans_path, bans)
         self.server.share_recorder = ledger.journal_shares
         self.server.block_listeners.append(self._block_settled)
+        if cfg.webhooks.enabled:
+            await self._start_webhooks(self.server)
         self.watcher = TemplateWatcher(
             rpc,
             self.on_template,
@@ -274,6 +279,22 @@ class PoolApp:
             height=await rpc.call("getblockcount"),
             stratum_ports=self.server.bound_ports,
         )
+
+    async def _start_webhooks(self, server: StratumServer) -> None:
+        try:
+            self.webhooks = hooks = PoolWebhooks.open(self.config, self.data_dir)
+        except SubscriptionsFileError as exc:
+            raise StartupError(str(exc)) from exc
+        await hooks.start()
+        server.block_listeners.append(hooks.block_settled)
+
+        checker = ApiServer(self)  # the /healthz verdict, with or without the API
+
+        async def health() -> list[str]:
+            reasons: list[str] = (await checker.health_report())["reasons"]
+            return reasons
+
+        self.tasks.spawn("webhooks-monitor", hooks.monitor(lambda: server.stats.workers, health))
 
     async def _reconcile_blocks(self, ledger: Ledger, rpc: BitcoinRpc) -> None:
         """The pool's blocks on the chain that the store is missing are recorded (a crash
@@ -395,6 +416,8 @@ class PoolApp:
             await self.ledger.commit()
             result = await self.payouts.run_round()
         log.info("payout_round", **result.to_dict())
+        if self.webhooks is not None:
+            self.webhooks.payout_round(result)
         return result
 
     async def _ledger_loop(self) -> None:
@@ -412,7 +435,9 @@ class PoolApp:
             try:
                 if not (self.submitter is not None and self.submitter.pending):
                     # (a block still being submitted is not checked: the node may not have it)
-                    await self.ledger.check_blocks(self.rpc)
+                    changes = await self.ledger.check_blocks(self.rpc)
+                    if self.webhooks is not None:
+                        self.webhooks.blocks_changed(changes)
                 if self.ledger.degraded is not None:  # balances are behind: pay later
                     continue
                 if cfg.payout_interval_seconds > 0 and loop.time() >= next_payout:
@@ -493,6 +518,8 @@ class PoolApp:
         if self.submitter is not None:
             await self.submitter.close()  # spooled blocks still unsettled stay for the next start
         await self.tasks.stop()
+        if self.webhooks is not None:
+            await self.webhooks.close()  # deliveries still queued are lost (logged)
         if self.ledger is not None:
             await self.ledger.close()  # every journaled share committed to the store
 

@@ -11,7 +11,6 @@ cookie file.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import math
 import os
 import tomllib
@@ -22,6 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from pool.config_checks import validate_api as _validate_api
+from pool.config_checks import zmq_endpoint_problem
+from pool.webhook_config import WebhooksConfig, validate_webhooks
 
 # Regtest's own difficulty (powLimit bits 207fffff): DIFF1_TARGET / (0x7fffff << 232), ~4.66e-10.
 # pool.chain_sim holds the same value as MIN_DIFFICULTY (a unit test checks they agree).
@@ -195,9 +198,6 @@ class LedgerConfig:
     # the pool's blocks missing from the store (since the last one it holds)
 
 
-MAX_MESSAGE_CHARS = 4096  # api.max_message_chars at most (a miner shows the text in its log)
-
-
 @dataclass(frozen=True)
 class ApiConfig:
     enabled: bool = True
@@ -231,6 +231,7 @@ class Config:
     chain: ChainConfig = field(default_factory=ChainConfig)
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     source: str = "<defaults>"
 
@@ -241,6 +242,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "logging.format": ("auto", "json", "console"),
     "ledger.scheme": ("pps", "fpps"),
     "ledger.journal_fsync": ("batch", "interval", "never"),
+    "webhooks.subscriptions": ("admin", "open", "off"),
 }
 
 
@@ -511,57 +513,7 @@ def validate(config: Config, where: str) -> None:
         if problem is not None:
             fail("node.zmq_hashblock", f"{problem}; got {node.zmq_hashblock!r} (or auto, or '')")
     _validate_api(config, fail)
-
-
-def zmq_endpoint_problem(endpoint: str) -> str | None:
-    """Why ``endpoint`` is not a usable ``tcp://HOST:PORT`` ZMQ address (None when it is)."""
-    parts = urlsplit(endpoint)
-    if parts.scheme != "tcp":
-        return "must be tcp://HOST:PORT"
-    if parts.path or parts.query or parts.fragment or parts.username or parts.password:
-        return "must be tcp://HOST:PORT, nothing else"
-    try:
-        port = parts.port
-    except ValueError:
-        return "has a port that is not 1..65535"
-    if not parts.hostname or not port:
-        return "must be tcp://HOST:PORT with a host and a port 1..65535"
-    if parts.hostname in ("*", "0.0.0.0", "::"):
-        return "must name the host to connect to, not a wildcard"
-    return None
-
-
-def _hosts_overlap(a: str, b: str) -> bool:
-    """Whether listeners on hosts ``a`` and ``b`` with the same port would collide: only two
-    different concrete IP addresses are known not to."""
-    try:
-        ip_a, ip_b = ipaddress.ip_address(a.strip("[]")), ipaddress.ip_address(b.strip("[]"))
-    except ValueError:
-        return True  # a name ("localhost") or "" (every address)
-    return ip_a == ip_b or ip_a.is_unspecified or ip_b.is_unspecified
-
-
-def _validate_api(config: Config, fail: typing.Callable[[str, str], None]) -> None:
-    api = config.api
-    if not 0 <= api.port <= 65535:
-        fail("api.port", "must be 0..65535")
-    if api.enabled and api.port:
-        for i, port in enumerate(config.stratum.ports):
-            if port.port == api.port and _hosts_overlap(api.host, config.stratum.host):
-                fail("api.port", f"{api.port} is also stratum.ports[{i}].port: use another port")
-    for i, host in enumerate(api.allowed_hosts):
-        if not host or any(c.isspace() or c in "/@?#" for c in host):
-            fail(f"api.allowed_hosts[{i}]", f"must be a host name or address, got {host!r}")
-    for name, least in (
-        ("max_request_line_bytes", 1024),
-        ("max_header_bytes", 1024),
-        ("max_headers", 16),
-        ("max_body_bytes", 1024),
-    ):
-        if getattr(api, name) < least:
-            fail(f"api.{name}", f"must be at least {least}")
-    if not 1 <= api.max_message_chars <= MAX_MESSAGE_CHARS:
-        fail("api.max_message_chars", f"must be 1..{MAX_MESSAGE_CHARS}")
+    validate_webhooks(config.webhooks, fail, config.limits.worker_idle_seconds)
 
 
 def limits_summary(config: Config) -> dict[str, Any]:
@@ -587,6 +539,12 @@ def limits_summary(config: Config) -> dict[str, Any]:
         "api.max_headers": config.api.max_headers,
         "api.max_body_bytes": config.api.max_body_bytes,
         "api.max_message_chars": config.api.max_message_chars,
+        "webhooks.max_attempts": config.webhooks.max_attempts,
+        "webhooks.queue_size": config.webhooks.queue_size,
+        "webhooks.timeout_seconds": config.webhooks.timeout_seconds,
+        "webhooks.retry_max_seconds": config.webhooks.retry_max_seconds,
+        "webhooks.max_subscriptions": config.webhooks.max_subscriptions,
+        "webhooks.max_subscriptions_per_address": config.webhooks.max_subscriptions_per_address,
     }
 
 
@@ -610,6 +568,7 @@ def effective(config: Config, env: Mapping[str, str] | None = None) -> dict[str,
     secrets = {
         "node.rpc_password_env": config.node.rpc_password_env,
         "api.admin_token_env": config.api.admin_token_env,
+        "webhooks.secret_env": config.webhooks.secret_env,
     }
     data["secrets"] = {
         key: {"variable": var, "set": bool(env.get(var))} for key, var in secrets.items()

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from pool.api.metrics import Metric, counter, gauge, sample
 from pool.api.views import Views, window_name
+from pool.api.webhook_routes import webhook_metrics
 from pool.bitcoin import target_to_difficulty
 from pool.ledger.journal_read import DAMAGE_TOTAL
 from pool.ledger.ledger import Ledger
@@ -214,6 +215,7 @@ def collect(
         ]
     out += _node_metrics(app)
     out += _new_block_metrics(app)
+    out += webhook_metrics(getattr(app, "webhooks", None), PREFIX)
     tasks = getattr(app, "tasks", None)
     if tasks is not None and tasks.states:
         out.append(

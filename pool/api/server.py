@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiohttp import web
 
-from pool.api import guard
+from pool.api import guard, webhook_routes
 from pool.api.admin_message import send_message
 from pool.api.collect import WorkerRanking, collect
 from pool.api.metrics import CONTENT_TYPE, render
@@ -128,6 +128,7 @@ class ApiServer:
         r.add_post("/api/admin/reconnect", self.admin(self.post_reconnect))
         r.add_post("/api/admin/payout", self.admin(self.post_payout))
         r.add_post("/api/admin/message", self.admin(self.post_message))
+        webhook_routes.add(r, self)
         return web_app
 
     async def start(self) -> int:
@@ -352,6 +353,11 @@ class ApiServer:
 
     async def healthz(self, request: web.Request) -> web.Response:
         """200 only when bitcoind answers, a current job exists and the watcher runs."""
+        body = await self.health_report()
+        return web.json_response(body, status=200 if not body["reasons"] else 503)
+
+    async def health_report(self) -> dict[str, Any]:
+        """The /healthz body (the webhooks' pool_degraded / pool_healthy use it too)."""
         app = self.app
         reasons: list[str] = []
         checks: dict[str, Any] = {}
@@ -403,13 +409,12 @@ class ApiServer:
                 reasons.append(
                     f"{len(ledger.unrecorded)} found block(s) not yet recorded (retried)"
                 )
-        body = {
+        return {
             "status": "ok" if not reasons else "unhealthy",
             "reasons": reasons,
             "checks": checks,
             "time": now,
         }
-        return web.json_response(body, status=200 if not reasons else 503)
 
     async def _check_bitcoind(self, reasons: list[str]) -> dict[str, Any]:
         rpc = self.app.rpc

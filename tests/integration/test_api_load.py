@@ -54,6 +54,10 @@ class StandInServer:
         self.jobs = SimpleNamespace(current=None)
         self.banned_ips: set[str] = set()
         self.banned_workers: set[str] = set()
+        self.port_list: list[dict[str, Any]] = [{"port": 3333, "name": "", "tls": False}]
+
+    def temp_bans(self) -> list[Any]:
+        return []
 
 
 @pytest_asyncio.fixture(scope="module")

@@ -114,7 +114,9 @@ class LimitsConfig:
     listen_backlog: int = 8192  # pending TCP connections per port (the kernel caps it at somaxconn)
     # Abuse limits (pool/server/guard.py, core.py, context.py).
     connect_rate_per_ip: float = 10.0  # new connections per IP per second, after the burst
-    connect_burst_per_ip: int = 100  # new connections one IP may open at once
+    # new connections one IP may open at once: as many as it may hold (a farm behind one IP
+    # reconnecting after a pool restart is neither refused nor struck)
+    connect_burst_per_ip: int = 256
     max_unauthorized_per_ip: int = 16  # not yet authorized; over it the oldest is dropped
     max_workers_per_address: int = 4096  # distinct live worker names per payout address
     max_workers_per_ip: int = 4096  # distinct live worker names per IP

@@ -139,11 +139,18 @@ class BlockSubmitter:
     async def submit(self, block: bytes, *, block_hash: str, height: int) -> BlockSubmission:
         self.pending[block_hash] = height
         log.info("block_found", height=height, hash=block_hash)
-        spooled = self.spool is not None and self.spool.keep(height, block_hash, block)
+        # Written to disk beside the first submitblock, never before it: a block waits for no
+        # fsync (and none stalls the loop: the write runs on a thread).
+        spool = self.spool
+        kept = (
+            asyncio.ensure_future(asyncio.to_thread(spool.keep, height, block_hash, block))
+            if spool is not None
+            else None
+        )
         try:
             result = await self._submit(block, block_hash=block_hash, height=height)
         except asyncio.CancelledError:  # the pool is stopping with the block still unsettled
-            if spooled:
+            if kept is not None:
                 log.warning(
                     "block_submission_deferred",
                     height=height,
@@ -161,9 +168,8 @@ class BlockSubmitter:
             raise
         finally:
             self.pending.pop(block_hash, None)
-        if spooled:
-            assert self.spool is not None
-            self.spool.drop(height, block_hash)
+        if kept is not None and spool is not None and await kept:
+            spool.drop(height, block_hash)
         return result
 
     def resume_spooled(self) -> int:

@@ -25,6 +25,7 @@ from pool.node.rpc import BitcoinRpc, RpcError, RpcTimeout
 from pool.node.zmq_feed import HashBlockFeed
 
 log = structlog.get_logger("pool.node.templates")
+ZMQ_RETRY_SECONDS = 5.0  # a failed ZMQ feed is started again after this
 
 GBT_RULES = {"rules": ["segwit"]}
 
@@ -97,13 +98,24 @@ class TemplateWatcher:
         if block_hash != self._best_hash:
             self.poke("zmq")
 
+    async def _zmq_loop(self) -> None:
+        """The ZMQ feed, started again (after ZMQ_RETRY_SECONDS) if it ever fails: new blocks
+        keep coming through the long-poll and the poll meanwhile."""
+        assert self.zmq is not None
+        while True:
+            try:
+                await self.zmq.run()
+            except Exception as exc:
+                log.exception("zmq_feed_failed", error=repr(exc), retry_in=ZMQ_RETRY_SECONDS)
+            await asyncio.sleep(ZMQ_RETRY_SECONDS)
+
     async def run(self) -> None:
         last_refresh = time.monotonic()
         # first: the long-poll starts from this template's longpollid, not after a poll interval
         await self._safe_update(force=True, source="start")
         tasks = [asyncio.create_task(self._poll_loop(), name="gbt-poll")]
         if self.zmq is not None:
-            tasks.append(asyncio.create_task(self.zmq.run(), name="zmq-hashblock"))
+            tasks.append(asyncio.create_task(self._zmq_loop(), name="zmq-hashblock"))
         if self.longpoll:
             tasks.append(asyncio.create_task(self._longpoll_loop(), name="gbt-longpoll"))
         try:

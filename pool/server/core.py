@@ -82,6 +82,7 @@ class PoolConnection:
         "_close_reason",
         "_next_tick",
         "_resend_due",
+        "_stale",
         "bad",
         "bad_at",
         "closing",
@@ -97,6 +98,7 @@ class PoolConnection:
         "ip",
         "last_request",
         "peer",
+        "retired",
         "sent",
         "sent_difficulty",
         "settings",
@@ -126,6 +128,7 @@ class PoolConnection:
         # plain dicts, so a job sent to every miner allocates no new object per miner (fewer
         # objects for the garbage collector to walk; an OrderedDict is also ~3x the size).
         self.sent: dict[str, Job] = {}
+        self.retired: dict[str, Job] = {}  # the jobs sent before the last clean one
         self.sent_difficulty: dict[str, float] = {}
         self.workers: dict[str, Credentials] = {}
         self.difficulty_sent: float | None = None
@@ -143,6 +146,7 @@ class PoolConnection:
         self.bad = 0.0
         self.good = 0.0
         self.bad_at = now
+        self._stale = False  # the last rejected share was stale (normal at a block change)
         self.escalate_at = settings.invalid_share_burst / 2
 
     def info(self, event: str, **fields: object) -> None:
@@ -208,6 +212,8 @@ class PoolConnection:
                 if type(answer) is ShareEvent:
                     shares += 1
                     continue
+                if self._stale:  # work on the previous block: normal, not abuse
+                    continue
                 if self.bad_at == now:  # the common case in a flood: no decay, no call
                     self.bad += 1.0
                 else:
@@ -267,7 +273,11 @@ class PoolConnection:
             return self._rejected(req, None, Reject.UNAUTHORIZED, _UNAUTHORIZED)
         job = self.sent.get(req.job_id)
         if job is None or self.ctx.jobs.get(job.job_id) is not job:
-            return self._rejected(req, creds, Reject.STALE, _STALE)
+            answer = self._rejected(req, creds, Reject.STALE, _STALE)
+            # a job this connection was sent, since replaced: normal at a block change, not
+            # abuse (an id it was never sent is a bad share like any other)
+            self._stale = job is not None or req.job_id in self.retired
+            return answer
         difficulty = self.sent_difficulty[req.job_id]
         verdict = judge_share(
             job,
@@ -298,16 +308,20 @@ class PoolConnection:
         self, req: Submit, creds: Credentials | None, reject: Reject, error: tuple[int, str]
     ) -> bytes:
         self.invalid_in_row += 1
+        self._stale = False
         self.ctx.count_rejected(creds, reject)
         return self.conn.answer_submit(req, error)
 
     def _bad(self, now: float) -> None:
-        """One more rejected share or bad request; both counts decay first."""
+        """One more rejected share or bad request; both counts decay first. The good count
+        decays from its own last share (``last_request``), not from the last bad one: after a
+        long clean run, the shares just accepted still weigh against a burst of bad ones."""
         elapsed = now - self.bad_at
         if elapsed > 0:
-            decay = math.exp(-elapsed / self.settings.invalid_share_window)
-            self.bad *= decay
-            self.good *= decay
+            window = self.settings.invalid_share_window
+            self.bad *= math.exp(-elapsed / window)
+            good_elapsed = now - max(self.bad_at, self.last_request)
+            self.good *= math.exp(-max(0.0, good_elapsed) / window)
             self.bad_at = now
         self.bad += 1.0
 
@@ -492,10 +506,9 @@ class PoolConnection:
         return data + conn.notify(event, encoded=line)
 
     def _remember(self, job_id: str, job: Job, difficulty: float, clean: bool) -> None:
+        if clean:  # the old dicts are kept (not copied) to tell stale shares from bad ones
+            self.retired, self.sent, self.sent_difficulty = self.sent, {}, {}
         sent, difficulties = self.sent, self.sent_difficulty
-        if clean:
-            sent.clear()
-            difficulties.clear()
         sent[job_id] = job
         difficulties[job_id] = difficulty
         while len(sent) > self.settings.max_sent_jobs:

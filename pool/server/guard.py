@@ -30,7 +30,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True, slots=True)
 class GuardSettings:
     connect_rate_per_ip: float = 10.0
-    connect_burst_per_ip: int = 100
+    connect_burst_per_ip: int = 256
     ban_strikes: float = 3.0
     strike_decay_seconds: float = 60.0
     ban_seconds: float = 60.0

@@ -561,19 +561,22 @@ class StratumServer:
                     core.close(f"internal error: {exc!r}")
                 if core.closing:
                     session.close(core.close_reason)
-            self._enforce_new_bans(now)
-            if now - last_guard >= GUARD_PRUNE_SECONDS:
-                last_guard = now
-                self.ctx.guard.prune(now)
-                evicted = self.ctx.evict_idle(now)
-                if evicted:
-                    log.info("idle_workers_evicted", workers=evicted)
-            if now - last_summary >= REJECT_SUMMARY_SECONDS:
-                last_summary = now
-                self._log_reject_summary()
-            if now - last_prune >= PRUNE_SECONDS:
-                last_prune = now
-                self.hashrate.prune(now)  # meters idle longer than their largest window
+            try:  # the pool-wide upkeep: a fault in it must not stop the timers above
+                self._enforce_new_bans(now)
+                if now - last_guard >= GUARD_PRUNE_SECONDS:
+                    last_guard = now
+                    self.ctx.guard.prune(now)
+                    evicted = self.ctx.evict_idle(now)
+                    if evicted:
+                        log.info("idle_workers_evicted", workers=evicted)
+                if now - last_summary >= REJECT_SUMMARY_SECONDS:
+                    last_summary = now
+                    self._log_reject_summary()
+                if now - last_prune >= PRUNE_SECONDS:
+                    last_prune = now
+                    self.hashrate.prune(now)  # meters idle longer than their largest window
+            except Exception as exc:
+                log.exception("tick_upkeep_failed", error=repr(exc))
 
     def _log_reject_summary(self) -> None:
         summary = self.ctx.take_reject_summary()

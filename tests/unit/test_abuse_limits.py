@@ -418,3 +418,52 @@ def test_abuse_limits_are_in_the_start_up_summary() -> None:
     summary = limits_summary(Config())
     for key in ("connect_rate_per_ip", "max_unauthorized_per_ip", "ban_seconds", "log_burst"):
         assert key in summary
+
+
+def test_stale_shares_after_a_block_change_are_not_abuse() -> None:
+    """Shares for a job this connection was sent, since replaced (a block change), are normal:
+    a hundred of them escalate nothing. Job ids it was never sent are bad shares as before."""
+    ctx, table = context()
+    core = connection(ctx, invalid_share_burst=20, max_invalid_in_row=10_000)
+    login(core)
+    old = table.current
+    assert old is not None
+    core.on_job(make_job(table, clean=False), NOW)
+    core.on_job(make_job(table, clean=True), NOW)  # a block change: every older job retired
+    assert table.get(old.job_id) is None and old.job_id not in core.sent
+    data = b"".join(submit(old.job_id, n, id=2000 + n) for n in range(100))
+    items, shares = core.receive_data(data, NOW + 1)
+    msgs = answers(items)
+    assert shares == 0 and len(msgs) == 100 and all(m["error"][0] == 21 for m in msgs)
+    assert not core.closing and ctx.guard.strikes(IP, NOW + 1) == 0
+    flood(core, 40, NOW + 1)  # unknown job ids: bad, escalated as before
+    assert core.closing and "invalid_share_burst" in core.close_reason
+
+
+def test_recent_good_shares_still_count_after_a_long_clean_run() -> None:
+    """The good count decays from the last accepted share, not from the last bad one: after an
+    hour of clean mining, the shares of the last minute still weigh against a burst of bad."""
+    ctx, table = context()
+    core = connection(ctx, invalid_share_burst=40, max_invalid_in_row=10_000)
+    login(core)
+    job = table.current
+    assert job is not None
+    later = NOW + 3600
+    data = b"".join(submit(job.job_id, n, id=3000 + n, en2=f"{n:08x}") for n in range(60))
+    _items, shares = core.receive_data(data, later)
+    assert shares == 60
+    flood(core, 30, later + 1)  # fewer bad than the good just accepted: no escalation
+    assert not core.closing and core.bad < core.good
+
+
+def test_a_full_farm_reconnecting_at_once_is_admitted_with_the_defaults() -> None:
+    """Default limits: as many connections at once as one IP may hold (a farm behind NAT
+    reconnecting after a pool restart) are all let in, with no strike."""
+    from pool.config import LimitsConfig
+
+    limits = LimitsConfig()
+    guard = IpGuard(GuardSettings())
+    assert GuardSettings().connect_burst_per_ip == limits.connect_burst_per_ip
+    results = [guard.admit(IP, NOW) for _ in range(limits.max_connections_per_ip)]
+    assert results == [None] * limits.max_connections_per_ip
+    assert guard.strikes(IP, NOW) == 0 and guard.banned(IP, NOW) is None

@@ -101,14 +101,22 @@ class Ledger:
         data_dir: Path,
         network: Network,
         tasks: Supervisor | None = None,
+        *,
+        journal_id: str = "",
     ) -> None:
+        """``journal_id``: "" for the pool's only journal (``data_dir/journal``); a name when
+        several writers (worker processes, instances) share one store: each journals into
+        ``data_dir/journal-<id>`` and the store keeps one checkpoint per journal."""
         self.config = config
+        self.journal_id = journal_id
         self.network = network
         self.scheme = Scheme(config.scheme)
-        self.journal_dir = data_dir / "journal"
+        self.journal_dir = data_dir / (f"journal-{journal_id}" if journal_id else "journal")
         # The store and its connection live on a thread of their own; the loop reads the
         # in-memory totals (``aggregates``).
-        self.store = StoreThread(data_dir / "ledger.sqlite3", convert=share_record_from)
+        self.store = StoreThread(
+            data_dir / "ledger.sqlite3", convert=share_record_from, journal_id=journal_id
+        )
         self.journal = Journal(
             self.journal_dir,
             fsync=config.journal_fsync,

@@ -166,8 +166,13 @@ _UPSERT_MINUTE = """
 
 
 class Store(PayoutRows):
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, journal_id: str = "") -> None:
+        """``journal_id`` names the journal whose checkpoint this store keeps ("" the pool's
+        only journal): several writers (processes, instances) each apply their own journal
+        into one store, each with its own checkpoint."""
         self.path = path
+        self.journal_id = journal_id
+        self._checkpoint_key = f"checkpoint:{journal_id}" if journal_id else "checkpoint"
         self.db: sqlite3.Connection | None = None
         self._applied_to: Checkpoint | None = None
 
@@ -337,7 +342,7 @@ class Store(PayoutRows):
         self._begin()
         if self._applied_to is not None:
             cp = self._applied_to
-            self._set_meta("checkpoint", f"{cp.segment}:{cp.offset}")
+            self._set_meta(self._checkpoint_key, f"{cp.segment}:{cp.offset}")
         self.conn.execute("COMMIT")
 
     def _set_meta(self, key: str, value: str) -> None:
@@ -358,7 +363,7 @@ class Store(PayoutRows):
         self.conn.execute("COMMIT")
 
     def checkpoint(self) -> Checkpoint | None:
-        raw = self.get_meta("checkpoint")
+        raw = self.get_meta(self._checkpoint_key)
         if raw is None:
             return None
         segment, offset = raw.split(":")

@@ -85,10 +85,16 @@ class BlockOutcome:
 
 
 class StoreThread:
-    def __init__(self, path: Path, convert: Callable[[dict[str, Any]], ShareRecord]) -> None:
-        """``convert``: a journal record -> the store's ShareRecord (runs on the thread)."""
+    def __init__(
+        self,
+        path: Path,
+        convert: Callable[[dict[str, Any]], ShareRecord],
+        journal_id: str = "",
+    ) -> None:
+        """``convert``: a journal record -> the store's ShareRecord (runs on the thread);
+        ``journal_id``: whose checkpoint the store keeps (``Store``)."""
         self.path = path
-        self._store = Store(path)
+        self._store = Store(path, journal_id)
         self._convert = convert
         self.aggregates = Aggregates()
         self.broken: str | None = None  # why the store is degraded (None while it works)

@@ -97,6 +97,27 @@ def test_shares_and_checkpoint_commit_together(tmp_path: Path) -> None:
     again.close()
 
 
+def test_each_journal_keeps_its_own_checkpoint_in_one_store(tmp_path: Path) -> None:
+    """Two writers (worker processes) apply their own journals into one store: each
+    checkpoint is its own, and both writers' credits add up in the shared balances."""
+    path = tmp_path / "ledger.sqlite3"
+    one, two = Store(path, "w0"), Store(path, "w1")
+    one.open()
+    two.open()
+    one.apply_share(share(credit=10), Checkpoint(1, 100))
+    one.commit()
+    two.apply_share(share(credit=3), Checkpoint(4, 40))
+    two.commit()
+    assert one.checkpoint() == Checkpoint(1, 100)
+    assert two.checkpoint() == Checkpoint(4, 40)
+    alone = Store(path)
+    alone.open()
+    assert alone.checkpoint() is None
+    assert alone.balance("addr-a").credited_units == 13  # type: ignore[union-attr]
+    for s in (one, two, alone):
+        s.close()
+
+
 def test_rollback_discards_uncommitted_shares_and_their_checkpoint(store: Store) -> None:
     store.apply_share(share(credit=10), Checkpoint(1, 100))
     store.commit()

@@ -68,9 +68,25 @@ def payout_script_for(address: str, network: Network) -> bytes:
         ) from exc
 
 
+@dataclasses.dataclass(frozen=True)
+class WorkerRole:
+    """This process as one of ``server.processes`` Stratum workers (pool/supervisor.py): its
+    index (its extranonce1 prefix), its journal, and whether it is the lead, the one process
+    that runs the API, the block checks, the chain reconcile, the payouts and the pool-wide
+    webhooks (workers, health). The supervisor made the start-up checks already.
+
+    (The "pg" helper's payout runner lock replaces ``lead`` for payouts and block checks:
+    whichever process holds the lock runs them; see ``PoolApp.runs_upkeep``.)"""
+
+    index: int
+    journal_id: str
+    lead: bool
+
+
 class PoolApp:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, role: WorkerRole | None = None) -> None:
         self.config = config
+        self.role = role  # None: the pool is this one process
         self.data_dir = Path(config.pool.data_dir).resolve()
         self.node: ManagedNode | None = None
         self.rpc: BitcoinRpc | None = None
@@ -89,6 +105,13 @@ class PoolApp:
         self.submitter: BlockSubmitter | None = None
         self.zmq_endpoint = ""  # bitcoind's hashblock feed the watcher subscribes to ("" none)
         self.webhooks: PoolWebhooks | None = None  # webhooks.enabled
+
+    @property
+    def runs_upkeep(self) -> bool:
+        """This process runs the pool-wide jobs: API, payouts, block checks and reconcile,
+        webhooks' monitor (always, unless it is a worker other than the lead).
+        Hook: a payout-runner lock (advisory lock / lock file) decides this instead."""
+        return self.role is None or self.role.lead
 
     @property
     def watcher_task(self) -> asyncio.Task[None] | None:
@@ -178,7 +201,8 @@ class PoolApp:
         cfg = self.config
         log.info("limits", **limits_summary(cfg))
         try:  # before bitcoind starts: ports free, data dir writable (one line naming the key)
-            preflight.check_environment(cfg)
+            if self.role is None:  # (a worker's supervisor checked them: its siblings listen)
+                preflight.check_environment(cfg)
         except preflight.PreflightError as exc:
             raise StartupError(str(exc)) from None
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -237,15 +261,20 @@ class PoolApp:
             )
         if cfg.chain.simulation.enabled:
             self.chain_sim = self._load_chain_sim(cfg.chain.simulation)
-        self.ledger = ledger = Ledger(cfg.ledger, self.data_dir / "ledger", network, self.tasks)
+        journal_id = self.role.journal_id if self.role is not None else ""
+        self.ledger = ledger = Ledger(
+            cfg.ledger, self.data_dir / "ledger", network, self.tasks, journal_id=journal_id
+        )
         try:
             await ledger.open()
         except LedgerError as exc:
             raise StartupError(str(exc)) from exc
-        await self._reconcile_blocks(ledger, rpc)
         self.payouts = Payouts(ledger.store, rpc, cfg.ledger, network, cfg.node.wallet)
-        await self._settle_payouts()
-        self.server = StratumServer(cfg, network, submit_block=self.submit)
+        if self.runs_upkeep:
+            await self._reconcile_blocks(ledger, rpc)
+            await self._settle_payouts()
+        index = self.role.index if self.role is not None else 0
+        self.server = StratumServer(cfg, network, submit_block=self.submit, process_index=index)
         self.server.use_bans(bans_path, bans)
         self.server.share_recorder = ledger.journal_shares
         self.server.block_listeners.append(self._block_settled)
@@ -264,8 +293,9 @@ class PoolApp:
         await self.watcher.update(force=True)  # a job exists before the first miner arrives
         await self.server.start()
         self.tasks.spawn("template-watcher", self.watcher.run)
-        self.tasks.spawn("ledger-upkeep", self._ledger_loop)
-        if cfg.api.enabled:
+        if self.runs_upkeep:
+            self.tasks.spawn("ledger-upkeep", self._ledger_loop)
+        if cfg.api.enabled and self.runs_upkeep:
             self.api = ApiServer(self)
             await self.api.start()
         # Everything made so far lives as long as the pool (modules, config, node, ledger):
@@ -273,11 +303,14 @@ class PoolApp:
         # stall the loop longer the more there are.
         gc.collect()
         gc.freeze()
+        space = self.server.ctx.extranonces.space
         log.info(
             "pool_started",
             chain=network.name,
             height=await rpc.call("getblockcount"),
             stratum_ports=self.server.bound_ports,
+            extranonce1_prefix=f"{space.prefix:x}/{space.prefix_bits}",
+            extranonce1_values=space.capacity,
         )
 
     async def _start_webhooks(self, server: StratumServer) -> None:
@@ -286,7 +319,9 @@ class PoolApp:
         except SubscriptionsFileError as exc:
             raise StartupError(str(exc)) from exc
         await hooks.start()
-        server.block_listeners.append(hooks.block_settled)
+        server.block_listeners.append(hooks.block_settled)  # this process's own blocks
+        if not self.runs_upkeep:  # workers and health: one process reports them
+            return
 
         checker = ApiServer(self)  # the /healthz verdict, with or without the API
 

@@ -1,4 +1,5 @@
-"""``stratum-pool`` (= ``python -m pool``): run | miner | scenario | economics | config check.
+"""``stratum-pool`` (= ``python -m pool``): run | miner | scenario | economics | config check
+(and ``worker``: one of the Stratum processes ``run`` starts when ``server.processes`` > 1).
 
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration / refused to start,
 130 interrupted.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -26,6 +28,20 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", help="where bitcoind data and the ledger live")
     run.add_argument("--stratum-port", type=int, help="port of the first Stratum listener")
     run.add_argument("--api-port", type=int, help="HTTP API port")
+    run.add_argument(
+        "--processes",
+        type=int,
+        help="Stratum worker processes on the same ports (server.processes; 1: one process)",
+    )
+
+    worker = sub.add_parser(
+        "worker",
+        help="one Stratum worker process (started by `run` when server.processes > 1)",
+    )
+    worker.add_argument(
+        "--config-json", type=Path, required=True, help="the resolved config the supervisor wrote"
+    )
+    worker.add_argument("--index", type=int, required=True, help="this worker's index (0: lead)")
 
     miner = sub.add_parser("miner", help="bundled CPU miner (speaks Stratum like cpuminer)")
     from pool.miner import add_arguments
@@ -131,6 +147,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cfg = with_overrides(
         cfg, data_dir=args.data_dir, stratum_port=args.stratum_port, api_port=args.api_port
     )
+    if args.processes is not None:
+        cfg = dataclasses.replace(
+            cfg, server=dataclasses.replace(cfg.server, processes=args.processes)
+        )
     try:  # the command-line options as the file's keys, then this machine: before bitcoind
         config_mod.validate(cfg, f"{cfg.source} (with the command-line options)")
         preflight.check_environment(cfg)
@@ -141,6 +161,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"error: refusing to start: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     logs.configure(cfg.logging.level, cfg.logging.format)
+    if cfg.server.processes > 1:
+        from pool.supervisor import run_supervisor
+
+        return run_supervisor(cfg)
     loop_factory = None
     if cfg.stratum.event_loop == "uvloop":
         try:
@@ -172,6 +196,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if app.node is not None:
             app.node.stop_now()
     return EXIT_OK
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    """One of ``server.processes`` workers: the resolved config its supervisor wrote."""
+    from pool.worker import run_worker
+
+    return run_worker(args.config_json, args.index)
 
 
 def _cmd_config_check(args: argparse.Namespace) -> int:
@@ -284,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "run":
         return _cmd_run(args)
+    if args.command == "worker":
+        return _cmd_worker(args)
     if args.command == "miner":
         from pool.miner import run_from_args
 

@@ -1,14 +1,14 @@
 """What every connection of one pool process shares (pure: no asyncio, no clock, no sockets).
 
 The live jobs, the duplicate filter, the per-worker statistics and hashrate, the worker bans,
-the extranonce1 allocator and the rejected-share tally. The asyncio server owns one and hands
-it to each :class:`~pool.server.core.PoolConnection`; the API reads it.
+the extranonce1 allocator (pool/server/extranonce.py) and the rejected-share tally. The asyncio
+server owns one and hands it to each :class:`~pool.server.core.PoolConnection`; the API reads
+it.
 """
 
 from __future__ import annotations
 
-import os
-from collections import Counter, OrderedDict
+from collections import Counter
 from dataclasses import dataclass
 
 from pool.bitcoin import Network
@@ -16,60 +16,12 @@ from pool.hashrate import HashrateBook
 from pool.jobs import JobTable
 from pool.logs import LogLimiter
 from pool.server.auth import Credentials
+from pool.server.extranonce import ExtranonceAllocator, ExtranonceSpace
 from pool.server.guard import GuardSettings, IpGuard
 from pool.shares import DuplicateFilter, Reject, ShareResult
 from pool.stats import PoolStats
 
-RESUMABLE_SESSIONS = 4096
 REJECT_SUMMARY_WORKERS = 20  # workers named in one rejected-share summary (the rest summed)
-
-
-class ExtranonceAllocator:
-    """Unique extranonce1 values for live connections; released ones are parked so a miner
-    that reconnects with its old session id (mining.subscribe's second param) gets it back."""
-
-    def __init__(self, size: int, *, start: int | None = None) -> None:
-        self.size = size
-        self._bits = 8 * size
-        self._next = int.from_bytes(os.urandom(size), "big") if start is None else start
-        self._live: set[bytes] = set()
-        self._released: OrderedDict[bytes, None] = OrderedDict()
-
-    def allocate(self) -> bytes:
-        for _ in range(1 << 16):
-            self._next = (self._next + 1) % (1 << self._bits)
-            en1 = self._next.to_bytes(self.size, "big")
-            if en1 not in self._live and en1 not in self._released:
-                self._live.add(en1)
-                return en1
-        # Every nearby value is taken or parked for resumption: reuse the oldest parked one.
-        en1, _ = self._released.popitem(last=False)
-        self._live.add(en1)
-        return en1
-
-    def release(self, en1: bytes) -> None:
-        self._live.discard(en1)
-        self._released[en1] = None
-        while len(self._released) > RESUMABLE_SESSIONS:
-            self._released.popitem(last=False)
-
-    def resume(self, current: bytes, session_id: str) -> bytes | None:
-        """Swap ``current`` for the extranonce1 named by ``session_id`` (hex; the session id
-        is the extranonce1, as in ckpool) if no live connection has it: one parked here by
-        a disconnect, or one from before a restart of the pool (nothing parked then)."""
-        if len(session_id) != 2 * len(current):
-            return None
-        try:
-            wanted = bytes.fromhex(session_id)
-        except ValueError:
-            return None
-        if wanted == current or wanted in self._live:
-            return None
-        self._released.pop(wanted, None)
-        self._live.discard(current)
-        self._released[current] = None
-        self._live.add(wanted)
-        return wanted
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,13 +57,16 @@ class PoolContext:
         guard: GuardSettings | None = None,
         workers: WorkerLimits | None = None,
         log_limiter: LogLimiter | None = None,
+        extranonce_space: ExtranonceSpace | None = None,
     ) -> None:
+        """``extranonce_space``: this process's extranonce1 values (its prefix among several
+        processes and instances, see pool/server/extranonce.py); default the whole space."""
         self.network = network
         self.jobs = jobs
         self.duplicates = DuplicateFilter()
         self.stats = PoolStats()
         self.hashrate = HashrateBook(now)
-        self.extranonces = ExtranonceAllocator(extranonce1_size)
+        self.extranonces = ExtranonceAllocator(extranonce1_size, space=extranonce_space)
         # Worker names or bare addresses (all of that address's workers) refused at authorize.
         self.banned_workers: set[str] = set()
         self._rejects: Counter[tuple[str | None, str]] = Counter()

@@ -134,6 +134,9 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+# Several processes commit into one store (server.processes > 1): a writer that finds the
+# database locked waits this long for the other's transaction instead of failing at once.
+BUSY_TIMEOUT_SECONDS = 30.0
 
 
 _UPSERT_WORKER = """
@@ -180,7 +183,9 @@ class Store(PayoutRows):
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            db = sqlite3.connect(self.path, isolation_level=None)  # one thread only
+            db = sqlite3.connect(  # one thread only
+                self.path, isolation_level=None, timeout=BUSY_TIMEOUT_SECONDS
+            )
             db.row_factory = sqlite3.Row
             mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         except sqlite3.DatabaseError as exc:

@@ -147,5 +147,5 @@ def test_from_data_round_trips_a_resolved_config() -> None:
     data = json.loads(json.dumps(dataclasses.asdict(config)))  # as the supervisor writes it
     assert cfg.from_data(data, "t") == dataclasses.replace(config, source=config.source)
     data["server"]["processes"] = 0
-    with pytest.raises(ConfigError, match="server.processes"):
+    with pytest.raises(ConfigError, match=r"server\.processes"):
         cfg.from_data(data, "t")

@@ -1,0 +1,130 @@
+"""``stratum-pool run`` with ``server.processes = 2``: a supervisor, two Stratum worker processes
+on one port (SO_REUSEPORT) and one managed regtest bitcoind, all real processes and sockets.
+
+- connections land on both workers (told apart by the extranonce1 prefix, which carries
+  ``pool.instance_id`` in its first byte and the worker index in the next bit);
+- shares acknowledged by both are credited in the one store exactly once (each worker's own
+  journal, ``journal-i<id>-w<i>``, applied with its own checkpoint);
+- SIGTERM drains both workers (miners asked to reconnect), then stops bitcoind; exit 0.
+
+Wall time: about 30 to 60 seconds.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from pool.node.lifecycle import alive
+from tests.integration.harness import RawClient, wait_for
+from tests.integration.procs_harness import (
+    ROOT,
+    Miner,
+    SupervisedPool,
+    journaled,
+    miners_on_every_process,
+    process_of,
+    store_shares,
+    write_config,
+)
+from tests.reliability.node_harness import named, node_pid
+
+pytestmark = pytest.mark.integration
+
+ADDRESSES = (
+    "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080",
+    "bcrt1qrp33g0q5c5txsp9arysrx4k6zdkfs4nce4xj0gdcccefvpysxf3qzf4jry",
+)
+INSTANCE = 3
+
+
+async def test_two_processes_share_a_port_and_credit_every_share_once(tmp_path: Path) -> None:
+    data_dir = tmp_path / "pool"
+    config = write_config(tmp_path / "pool.toml", data_dir, instance_id=INSTANCE)
+    pool = SupervisedPool(config, data_dir, tmp_path / "pool.log")
+    await pool.start()
+    miners: list[Miner] = []
+    try:
+        assert pool.started_workers() == {"i3-w0", "i3-w1"}
+        statuses = pool.workers()
+        assert [w["journal_id"] for w in statuses] == ["i3-w0", "i3-w1"]
+        assert all(w["running"] and alive(w["pid"]) for w in statuses)
+        miners = await miners_on_every_process(pool.port, ADDRESSES[0], per_process=2)
+        miners[-1].worker = f"{ADDRESSES[1]}.m-last"  # a second address (same connection)
+        await _authorize(miners[-1])
+        for miner in miners:
+            assert miner.extranonce1[0] == INSTANCE  # the instance's byte first
+        assert Counter(process_of(m.extranonce1) for m in miners) == {0: 2, 1: 2}
+        assert len({m.extranonce1 for m in miners}) == len(miners)
+        for miner in miners:
+            miner.start(every=0.3)
+        await wait_for(
+            lambda: all(len(m.accepted) >= 5 for m in miners),
+            180,
+            "five acknowledged shares from every miner",
+            lambda: [(len(m.accepted), m.answers, repr(m.error)) for m in miners],
+        )
+        for miner in miners:
+            assert miner.error is None, miner.error
+        # the lead (worker 0) serves the API; its port is the one the supervisor chose
+        assert pool.api_port and named(pool.log, "api_listening")[-1]["worker"] == "i3-w0"
+        offset = pool.log.stat().st_size
+        bitcoind = node_pid(data_dir)
+        assert await pool.terminate() == 0, pool.tail()
+        await wait_for(
+            lambda: all(m.error is not None for m in miners), 30, "every miner disconnected"
+        )
+        assert all(m.reconnect_asked for m in miners)  # drained: asked to come back
+    finally:
+        for miner in miners:
+            await miner.stop()
+        pool.kill_all()
+    stopped = {e["worker"] for e in named(pool.log, "pool_stopped", since=offset)}
+    assert stopped == {"i3-w0", "i3-w1"}
+    assert named(pool.log, "bitcoind_stopped", since=offset)
+    assert not alive(bitcoind)
+
+    ledger = data_dir / "ledger"
+    identities, per_journal = journaled(ledger)
+    assert sorted(per_journal) == ["journal-i3-w0", "journal-i3-w1"]
+    assert all(per_journal.values())  # both workers journaled shares
+    told = [s for m in miners for s in m.accepted]
+    assert set(told) <= set(identities)  # every acknowledged share is journaled...
+    assert max(identities.values()) == 1  # ...once
+    credited = store_shares(ledger)
+    journal_workers = Counter(r["worker"] for rs in per_journal.values() for r in rs)
+    assert credited == dict(journal_workers)  # the store credited each record exactly once
+    for miner in miners:  # nothing acknowledged missing, nothing in flight at the drain
+        assert credited[miner.worker] == len(miner.accepted)
+
+
+async def _authorize(miner: Miner) -> None:
+    client: RawClient = miner.client
+    client.send(3, "mining.authorize", [miner.worker, "x"])
+    answer = await client.response(3)
+    assert answer["result"] is True, answer
+
+
+def test_processes_refuse_the_simulated_chain_and_bad_counts(tmp_path: Path) -> None:
+    plain = write_config(tmp_path / "plain.toml", tmp_path / "data")
+    sim = tmp_path / "sim.toml"
+    sim.write_text(plain.read_text() + "\n[chain.simulation]\nenabled = true\n")
+    for config, extra, expected in (
+        (sim, [], "chain.simulation.enabled = true"),
+        (plain, ["--processes", "65"], "server.processes must be 1..64"),
+        (plain, ["--processes", "0"], "server.processes must be 1..64"),
+    ):
+        run = subprocess.run(
+            [sys.executable, "-m", "pool", "run", "--config", str(config), *extra],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert run.returncode == 2, run.stderr
+        assert expected in run.stderr and "server.processes" in run.stderr, run.stderr
+    assert not (tmp_path / "data").exists()  # refused before anything started

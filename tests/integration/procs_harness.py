@@ -234,7 +234,7 @@ async def miners_on_every_process(
     connections); the extra ones are closed."""
     kept: dict[int, list[Miner]] = {i: [] for i in range(processes)}
     for n in range(limit):
-        miner = await Miner.connect(port, f"{prefix}.m{n}")
+        miner = await Miner.connect(port, f"{prefix}m{n}")
         on = kept[process_of(miner.extranonce1, processes)]
         if len(on) < per_process:
             on.append(miner)

@@ -53,7 +53,7 @@ async def test_two_processes_share_a_port_and_credit_every_share_once(tmp_path: 
         statuses = pool.workers()
         assert [w["journal_id"] for w in statuses] == ["i3-w0", "i3-w1"]
         assert all(w["running"] and alive(w["pid"]) for w in statuses)
-        miners = await miners_on_every_process(pool.port, ADDRESSES[0], per_process=2)
+        miners = await miners_on_every_process(pool.port, f"{ADDRESSES[0]}.", per_process=2)
         miners[-1].worker = f"{ADDRESSES[1]}.m-last"  # a second address (same connection)
         await _authorize(miners[-1])
         for miner in miners:

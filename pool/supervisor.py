@@ -56,12 +56,11 @@ from pool.node.managed import (
 from pool.node.rpc import BitcoinRpc, RetryPolicy
 from pool.server import tls
 from pool.server.bans import BansFileError, load_bans
+from pool.worker_status import STATE_DIR, status_path
 
 log = structlog.get_logger("pool.supervisor")
 
-STATE_DIR = "supervisor"
 WORKER_CONFIG = "worker-config.json"
-STATUS_FILE = "workers.json"
 
 
 def journal_id(index: int, instance_id: int = 0) -> str:
@@ -89,16 +88,6 @@ class WorkerSlot:
             "started": self.started,
             "last_exit": self.last_exit,
         }
-
-
-def read_status(data_dir: Path) -> list[dict[str, Any]]:
-    """The workers as the supervisor last wrote them ([] without a supervisor)."""
-    try:
-        data = json.loads((data_dir / STATE_DIR / STATUS_FILE).read_text())
-    except (OSError, ValueError):
-        return []
-    workers = data.get("workers") if isinstance(data, dict) else None
-    return workers if isinstance(workers, list) else []
 
 
 def _hold_port(host: str) -> socket.socket:
@@ -297,7 +286,7 @@ class PoolSupervisor:
 
     def _write_status(self) -> None:
         data = {"supervisor_pid": os.getpid(), "workers": [s.status() for s in self.slots]}
-        path = self.state_dir / STATUS_FILE
+        path = status_path(self.data_dir)
         tmp = path.with_suffix(".tmp")
         try:
             tmp.write_text(json.dumps(data))

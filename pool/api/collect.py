@@ -24,6 +24,7 @@ from pool.ledger.pps import UNITS_PER_SAT
 from pool.node.submit import SubmitStatus
 from pool.shares import Reject
 from pool.stats import PoolStats
+from pool.worker_status import process_metrics
 
 if TYPE_CHECKING:
     from pool.api.source import PoolSource
@@ -216,6 +217,7 @@ def collect(
     out += _node_metrics(app)
     out += _new_block_metrics(app)
     out += webhook_metrics(getattr(app, "webhooks", None), PREFIX)
+    out += process_metrics(app, PREFIX)  # several worker processes: their restarts
     tasks = getattr(app, "tasks", None)
     if tasks is not None and tasks.states:
         out.append(

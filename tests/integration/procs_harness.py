@@ -17,7 +17,7 @@ from typing import Any
 
 from pool.ledger.journal_read import read_records
 from pool.ledger.store import Store
-from pool.supervisor import read_status
+from pool.worker_status import read_status
 from tests.integration.harness import RawClient, ShareId, journal_identity, solve, wait_for
 from tests.reliability.node_harness import named
 

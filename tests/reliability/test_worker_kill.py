@@ -15,6 +15,7 @@ import signal
 from collections import Counter
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from pool.node.lifecycle import alive
@@ -67,6 +68,15 @@ async def _kill_one(pool: SupervisedPool, miners: list[Miner], victim: int, rest
     assert opened, "the restarted worker opened its ledger (replaying its own journal)"
 
 
+async def _metrics(port: int) -> str:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{port}/metrics") as resp,
+    ):
+        assert resp.status == 200
+        return await resp.text()
+
+
 async def test_sigkill_of_a_worker_under_load_loses_no_acknowledged_share(
     tmp_path: Path,
 ) -> None:
@@ -101,6 +111,10 @@ async def test_sigkill_of_a_worker_under_load_loses_no_acknowledged_share(
         )
         for miner in last:
             await miner.stop()
+        metrics = await _metrics(pool.api_port)  # the lead's API, back after its restart
+        for name in ("w0", "w1"):
+            assert f'stratum_pool_worker_process_restarts_total{{worker="{name}"}} 1' in metrics
+            assert f'stratum_pool_worker_process_up{{worker="{name}"}} 1' in metrics
         assert await pool.terminate() == 0, pool.tail()
     finally:
         for miner in everyone:

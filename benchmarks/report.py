@@ -162,6 +162,10 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                 + ")"
             )
             out.append((f"new block -> clean notify, {way}", text, ""))
+    if "processes" in sc:  # issue 13: 2 worker processes vs 1 (benchmarks/processes.py)
+        from benchmarks.processes import rows as process_rows
+
+        out += process_rows(sc["processes"])
     return out
 
 

@@ -33,10 +33,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks import processes as worker_processes
 from benchmarks import zmq_latency
 from benchmarks.harness import REPO, Cpus, Loadgen, Node, PoolProcess, free_ports, pool_config
 
-SCENARIOS = ("submits", "accepted", "idle", "fanout", "api", "zmq")
+SCENARIOS = ("submits", "accepted", "idle", "fanout", "api", "zmq", "processes")
 
 
 @dataclass(frozen=True)
@@ -288,6 +289,7 @@ RUNNERS = {
     "fanout": fanout,
     "api": api,
     "zmq": zmq_latency.zmq,
+    "processes": worker_processes.processes,  # benchmarks/processes.py
 }
 
 

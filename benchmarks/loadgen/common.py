@@ -42,6 +42,22 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def proc_tree_cpu_seconds(pid: int) -> float:
+    """``proc_cpu_seconds`` of ``pid`` and of its descendants (a pool of several worker
+    processes: the supervisor and its workers), those alive now."""
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            total += proc_cpu_seconds(p)
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children", "rb") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except OSError:
+            continue
+    return total
+
+
 def proc_rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status", "rb") as f:
         for line in f:
@@ -75,11 +91,15 @@ class Meter:
 
     def start(self) -> None:
         self.cores0 = cores_busy()
-        self.t0, self.pool0, self.own0 = now(), proc_cpu_seconds(self.pool_pid), time.process_time()
+        self.t0, self.pool0, self.own0 = (
+            now(),
+            proc_tree_cpu_seconds(self.pool_pid),
+            time.process_time(),
+        )
 
     def stop(self) -> dict[str, float]:
         wall = now() - self.t0
-        pool = proc_cpu_seconds(self.pool_pid) - self.pool0
+        pool = proc_tree_cpu_seconds(self.pool_pid) - self.pool0
         own = time.process_time() - self.own0
         cores = cores_busy()
         result = {

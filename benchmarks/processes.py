@@ -1,0 +1,221 @@
+"""The ``processes`` scenario (issue 13): ``server.processes = 2`` against one process.
+
+- Throughput per CPU: the random-nonce submit flood of ``submits`` (100 connections, 32 in
+  flight each, share difficulty 1) against a pool of 1 and of 2 worker processes; answers per
+  pool CPU-second, the pool's CPU being every process of it (the supervisor and its workers,
+  from /proc: the load generator's meter sums the pool's process tree). Both pools are pinned
+  to the same core(s) and the generator to another (taskset, as every scenario), so the ratio
+  says whether a second process costs CPU per answer (a shared lock, duplicated work), not
+  whether it adds cores. The acceptance bound: within 10 %.
+- Idle miners: 20 000 miners connecting at once to a 2-process pool; how many got a job, and
+  how the kernel spread them over the workers (open sockets per worker, sampled from
+  /proc/<pid>/fd while they are connected) and the workers' RSS.
+
+Results under ``scenarios.processes`` in the results file; a row each in the markdown table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.harness import REPO, Cpus, Loadgen, Node, PoolProcess, free_ports, pool_config
+
+FLOOD_CONNECTIONS = 100
+IDLE_CONNECTIONS = 20_000
+
+
+def _workers(data_dir: Path) -> list[dict[str, Any]]:
+    try:
+        data = json.loads((data_dir / "supervisor" / "workers.json").read_text())
+    except (OSError, ValueError):
+        return []
+    workers = data.get("workers", [])
+    return workers if isinstance(workers, list) else []
+
+
+async def _wait_workers(pool: PoolProcess, data_dir: Path, n: int, timeout: float = 120) -> None:
+    """Every worker logged ``pool_started`` (the port answers as soon as the first does)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            text = pool.log_path.read_text(errors="replace")
+        except OSError:
+            text = ""
+        started = text.count('"event": "pool_started"') >= n
+        if started and (n == 1 or len(_workers(data_dir)) == n):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{n} workers did not start in {timeout} s:\n{pool.log_tail()}")
+        await asyncio.sleep(0.2)
+
+
+def _sockets(pid: int) -> int:
+    try:
+        return sum(
+            1 for fd in os.scandir(f"/proc/{pid}/fd") if os.readlink(fd.path).startswith("socket:")
+        )
+    except OSError:
+        return 0
+
+
+def _rss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+async def _with_processes(
+    name: str, node: Node, cpus: Cpus, workdir: Path, src: Path, processes: int, run: Any
+) -> dict[str, Any]:
+    port, _api = free_ports(2)
+    base = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
+    data_dir = base / "data"
+    config = pool_config(node, data_dir, stratum_port=port, difficulty=1.0)
+    if processes > 1:
+        config["server"] = {"processes": processes}
+    pool = PoolProcess(config, base, cpus.pool, src=src)
+    await pool.start()
+    try:
+        await _wait_workers(pool, data_dir, processes)
+        result: dict[str, Any] = await run(pool, data_dir)
+    finally:
+        await pool.stop()
+    result["processes"] = processes
+    result["pool"] = pool.meta
+    if pool.meta.get("exit_code") not in (0, None):
+        result["pool_log_tail"] = pool.log_tail()
+    return result
+
+
+async def _loadgen(spec: dict[str, Any], cpus: Cpus, timeout: float) -> dict[str, Any]:
+    gen = Loadgen(spec, cpus.loadgen)
+    await gen.start()
+    try:
+        return await gen.finish(timeout)
+    finally:
+        await gen.kill()
+
+
+def _spec(mode: str, node: Node, pool: PoolProcess, **fields: Any) -> dict[str, Any]:
+    return {
+        "mode": mode,
+        "host": "127.0.0.1",
+        "port": pool.stratum_port,
+        "pool_pid": pool.pid,
+        "address": node.address,
+        "drain_timeout": 60.0,
+        "connect_timeout": 120.0,
+        **fields,
+    }
+
+
+async def processes(node: Node, cpus: Cpus, workdir: Path, s: Any) -> dict[str, Any]:
+    src = Path(s.pool_src) if s.pool_src else REPO
+    quick = s.window < 5
+    out: dict[str, Any] = {}
+    for n in (1, 2):
+
+        async def flood(pool: PoolProcess, data_dir: Path) -> dict[str, Any]:
+            spec = _spec(
+                "flood",
+                node,
+                pool,
+                connections=FLOOD_CONNECTIONS,
+                in_flight=s.in_flight,
+                unique_nonces=False,
+                warmup=s.warmup,
+                window=s.window,
+            )
+            result = await _loadgen(spec, cpus, timeout=300)
+            cpu = result.get("window", {}).get("pool_cpu_seconds") or 0
+            answers = result.get("answers_in_window", 0)
+            result["answers_per_pool_cpu_second"] = round(answers / cpu) if cpu else None
+            return result
+
+        out[f"flood_{n}"] = await _with_processes(
+            f"processes-flood{n}", node, cpus, workdir, src, n, flood
+        )
+    one = out["flood_1"].get("answers_per_pool_cpu_second")
+    two = out["flood_2"].get("answers_per_pool_cpu_second")
+    out["per_cpu_ratio_2_vs_1"] = round(two / one, 3) if one and two else None
+
+    idle_n = 2_000 if quick else IDLE_CONNECTIONS
+
+    async def idle(pool: PoolProcess, data_dir: Path) -> dict[str, Any]:
+        pids = [int(w["pid"]) for w in _workers(data_dir)]
+        peak: dict[str, dict[str, int]] = {str(p): {"sockets": 0, "rss_kib": 0} for p in pids}
+        rss0 = {p: _rss_kib(p) for p in pids}
+
+        async def sample() -> None:
+            while True:
+                for p in pids:
+                    socks, rss = _sockets(p), _rss_kib(p)
+                    if socks > peak[str(p)]["sockets"]:
+                        peak[str(p)] = {"sockets": socks, "rss_kib": rss}
+                await asyncio.sleep(0.5)
+
+        sampler = asyncio.create_task(sample())
+        try:
+            spec = _spec(
+                "idle", node, pool, connections=idle_n, deadline=s.idle_deadline * 2, settle=2.0
+            )
+            result = await _loadgen(spec, cpus, timeout=s.idle_deadline * 2 + 300)
+        finally:
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
+        result["per_worker_peak"] = [
+            {
+                "pid": p,
+                "sockets": peak[str(p)]["sockets"],
+                "rss_growth_kib": peak[str(p)]["rss_kib"] - rss0[p],
+            }
+            for p in pids
+        ]
+        return result
+
+    out["idle_2"] = await _with_processes("processes-idle", node, cpus, workdir, src, 2, idle)
+    return out
+
+
+def rows(sc: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The scenario's lines of the markdown table."""
+    if "failed" in sc:
+        return [("processes", f"failed: {str(sc['failed']).splitlines()[0][:300]}", "")]
+    out: list[tuple[str, str, str]] = []
+    for n in (1, 2):
+        r = sc.get(f"flood_{n}", {})
+        per_cpu = r.get("answers_per_pool_cpu_second")
+        out.append(
+            (
+                f"submits answered per pool CPU-second, {n} process{'es' if n > 1 else ''}",
+                f"{per_cpu} ({r.get('answers_per_s')}/s)" if per_cpu else str(r.get("error")),
+                "",
+            )
+        )
+    out.append(("per CPU-second, 2 processes / 1", str(sc.get("per_cpu_ratio_2_vs_1")), ">= 0.90"))
+    idle = sc.get("idle_2", {})
+    spread = [w["sockets"] for w in idle.get("per_worker_peak", [])]
+    out.append(
+        (
+            f"idle miners on 2 processes ({idle.get('connections')})",
+            f"{idle.get('got_in')} got a job; sockets per worker {spread}",
+            "all, spread over both",
+        )
+    )
+    return out
+
+
+def settings_note() -> dict[str, Any]:
+    return {"flood_connections": FLOOD_CONNECTIONS, "idle_connections": IDLE_CONNECTIONS}

@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
+import resource
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -120,10 +123,31 @@ def _spec(mode: str, node: Node, pool: PoolProcess, **fields: Any) -> dict[str, 
     }
 
 
+def _raise_nofile(want: int) -> int:
+    """The open-files hard limit raised to ``want`` when allowed (root; the processes started
+    afterwards inherit it); the limit in force."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+            hard = want
+    return hard
+
+
+async def _part(name: str, out: dict[str, Any], run: Any) -> None:
+    """One part of the scenario; a failure is recorded and the other parts still run."""
+    try:
+        out[name] = await run()
+    except Exception as exc:
+        traceback.print_exc()
+        out[name] = {"error": f"{type(exc).__name__}: {exc}"}
+
+
 async def processes(node: Node, cpus: Cpus, workdir: Path, s: Any) -> dict[str, Any]:
     src = Path(s.pool_src) if s.pool_src else REPO
     quick = s.window < 5
     out: dict[str, Any] = {}
+    nofile = _raise_nofile(IDLE_CONNECTIONS * 2 + 4096)
     for n in (1, 2):
 
         async def flood(pool: PoolProcess, data_dir: Path) -> dict[str, Any]:
@@ -143,14 +167,21 @@ async def processes(node: Node, cpus: Cpus, workdir: Path, s: Any) -> dict[str, 
             result["answers_per_pool_cpu_second"] = round(answers / cpu) if cpu else None
             return result
 
-        out[f"flood_{n}"] = await _with_processes(
-            f"processes-flood{n}", node, cpus, workdir, src, n, flood
+        await _part(
+            f"flood_{n}",
+            out,
+            functools.partial(
+                _with_processes, f"processes-flood{n}", node, cpus, workdir, src, n, flood
+            ),
         )
     one = out["flood_1"].get("answers_per_pool_cpu_second")
     two = out["flood_2"].get("answers_per_pool_cpu_second")
     out["per_cpu_ratio_2_vs_1"] = round(two / one, 3) if one and two else None
 
+    # A load generator holds its connections, a file each: over the open-files limit, the
+    # miners are split over several generators (all on the generator's core).
     idle_n = 2_000 if quick else IDLE_CONNECTIONS
+    generators = -(-idle_n // max(nofile - 1000, 1000))
 
     async def idle(pool: PoolProcess, data_dir: Path) -> dict[str, Any]:
         pids = [int(w["pid"]) for w in _workers(data_dir)]
@@ -167,10 +198,21 @@ async def processes(node: Node, cpus: Cpus, workdir: Path, s: Any) -> dict[str, 
 
         sampler = asyncio.create_task(sample())
         try:
-            spec = _spec(
-                "idle", node, pool, connections=idle_n, deadline=s.idle_deadline * 2, settle=2.0
+            specs = [
+                _spec(
+                    "idle",
+                    node,
+                    pool,
+                    connections=idle_n // generators,
+                    deadline=s.idle_deadline * 2,
+                    settle=2.0,
+                )
+                for _ in range(generators)
+            ]
+            parts = await asyncio.gather(
+                *(_loadgen(spec, cpus, timeout=s.idle_deadline * 2 + 300) for spec in specs)
             )
-            result = await _loadgen(spec, cpus, timeout=s.idle_deadline * 2 + 300)
+            result = _merge_idle(parts)
         finally:
             sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -185,8 +227,27 @@ async def processes(node: Node, cpus: Cpus, workdir: Path, s: Any) -> dict[str, 
         ]
         return result
 
-    out["idle_2"] = await _with_processes("processes-idle", node, cpus, workdir, src, 2, idle)
+    await _part(
+        "idle_2",
+        out,
+        functools.partial(_with_processes, "processes-idle", node, cpus, workdir, src, 2, idle),
+    )
+    out["open_files_limit"] = nofile
     return out
+
+
+def _merge_idle(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The idle results of several load generators as one (the first one's details kept)."""
+    if len(parts) == 1:
+        return parts[0]
+    merged = dict(parts[0])
+    for key in ("connections", "got_in", "still_connected_after_settle", "lost"):
+        merged[key] = sum(int(p.get(key) or 0) for p in parts)
+    last = [p.get("seconds_until_last_in") for p in parts]
+    merged["seconds_until_last_in"] = None if None in last else max(last)
+    merged["all_in"] = all(p.get("all_in") for p in parts)
+    merged["load_generators"] = parts
+    return merged
 
 
 def rows(sc: dict[str, Any]) -> list[tuple[str, str, str]]:

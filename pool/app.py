@@ -261,6 +261,9 @@ class PoolApp:
             )
         if cfg.chain.simulation.enabled:
             self.chain_sim = self._load_chain_sim(cfg.chain.simulation)
+        # A worker journals on its own (journal-<id>) into the one store. Its in-memory
+        # aggregates count the store at its start plus its own shares since (hook: a "shared"
+        # mode that reloads the pool-wide aggregates from the store when role is not None).
         journal_id = self.role.journal_id if self.role is not None else ""
         self.ledger = ledger = Ledger(
             cfg.ledger, self.data_dir / "ledger", network, self.tasks, journal_id=journal_id

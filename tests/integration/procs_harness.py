@@ -6,8 +6,10 @@ test's own that remember every share they were told was accepted, and the ledger
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -25,7 +27,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def write_config(
-    path: Path, data_dir: Path, *, processes: int = 2, instance_id: int = 0, api: bool = True
+    path: Path,
+    data_dir: Path,
+    *,
+    processes: int = 2,
+    instance_id: int = 0,
+    api: bool = True,
+    tls: bool = False,
 ) -> Path:
     """A managed regtest bitcoind, one Stratum port (0: the supervisor picks one for all the
     workers), fixed share difficulty. No simulated chain (per process: refused with several),
@@ -54,6 +62,7 @@ start_difficulty = 0.000001
 min_difficulty = 0.00000001
 max_difficulty = 1000000.0
 
+{TLS_PORT if tls else ""}
 [vardiff]
 enabled = false
 
@@ -71,6 +80,31 @@ payout_interval_seconds = 0
     return path
 
 
+TLS_PORT = """
+[[stratum.ports]]
+port = 0
+tls = true
+start_difficulty = 0.000001
+min_difficulty = 0.00000001
+max_difficulty = 1000000.0
+"""
+
+
+async def tls_extranonce1(port: int) -> bytes:
+    """mining.subscribe over TLS (the pool's self-signed certificate, not verified): the
+    extranonce1 given."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+    try:
+        writer.write(b'{"id": 1, "method": "mining.subscribe", "params": ["tls-test/1"]}\n')
+        answer = json.loads(await asyncio.wait_for(reader.readline(), 30))
+        return bytes.fromhex(answer["result"][1])
+    finally:
+        writer.close()
+
+
 class SupervisedPool:
     """``python -m pool run --config C`` (its supervisor, workers and bitcoind), log to a file."""
 
@@ -81,6 +115,7 @@ class SupervisedPool:
         self.processes = processes
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
+        self.ports: list[int] = []
         self.api_port = 0
 
     async def start(self, timeout: float = 120) -> None:
@@ -97,6 +132,7 @@ class SupervisedPool:
         await self.wait_started(offset, timeout)
         started = named(self.log, "supervisor_started", since=offset)[-1]
         self.port = started["stratum_ports"][0]
+        self.ports = list(started["stratum_ports"])
         self.api_port = started["api_port"] or 0
 
     def started_workers(self, since: int = 0) -> set[str]:

@@ -5,9 +5,11 @@ on one port (SO_REUSEPORT) and one managed regtest bitcoind, all real processes 
   ``pool.instance_id`` in its first byte and the worker index in the next bit);
 - shares acknowledged by both are credited in the one store exactly once (each worker's own
   journal, ``journal-i<id>-w<i>``, applied with its own checkpoint);
-- SIGTERM drains both workers (miners asked to reconnect), then stops bitcoind; exit 0.
+- a TLS port is shared the same way (one self-signed pair, made once by the supervisor);
+- SIGTERM drains both workers (miners asked to reconnect), then stops bitcoind; exit 0;
+- SIGKILL of the supervisor takes the workers (which drain) and bitcoind with it.
 
-Wall time: about 30 to 60 seconds.
+Wall time: about 1 to 2 minutes.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from tests.integration.procs_harness import (
     miners_on_every_process,
     process_of,
     store_shares,
+    tls_extranonce1,
     write_config,
 )
 from tests.reliability.node_harness import named, node_pid
@@ -44,7 +47,7 @@ INSTANCE = 3
 
 async def test_two_processes_share_a_port_and_credit_every_share_once(tmp_path: Path) -> None:
     data_dir = tmp_path / "pool"
-    config = write_config(tmp_path / "pool.toml", data_dir, instance_id=INSTANCE)
+    config = write_config(tmp_path / "pool.toml", data_dir, instance_id=INSTANCE, tls=True)
     pool = SupervisedPool(config, data_dir, tmp_path / "pool.log")
     await pool.start()
     miners: list[Miner] = []
@@ -60,6 +63,15 @@ async def test_two_processes_share_a_port_and_credit_every_share_once(tmp_path: 
             assert miner.extranonce1[0] == INSTANCE  # the instance's byte first
         assert Counter(process_of(m.extranonce1) for m in miners) == {0: 2, 1: 2}
         assert len({m.extranonce1 for m in miners}) == len(miners)
+        # the TLS port too: one self-signed pair (made by the supervisor), both workers
+        tls_seen = set()
+        for _ in range(32):
+            en1 = await tls_extranonce1(pool.ports[1])
+            assert en1[0] == INSTANCE
+            tls_seen.add(process_of(en1))
+            if tls_seen == {0, 1}:
+                break
+        assert tls_seen == {0, 1}
         for miner in miners:
             miner.start(every=0.3)
         await wait_for(
@@ -128,3 +140,27 @@ def test_processes_refuse_the_simulated_chain_and_bad_counts(tmp_path: Path) -> 
         assert run.returncode == 2, run.stderr
         assert expected in run.stderr and "server.processes" in run.stderr, run.stderr
     assert not (tmp_path / "data").exists()  # refused before anything started
+
+
+async def test_workers_and_bitcoind_die_with_a_killed_supervisor(tmp_path: Path) -> None:
+    """SIGKILL of the supervisor (no drain of its own): the parent-death signal (SIGTERM)
+    takes every worker, which drains itself (journal committed and closed), and the managed
+    bitcoind."""
+    data_dir = tmp_path / "pool"
+    log = tmp_path / "pool.log"
+    pool = SupervisedPool(write_config(tmp_path / "pool.toml", data_dir, api=False), data_dir, log)
+    await pool.start()
+    try:
+        workers = [int(w["pid"]) for w in pool.workers()]
+        bitcoind = node_pid(data_dir)
+        assert all(alive(p) for p in [*workers, bitcoind])
+        offset = log.stat().st_size
+        assert pool.proc is not None
+        pool.proc.kill()
+        pool.proc.wait(30)
+        await wait_for(lambda: not any(alive(p) for p in workers), 90, "the workers gone")
+        await wait_for(lambda: not alive(bitcoind), 90, "bitcoind gone")
+    finally:
+        pool.kill_all()
+    drained = {e["worker"] for e in named(log, "ledger_closed", since=offset)}
+    assert drained == {"w0", "w1"}

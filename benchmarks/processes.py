@@ -1,12 +1,13 @@
 """The ``processes`` scenario (issue 13): ``server.processes = 2`` against one process.
 
 - Throughput per CPU: the random-nonce submit flood of ``submits`` (100 connections, 32 in
-  flight each, share difficulty 1) against a pool of 1 and of 2 worker processes; answers per
-  pool CPU-second, the pool's CPU being every process of it (the supervisor and its workers,
-  from /proc: the load generator's meter sums the pool's process tree). Both pools are pinned
-  to the same core(s) and the generator to another (taskset, as every scenario), so the ratio
-  says whether a second process costs CPU per answer (a shared lock, duplicated work), not
-  whether it adds cores. The acceptance bound: within 10 %.
+  flight each, share difficulty 1) against a pool of 1 and of 2 worker processes, in 3 rounds
+  (the median ratio reported); answers per pool CPU-second, the pool's CPU being every
+  process of it (the supervisor and its workers, from /proc: the load generator's meter sums
+  the pool's process tree). Both pools are pinned to the same core and the generator to
+  another (taskset, as every scenario), so the ratio says whether a second process costs CPU
+  per answer (a shared lock, duplicated work), not whether it adds cores. The acceptance
+  bound: within 10 %.
 - Idle miners: 20 000 miners connecting at once to a 2-process pool; how many got a job, and
   how the kernel spread them over the workers (open sockets per worker, sampled from
   /proc/<pid>/fd while they are connected) and the workers' RSS.
@@ -22,6 +23,7 @@ import functools
 import json
 import os
 import resource
+import statistics
 import tempfile
 import time
 import traceback
@@ -31,6 +33,7 @@ from typing import Any
 from benchmarks.harness import REPO, Cpus, Loadgen, Node, PoolProcess, free_ports, pool_config
 
 FLOOD_CONNECTIONS = 100
+FLOOD_ROUNDS = 3
 IDLE_CONNECTIONS = 20_000
 
 
@@ -148,35 +151,44 @@ async def processes(node: Node, cpus: Cpus, workdir: Path, s: Any) -> dict[str, 
     quick = s.window < 5
     out: dict[str, Any] = {}
     nofile = _raise_nofile(IDLE_CONNECTIONS * 2 + 4096)
-    for n in (1, 2):
 
-        async def flood(pool: PoolProcess, data_dir: Path) -> dict[str, Any]:
-            spec = _spec(
-                "flood",
-                node,
-                pool,
-                connections=FLOOD_CONNECTIONS,
-                in_flight=s.in_flight,
-                unique_nonces=False,
-                warmup=s.warmup,
-                window=s.window,
-            )
-            result = await _loadgen(spec, cpus, timeout=300)
-            cpu = result.get("window", {}).get("pool_cpu_seconds") or 0
-            answers = result.get("answers_in_window", 0)
-            result["answers_per_pool_cpu_second"] = round(answers / cpu) if cpu else None
-            return result
-
-        await _part(
-            f"flood_{n}",
-            out,
-            functools.partial(
-                _with_processes, f"processes-flood{n}", node, cpus, workdir, src, n, flood
-            ),
+    async def flood(pool: PoolProcess, data_dir: Path) -> dict[str, Any]:
+        spec = _spec(
+            "flood",
+            node,
+            pool,
+            connections=FLOOD_CONNECTIONS,
+            in_flight=s.in_flight,
+            unique_nonces=False,
+            warmup=s.warmup,
+            window=s.window,
         )
-    one = out["flood_1"].get("answers_per_pool_cpu_second")
-    two = out["flood_2"].get("answers_per_pool_cpu_second")
-    out["per_cpu_ratio_2_vs_1"] = round(two / one, 3) if one and two else None
+        result = await _loadgen(spec, cpus, timeout=300)
+        cpu = result.get("window", {}).get("pool_cpu_seconds") or 0
+        answers = result.get("answers_in_window", 0)
+        result["answers_per_pool_cpu_second"] = round(answers / cpu) if cpu else None
+        return result
+
+    # Rounds of 1 then 2 processes: other load on the machine moves the figures (a pool that
+    # gets less of its core answers bigger batches per wake-up, cheaper each), so each round's
+    # ratio compares neighbours in time and the median ratio is reported.
+    ratios = []
+    for round_ in range(1 if quick else FLOOD_ROUNDS):
+        for n in (1, 2):
+            await _part(
+                f"flood_{n}" if round_ == 0 else f"flood_{n}_round{round_ + 1}",
+                out,
+                functools.partial(
+                    _with_processes, f"processes-flood{n}", node, cpus, workdir, src, n, flood
+                ),
+            )
+        suffix = "" if round_ == 0 else f"_round{round_ + 1}"
+        one = out[f"flood_1{suffix}"].get("answers_per_pool_cpu_second")
+        two = out[f"flood_2{suffix}"].get("answers_per_pool_cpu_second")
+        if one and two:
+            ratios.append(round(two / one, 3))
+    out["per_cpu_ratios_2_vs_1"] = ratios
+    out["per_cpu_ratio_2_vs_1"] = statistics.median(ratios) if ratios else None
 
     # A load generator holds its connections, a file each: over the open-files limit, the
     # miners are split over several generators (all on the generator's core).

@@ -139,6 +139,7 @@ def pool_config(
     api_port: int | None = None,
     simulation: bool = False,
     template_refresh_seconds: float = 30.0,
+    event_loop: str = "asyncio",
 ) -> dict[str, dict[str, Any]]:
     """The bench's pool config: external node, one Stratum port at a fixed ``difficulty``
     (vardiff off), limits high enough for 20 000 connections from one IP, random-nonce
@@ -153,6 +154,7 @@ def pool_config(
         "pool": {"payout_address": node.address, "data_dir": str(data_dir)},
         "stratum": {
             "host": "127.0.0.1",
+            "event_loop": event_loop,
             "ports": [
                 {
                     "port": stratum_port,

@@ -60,6 +60,7 @@ class Settings:
     zmq_miners: int = 100  # the zmq scenario (benchmarks/zmq_latency.py): idle miners...
     zmq_rounds: int = 10  # ...and blocks per way (zmq, longpoll, both)
     pool_src: str = ""  # run the pool from this source tree (default: this checkout)
+    event_loop: str = "asyncio"  # the pool's stratum.event_loop (asyncio | uvloop)
 
     @classmethod
     def quick(cls) -> Settings:
@@ -105,7 +106,14 @@ async def _with_pool(
     data = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
     api = api_port if config.pop("api", False) else None
     pool = PoolProcess(
-        pool_config(node, data / "data", stratum_port=port, api_port=api, **config),
+        pool_config(
+            node,
+            data / "data",
+            stratum_port=port,
+            api_port=api,
+            event_loop=settings.event_loop,
+            **config,
+        ),
         data,
         cpus.pool,
         src=Path(settings.pool_src) if settings.pool_src else REPO,

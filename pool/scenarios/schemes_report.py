@@ -9,6 +9,7 @@ Money: every ``*_units`` field is an exact integer in the ledger's units (10^-6 
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -290,3 +291,65 @@ def summary_lines(section: Mapping[str, Any] | None) -> list[str]:
         )
     lines.append(text)
     return lines
+
+
+def _int_in(low: int, high: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {low}..{high}, got {value}")
+        return value
+
+    return parse
+
+
+def _window(text: str) -> Fraction:
+    try:
+        value = Fraction(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value <= 1000:
+        raise argparse.ArgumentTypeError(f"must be > 0 and <= 1000 blocks, got {text}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The scheme comparison's options of ``stratum-pool scenario``."""
+    group = parser.add_argument_group("scheme comparison (PPS, FPPS, PPLNS, SOLO)")
+    group.add_argument(
+        "--paths",
+        type=_int_in(1, mc.MAX_PATHS),
+        default=mc.DEFAULT_PATHS,
+        help="Monte Carlo paths of the PPS probability of ruin (default: %(default)s)",
+    )
+    group.add_argument(
+        "--resamples",
+        type=_int_in(1, mc.MAX_RESAMPLES),
+        default=mc.DEFAULT_RESAMPLES,
+        help="resampled block sequences for each miner's spread (default: %(default)s)",
+    )
+    group.add_argument(
+        "--seed",
+        type=_int_in(0, 2**63 - 1),
+        default=mc.DEFAULT_SEED,
+        help="seed of both Monte Carlo parts (default: %(default)s)",
+    )
+    group.add_argument(
+        "--pplns-window",
+        type=_window,
+        default=Fraction(DEFAULT_PPLNS_WINDOW_BLOCKS),
+        metavar="BLOCKS",
+        help="PPLNS window N in network difficulties (expected blocks) (default: 2)",
+    )
+
+
+def settings_from_args(args: argparse.Namespace) -> CompareSettings:
+    return CompareSettings(
+        seed=args.seed,
+        paths=args.paths,
+        resamples=args.resamples,
+        pplns_window_blocks=args.pplns_window,
+    )

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
 
@@ -300,3 +301,24 @@ def test_the_window_slice_never_cuts_the_pplns_window_short() -> None:
                 expected.credits,
                 expected.pool,
             )
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--paths", "0", "argument --paths: must be 1..1000000, got 0"),
+        ("--resamples", "many", "argument --resamples: not a whole number: 'many'"),
+        ("--seed", "-1", "argument --seed: must be 0.."),
+        ("--pplns-window", "0", "argument --pplns-window: must be > 0"),
+    ],
+)
+def test_cli_refuses_bad_comparison_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str, message: str
+) -> None:
+    from pool import cli
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["scenario", "feb-2026", "--quick", "--out", str(tmp_path / "o"), flag, value])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # nothing started

@@ -52,7 +52,7 @@ def _earnings_table(section: Mapping[str, Any]) -> str:
         rows.append(
             [
                 escape(m["miner"]),
-                f"{m['work_share'] * 100:.1f} %",
+                f"{m['work_share'] * 100:.1f}%",
                 f"{m['blocks_found']} ({m['expected_blocks']:.1f})",
                 *(_cell(m[s], spread=True) for s in SCHEMES),
             ]
@@ -192,6 +192,11 @@ def schemes_html(section: Mapping[str, Any] | None, duration: float) -> str:
         f"deviation over {settings['resamples']} resampled runs of the same shares (seed "
         f"{settings['seed']}).</p>"
     )
+    if all(m["fpps"]["units"] == m["pps"]["units"] for m in section["miners"]):
+        intro += (
+            '<p class="muted">FPPS equals PPS here: the templates of the run carried no '
+            "transaction fees (a regtest chain without transactions).</p>"
+        )
     ruin = section.get("ruin")
     ruin_text = ""
     if ruin:

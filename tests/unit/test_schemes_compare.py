@@ -322,3 +322,17 @@ def test_cli_refuses_bad_comparison_settings(
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # nothing started
+
+
+def test_html_without_a_section_or_with_an_error() -> None:
+    assert schemes_html(None, 1.0) == ""
+    html = schemes_html({"error": "ValueError('<bad>')"}, 1.0)
+    assert "Not computed: ValueError(&#x27;&lt;bad&gt;&#x27;)" in html
+    shares, blocks = run()
+    settings = CompareSettings(seed=1, paths=50, resamples=10)
+    section = schemes_section(shares, blocks, fee_bps=FEE, names={}, origin=0.0, settings=settings)
+    assert "pps_matches_ledger" not in section  # no balances given: nothing claimed
+    assert "FPPS equals PPS" not in schemes_html(section, 8.0)  # this run's blocks had fees
+    empty = schemes_section([], [], fee_bps=FEE, names={}, origin=0.0, settings=settings)
+    assert empty["ruin"] is None and empty["miners"] == []
+    assert schemes_html(empty, 1.0).count('<svg class="plot"') == len(SCHEME_PLOTS)

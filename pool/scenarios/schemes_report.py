@@ -32,6 +32,7 @@ from pool.scenarios.schemes_compare import (
 
 SECTION_VERSION = 1
 LABELS = {"pps": "PPS", "fpps": "FPPS", "pplns": "PPLNS", "solo": "SOLO"}
+MAX_RESERVES = 50
 HORIZON_LABELS = {144.0: "144 blocks (a day of mainnet)", 1008.0: "1008 blocks (a week of mainnet)"}
 
 DEFINITIONS = {
@@ -68,6 +69,8 @@ class CompareSettings:
             raise ValueError(f"resamples must be 1..{mc.MAX_RESAMPLES}, got {self.resamples}")
         if self.pplns_window_blocks <= 0:
             raise ValueError("the PPLNS window must be positive")
+        if not 1 <= len(self.reserves) <= MAX_RESERVES:
+            raise ValueError(f"1..{MAX_RESERVES} starting reserves, got {len(self.reserves)}")
 
 
 def _money(units: int | float) -> dict[str, Any]:
@@ -316,6 +319,21 @@ def _window(text: str) -> Fraction:
     return value
 
 
+def _reserves(text: str) -> tuple[float, ...]:
+    values: list[float] = []
+    for part in text.split(","):
+        try:
+            value = float(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {part.strip()!r}") from None
+        if not (math.isfinite(value) and 0 <= value <= 1e6):
+            raise argparse.ArgumentTypeError(f"must be 0..1000000 blocks, got {part.strip()}")
+        values.append(value)
+    if len(values) > MAX_RESERVES:
+        raise argparse.ArgumentTypeError(f"at most {MAX_RESERVES} starting reserves")
+    return tuple(sorted(set(values)))
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The scheme comparison's options of ``stratum-pool scenario``."""
     group = parser.add_argument_group("scheme comparison (PPS, FPPS, PPLNS, SOLO)")
@@ -344,6 +362,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="BLOCKS",
         help="PPLNS window N in network difficulties (expected blocks) (default: 2)",
     )
+    group.add_argument(
+        "--reserves",
+        type=_reserves,
+        default=mc.DEFAULT_RESERVES,
+        metavar="BLOCKS,...",
+        help="starting PPS reserves to examine, in mean block rewards (default: "
+        + ",".join(f"{x:g}" for x in mc.DEFAULT_RESERVES)
+        + ")",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> CompareSettings:
@@ -352,4 +379,5 @@ def settings_from_args(args: argparse.Namespace) -> CompareSettings:
         paths=args.paths,
         resamples=args.resamples,
         pplns_window_blocks=args.pplns_window,
+        reserves=args.reserves,
     )

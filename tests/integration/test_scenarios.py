@@ -410,6 +410,7 @@ def custom_file(path: Path, *, retargets: int, max_seconds: int) -> Path:
 def test_a_scenario_file_with_an_external_miner_command(tmp_path: Path) -> None:
     scenario = custom_file(tmp_path / "mine.toml", retargets=1, max_seconds=90)
     flags = ("--paths", "700", "--resamples", "30", "--seed", "11", "--pplns-window", "1.5")
+    flags += ("--reserves", "3,0.25")
     run = run_scenario(str(scenario), tmp_path / "out", *flags)
     report = run.report
     schemes = report["schemes"]  # the comparison's settings are the flags given
@@ -421,6 +422,7 @@ def test_a_scenario_file_with_an_external_miner_command(tmp_path: Path) -> None:
         "paths": 700,
     }
     assert schemes["ruin"]["paths"] == 700 and schemes["ruin"]["seed"] == 11
+    assert [r["blocks"] for r in schemes["ruin"]["reserves"]] == [0.25, 3.0]
     assert report["scenario"]["name"] == "mine" and report["summary"]["completed"]
     miners = {m["name"]: m for m in report["miners"]}
     assert "--cpuminer-compat" in miners["external"]["command"]

@@ -310,6 +310,8 @@ def test_the_window_slice_never_cuts_the_pplns_window_short() -> None:
         ("--resamples", "many", "argument --resamples: not a whole number: 'many'"),
         ("--seed", "-1", "argument --seed: must be 0.."),
         ("--pplns-window", "0", "argument --pplns-window: must be > 0"),
+        ("--reserves", "1,x", "argument --reserves: not a number: 'x'"),
+        ("--reserves", "-1", "argument --reserves: must be 0..1000000 blocks, got -1"),
     ],
 )
 def test_cli_refuses_bad_comparison_settings(

@@ -22,6 +22,7 @@ from typing import Any
 
 import structlog
 
+from pool.best_share import BestShares
 from pool.bitcoin import Network
 from pool.config import Config, PortConfig
 from pool.hashrate import HashrateBook
@@ -117,6 +118,7 @@ class StratumServer:
         self.banned_ips: set[str] = set()
         self.bans_path: Path | None = None
         self.bans_lock = asyncio.Lock()  # one save of the bans file at a time
+        self.best = BestShares()  # best share per worker/address/pool (loaded from the ledger)
 
     # -- shared state (read by the API and the tests) ---------------------------------------------
     @property
@@ -514,6 +516,7 @@ class StratumServer:
             return
         try:
             self.ctx.count_accepted(shares, now)
+            self.best.observe_shares(shares, now)
         except Exception as exc:  # the shares are durable: counting must not hold the answers
             log.exception("shares_not_counted", shares=len(shares), error=repr(exc))
         finally:

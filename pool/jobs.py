@@ -7,7 +7,6 @@ coinb2), the merkle branch, version, nbits, ntime and the template's transaction
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import itertools
 import random
@@ -288,7 +287,17 @@ def solo_job(base: Job, miner_script: bytes, fee_bps: int = 0) -> Job:
         raise ValueError("solo_job needs the pool's own job, not a SOLO job")
     fee_script = base.coinbase.outputs[0].script if base.coinbase.outputs else miner_script
     outputs = solo_outputs(base.template.coinbase_value, miner_script, fee_script, fee_bps)
-    return dataclasses.replace(base, coinbase=base.coinbase.with_outputs(outputs), base=base)
+    return Job(
+        job_id=base.job_id,
+        template=base.template,
+        coinbase=base.coinbase.with_outputs(outputs),
+        merkle_branch=base.merkle_branch,
+        ntime=base.ntime,
+        clean=base.clean,
+        created_at=base.created_at,
+        block_target=base.block_target,
+        base=base,
+    )
 
 
 class JobTable:

@@ -20,6 +20,39 @@ from stratum.notifications import encode_notification
 SoloEntry = tuple[Job, tuple[Notify, bytes]]
 
 
+class _Held:
+    """One pool job, its notify (the SOLO ones are made from it) and its SOLO jobs."""
+
+    __slots__ = ("event", "job", "line", "old", "per_script")
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.event = notify_event(job, job.job_id, job.clean)
+        self.line = encode_notification(self.event)
+        self.old = f'"{self.event.coinb2}"'.encode()
+        self.per_script: dict[bytes, SoloEntry] = {}
+
+    def make(self, made: Job) -> tuple[Notify, bytes]:
+        """The notify of a SOLO job: the pool job's, another coinb2 (hex, so the encoded line
+        is the pool's line with that one string replaced)."""
+        base = self.event
+        coinb2 = made.coinb2.hex()
+        event = Notify(
+            base.job_id,
+            base.prevhash,
+            base.coinb1,
+            coinb2,
+            base.merkle_branch,
+            base.version,
+            base.nbits,
+            base.ntime,
+            base.clean_jobs,
+        )
+        if self.line.count(self.old) != 1:  # never seen: coinb2's hex inside another field
+            return event, encode_notification(event)
+        return event, self.line.replace(self.old, f'"{coinb2}"'.encode())
+
+
 class SoloJobs:
     """The SOLO jobs of one port, per pool job and payout script."""
 
@@ -28,36 +61,32 @@ class SoloJobs:
     def __init__(self, jobs: JobTable, fee_bps: int = 0) -> None:
         self.jobs = jobs
         self.fee_bps = fee_bps
-        # pool job id -> (the pool job, {payout script: its SOLO job and notify})
-        self._by_job: dict[str, tuple[Job, dict[bytes, SoloEntry]]] = {}
+        self._by_job: dict[str, _Held] = {}  # pool job id -> its SOLO jobs
         self.built = 0  # SOLO jobs made so far (one per live job and distinct address)
 
     def get(self, job: Job, script: bytes) -> SoloEntry:
         """The SOLO job paying ``script`` made from the pool job ``job`` (made now if it is
         the first request for that pair), with its notify (the job's own id and clean flag)."""
         held = self._by_job.get(job.job_id)
-        if held is None or held[0] is not job:
-            held = (job, {})
+        if held is None or held.job is not job:
             self._prune()
-            self._by_job[job.job_id] = held
-        per_script = held[1]
-        entry = per_script.get(script)
+            held = self._by_job[job.job_id] = _Held(job)
+        entry = held.per_script.get(script)
         if entry is None:
             made = solo_job(job, script, self.fee_bps)
-            event = notify_event(made, job.job_id, job.clean)
-            entry = per_script[script] = (made, (event, encode_notification(event)))
+            entry = held.per_script[script] = (made, held.make(made))
             self.built += 1
         return entry
 
     def _prune(self) -> None:
         """Forget the jobs no longer live (their shares are stale anyway)."""
         live = self.jobs
-        for job_id in [j for j, (job, _) in self._by_job.items() if live.get(j) is not job]:
+        for job_id in [j for j, held in self._by_job.items() if live.get(j) is not held.job]:
             del self._by_job[job_id]
 
     def __len__(self) -> int:
         """How many SOLO jobs are held."""
-        return sum(len(per) for _, per in self._by_job.values())
+        return sum(len(held.per_script) for held in self._by_job.values())
 
 
 def solo_refusal(

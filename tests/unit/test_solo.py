@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,9 +15,11 @@ import pytest
 from pool.bitcoin import REGTEST, address_to_script, sha256d
 from pool.bitcoin.address import encode_segwit
 from pool.bitcoin.tx import TxOut, build_coinbase
+from pool.config import ConfigError, limits_summary, load
 from pool.jobs import Job, JobTable, solo_job, solo_outputs
 from pool.server.core import CoreSettings, PoolConnection, ShareEvent
 from pool.server.solo import SoloJobs
+from stratum.notifications import encode_notification
 from tests.unit.test_jobs import CONFIG
 from tests.unit.test_pool_connection import (
     ADDR,
@@ -114,6 +118,9 @@ def test_solo_jobs_one_per_job_and_script_pruned_with_their_job() -> None:
     assert a1 is a2 and n1 is n2 and solo.built == 2 and len(solo) == 2
     assert b1.coinb2 != a1.coinb2 and nb[1] != n1[1]
     assert json.loads(n1[1])["params"][3] == a1.coinb2.hex()
+    # the line made by replacing coinb2 in the pool job's line is the encoding of the event
+    assert n1[1] == encode_notification(n1[0]) and nb[1] == encode_notification(nb[0])
+    assert n1[0].coinb1 == first.coinb1.hex() and n1[0].job_id == first.job_id
     second = make_job(table, clean=True)  # retires the first
     solo.get(second, MINER_SCRIPT)
     assert len(solo) == 1 and solo.built == 3
@@ -197,3 +204,30 @@ def test_fan_out_builds_one_solo_job_per_distinct_address() -> None:
     assert solo.built == 20 and all(datas)
     assert len({d for d in datas}) == 10
     print(f"fan-out to 1000 SOLO connections, 10 addresses: {elapsed * 1e3:.2f} ms")
+
+
+@pytest.mark.parametrize(
+    ("port", "message"),
+    [
+        ('scheme = "solo2"', "stratum.ports[0].scheme must be one of"),
+        ('scheme = "solo"\nsolo_fee_bps = 10001', "stratum.ports[0].solo_fee_bps must be 0..10000"),
+        ('scheme = "solo"\nsolo_fee_bps = -1', "stratum.ports[0].solo_fee_bps must be 0..10000"),
+        ("solo_fee_bps = 100", 'solo_fee_bps applies to scheme = "solo" ports only'),
+    ],
+)
+def test_port_scheme_and_solo_fee_are_validated(port: str, message: str, tmp_path: Path) -> None:
+    path = tmp_path / "pool.toml"
+    path.write_text(f"[[stratum.ports]]\nport = 3333\n{port}\n")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load(path, env={})
+
+
+def test_solo_port_loads_and_its_fee_is_logged_at_start(tmp_path: Path) -> None:
+    path = tmp_path / "pool.toml"
+    path.write_text(
+        '[[stratum.ports]]\nport = 3333\n\n[[stratum.ports]]\nport = 3334\nscheme = "solo"\n'
+        "solo_fee_bps = 150\n"
+    )
+    config = load(path, env={})
+    assert [(p.scheme, p.solo_fee_bps) for p in config.stratum.ports] == [("", 0), ("solo", 150)]
+    assert limits_summary(config)["stratum.ports.solo_fee_bps"] == [0, 150]

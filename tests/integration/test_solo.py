@@ -6,6 +6,7 @@
    fee output paying the pool; the two SOLO miners were sent different coinb2 (same coinb1);
    the PPS miner's shares were accepted meanwhile. (~20-90 s: the simulated difficulty makes
    about one share in ten a block.)
+   The dashboard (headless Chromium) shows the SOLO miners, their best share and chances.
 2. Best share across a restart: a miner mines, the pool stops, a new pool starts on the same
    data directory, the API shows the same best share (all time and this round) before and
    after the miner reconnects. (~20 s.)
@@ -29,6 +30,7 @@ from pool.ledger.store_best import load_best
 from pool.miner import Miner, MinerOptions
 from pool.node.managed import ManagedNode
 from tests.integration.harness import RawClient, pool_config, start_pool, wait_for, wallet_address
+from tests.integration.test_dashboard import Dom, cards, chromium
 
 pytestmark = pytest.mark.integration
 
@@ -112,6 +114,7 @@ async def test_solo_miner_finds_a_block_paying_its_own_address_beside_a_pps_port
             pool_view = await _api(http, app, "/api/pool")
             worker_view = await _api(http, app, f"/api/workers/{SOLO_A}.cpu")
         _check_solo_view(pool_view, worker_view, solo_port)
+        await _check_dashboard(app, tmp_path, [f"{SOLO_A}.cpu", f"{SOLO_B}.cpu"])
         for m in miners:
             m.stopping.set()
         summaries = await asyncio.gather(*tasks)
@@ -166,6 +169,25 @@ def _check_solo_view(pool: dict[str, Any], worker: dict[str, Any], solo_port: in
             assert chance[period] == pytest.approx(expected, rel=1e-9, abs=1e-12)
         if rate > 0:
             assert chance["expected_seconds"] == pytest.approx(difficulty * 2**32 / rate)
+
+
+async def _check_dashboard(app: PoolApp, tmp: Path, names: list[str]) -> None:
+    """The dashboard (headless Chromium) shows the SOLO miners with their best share and
+    chances, and an address page its best share and chance."""
+    assert app.api is not None
+    base = f"http://127.0.0.1:{app.api.port}"
+    dom = Dom((await chromium(base + "/", tmp, "--dump-dom")).decode())
+    assert "hidden" in dom.by_id("error").attrs, dom.by_id("error").text
+    assert "hidden" not in dom.by_id("solo-section").attrs
+    links = {e.text for e in dom.find("a") if e.inside("solo")}
+    assert set(names) <= links, links
+    cells = [e.text for e in dom.find("td") if e.inside("solo")]
+    assert sum(1 for c in cells if c.endswith("%")) >= 3 * len(names), cells
+    assert "Best share (round)" in cards(dom)
+    page = await chromium(f"{base}/address/{SOLO_A}", tmp, "--dump-dom")
+    shown = cards(Dom(page.decode()))
+    assert "Best share" in shown and "SOLO: chance of a block" in shown, shown
+    assert shown["SOLO: chance of a block"][0].endswith("/ day")
 
 
 async def _api(http: aiohttp.ClientSession, app: PoolApp, path: str) -> Any:

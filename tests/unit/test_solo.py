@@ -152,6 +152,11 @@ def test_solo_port_miners_get_jobs_paying_their_own_address_and_shares_validate(
     assert n_other["params"][3] != base.coinb2.hex()  # (the pool's own jobs pay ADDR too)
     outs = read_outputs(bytes.fromhex(n_other["params"][2] + "00" * 8 + n_other["params"][3]))
     assert outs[0] == (base.template.coinbase_value, OTHER_SCRIPT)
+    # a new difficulty resends the current job under a new id: still the SOLO coinbase
+    items, _ = other.receive_data(line(4, "mining.suggest_difficulty", [0.5]), NOW)
+    resent = [m for m in messages(items) if m.get("method") == "mining.notify"]
+    assert resent and resent[0]["params"][0] != base.job_id
+    assert resent[0]["params"][3] == n_other["params"][3]
     # a second worker of the same address is welcome; one of another address is refused
     items, _ = mine.receive_data(line(5, "mining.authorize", [f"{ADDR}.c", "x"]), NOW)
     assert messages(items)[0]["result"] is True

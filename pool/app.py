@@ -248,7 +248,7 @@ class PoolApp:
         await self._settle_payouts()
         self.server = StratumServer(cfg, network, submit_block=self.submit)
         self.server.use_bans(bans_path, bans)
-        self.server.best.load(*await ledger.store.run(load_best))  # best shares: kept
+        self.server.ctx.best.load(*await ledger.store.run(load_best))  # best shares: kept
         self.server.share_recorder = ledger.journal_shares
         self.server.block_listeners.append(self._block_settled)
         if cfg.webhooks.enabled:

@@ -77,7 +77,7 @@ class SoloView:
         self, server: StratumServer, name: str, hashrate: dict[str, float]
     ) -> dict[str, Any]:
         """A worker's ``best_share`` and ``solo`` (None unless it mines on a SOLO port)."""
-        best = server.best
+        best = server.ctx.best
         solo = None
         if name in self.solo_workers(server):
             rate = hashrate.get("1h", 0.0)
@@ -87,7 +87,7 @@ class SoloView:
     def address_fields(
         self, server: StratumServer, address: str, hashrate: dict[str, float]
     ) -> dict[str, Any]:
-        best = server.best
+        best = server.ctx.best
         solo_here = address in self.solo_workers(server).values()
         rate = hashrate.get("1h", 0.0)
         return {
@@ -100,7 +100,7 @@ class SoloView:
     def pool_fields(self, server: StratumServer, now: float) -> dict[str, Any]:
         """The pool's best share and the SOLO summary: the ports, the network difficulty the
         chances are computed at, and the fastest SOLO workers with their best and chance."""
-        best = server.best
+        best = server.ctx.best
         names = self.solo_workers(server)
         difficulty = network_difficulty(server)
         book = server.hashrate

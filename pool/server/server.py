@@ -22,7 +22,6 @@ from typing import Any
 
 import structlog
 
-from pool.best_share import BestShares
 from pool.bitcoin import Network
 from pool.config import Config, PortConfig
 from pool.hashrate import HashrateBook
@@ -118,7 +117,6 @@ class StratumServer:
         self.banned_ips: set[str] = set()
         self.bans_path: Path | None = None
         self.bans_lock = asyncio.Lock()  # one save of the bans file at a time
-        self.best = BestShares()  # best share per worker/address/pool (loaded from the ledger)
 
     # -- shared state (read by the API and the tests) ---------------------------------------------
     @property
@@ -196,9 +194,8 @@ class StratumServer:
             bound = server.sockets[0].getsockname()[1]
             self.bound_ports.append(bound)
             tls_fields = tls.describe(secure)
-            self.port_list.append(
-                {"port": bound, "name": port.name, "scheme": port.scheme, **tls_fields}
-            )
+            entry = {"port": bound, "name": port.name, "scheme": port.scheme, **tls_fields}
+            self.port_list.append(entry)
             log.info(
                 "stratum_listening",
                 host=host,
@@ -208,8 +205,7 @@ class StratumServer:
                 start_difficulty=port.start_difficulty,
                 min_difficulty=port.min_difficulty,
                 max_difficulty=port.max_difficulty,
-                scheme=port.scheme or None,
-                solo_fee_bps=port.solo_fee_bps if port.scheme == "solo" else None,
+                scheme=port.scheme or None,  # (solo_fee_bps: in the start-up "limits" line)
                 backlog=self.config.limits.listen_backlog,
             )
         self._tick_task = asyncio.create_task(self._tick_loop(), name="stratum-tick")
@@ -516,7 +512,6 @@ class StratumServer:
             return
         try:
             self.ctx.count_accepted(shares, now)
-            self.best.observe_shares(shares, now)
         except Exception as exc:  # the shares are durable: counting must not hold the answers
             log.exception("shares_not_counted", shares=len(shares), error=repr(exc))
         finally:

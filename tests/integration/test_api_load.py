@@ -56,7 +56,7 @@ class StandInServer:
         self.banned_ips: set[str] = set()
         self.banned_workers: set[str] = set()
         self.port_list: list[dict[str, Any]] = [{"port": 3333, "name": "", "tls": False}]
-        self.best = BestShares()
+        self.ctx = SimpleNamespace(best=BestShares())
 
     def temp_bans(self) -> list[Any]:
         return []

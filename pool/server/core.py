@@ -536,7 +536,10 @@ class PoolConnection:
             return b""
         payee = self.payee
         if payee is not None and self.settings.solo is not None:
-            job, notify = self.settings.solo.get(job, payee.payout_script)
+            job, solo_notify = self.settings.solo.get(job, payee.payout_script)
+            if solo_notify is None:  # (not the newest job: its notify is made afresh)
+                return self.on_job(job, now)
+            notify = solo_notify
         event, line = notify
         difficulty = self.difficulty_sent
         if (

@@ -70,7 +70,7 @@ def test_solo_outputs_fee_rounds_down_and_sums_to_the_reward() -> None:
 
 
 def _base_job(table: JobTable | None = None) -> Job:
-    return make_job(table or JobTable(max_jobs=4, seed=1))
+    return make_job(table if table is not None else JobTable(max_jobs=4, seed=1))
 
 
 def test_solo_job_pays_the_miner_keeps_coinb1_and_the_witness_commitment() -> None:
@@ -115,15 +115,21 @@ def test_solo_jobs_one_per_job_and_script_pruned_with_their_job() -> None:
     a1, n1 = solo.get(first, MINER_SCRIPT)
     a2, n2 = solo.get(first, MINER_SCRIPT)
     b1, nb = solo.get(first, OTHER_SCRIPT)
+    assert n1 is not None and nb is not None
     assert a1 is a2 and n1 is n2 and solo.built == 2 and len(solo) == 2
     assert b1.coinb2 != a1.coinb2 and nb[1] != n1[1]
     assert json.loads(n1[1])["params"][3] == a1.coinb2.hex()
     # the line made by replacing coinb2 in the pool job's line is the encoding of the event
     assert n1[1] == encode_notification(n1[0]) and nb[1] == encode_notification(nb[0])
     assert n1[0].coinb1 == first.coinb1.hex() and n1[0].job_id == first.job_id
-    second = make_job(table, clean=True)  # retires the first
+    newer = make_job(table, clean=False)  # the first stays live, its lines are dropped
+    _, n_newer = solo.get(newer, MINER_SCRIPT)
+    assert n_newer is not None and len(solo) == 3
+    kept, dropped = solo.get(first, MINER_SCRIPT)
+    assert kept is a1 and dropped is None  # the job itself is kept (shares of it validate)
+    second = make_job(table, clean=True)  # retires both
     solo.get(second, MINER_SCRIPT)
-    assert len(solo) == 1 and solo.built == 3
+    assert len(solo) == 1 and solo.built == 4
 
 
 def solo_settings(core: PoolConnection, solo: SoloJobs) -> CoreSettings:

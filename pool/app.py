@@ -33,6 +33,7 @@ from pool.config import Config, SimulationConfig, limits_summary
 from pool.jobs import JobConfig, Template, build_job
 from pool.ledger.ledger import Ledger, LedgerError
 from pool.ledger.payouts import Payouts, RoundResult
+from pool.ledger.store_best import load_best
 from pool.node.managed import (
     ManagedNode,
     ensure_wallet,
@@ -247,6 +248,7 @@ class PoolApp:
         await self._settle_payouts()
         self.server = StratumServer(cfg, network, submit_block=self.submit)
         self.server.use_bans(bans_path, bans)
+        self.server.ctx.best.load(*await ledger.store.run(load_best))  # best shares: kept
         self.server.share_recorder = ledger.journal_shares
         self.server.block_listeners.append(self._block_settled)
         if cfg.webhooks.enabled:

@@ -87,6 +87,12 @@ class PortConfig:
     tls: bool = False  # Stratum inside TLS 1.2+ (pool/server/tls.py)
     tls_cert: str = ""  # PEM certificate (chain) and its key; both empty: a self-signed pair
     tls_key: str = ""  # made in <data_dir>/tls on the first start
+    # The port's payout scheme: "" (the ledger's), pps, fpps, pplns or solo (each miner's jobs
+    # pay its own address; pool/server/solo.py)
+    scheme: str = ""
+    # SOLO ports: the pool's fee as a second coinbase output, in basis points of the block
+    # reward (0..10000; floor(reward * bps / 10000) satoshis to the pool's payout address)
+    solo_fee_bps: int = 0
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,7 @@ class StratumConfig:
 
 
 EVENT_LOOPS = ("asyncio", "uvloop")
+PORT_SCHEMES = ("", "pps", "fpps", "pplns", "solo")  # "": the ledger's scheme
 
 
 @dataclass(frozen=True)
@@ -377,6 +384,12 @@ def validate(config: Config, where: str) -> None:
             fail(key, "needs 0 < min_difficulty <= start_difficulty <= max_difficulty")
         if (port.tls_cert or port.tls_key) and not (port.tls and port.tls_cert and port.tls_key):
             fail(key, "needs tls = true and both tls_cert and tls_key (or neither: self-signed)")
+        if port.scheme not in PORT_SCHEMES:
+            fail(f"{key}.scheme", f"must be one of {', '.join(map(repr, PORT_SCHEMES))}")
+        if not 0 <= port.solo_fee_bps <= 10_000:
+            fail(f"{key}.solo_fee_bps", "must be 0..10000 basis points")
+        if port.solo_fee_bps and port.scheme != "solo":
+            fail(f"{key}.solo_fee_bps", 'applies to scheme = "solo" ports only')
     try:
         mask = int(config.stratum.version_rolling_mask, 16)
     except ValueError:
@@ -523,6 +536,7 @@ def limits_summary(config: Config) -> dict[str, Any]:
     return dataclasses.asdict(config.limits) | {
         "stratum.max_ntime_ahead_seconds": config.stratum.max_ntime_ahead_seconds,
         "pool.max_jobs": config.pool.max_jobs,
+        "stratum.ports.solo_fee_bps": [p.solo_fee_bps for p in config.stratum.ports],
         "node.rpc_max_concurrency": config.node.rpc_max_concurrency,
         "node.restart_backoff_seconds": config.node.restart_backoff_seconds,
         "node.restart_backoff_max_seconds": config.node.restart_backoff_max_seconds,

@@ -40,6 +40,8 @@ from pool.ledger.aggregates import (
     ShareRecord,
     WorkerTotals,
 )
+from pool.ledger.store_best import MIGRATION as BEST_SHARES_MIGRATION
+from pool.ledger.store_best import apply_best
 from pool.ledger.store_payouts import (
     PAYOUT_CONFIRMED,
     PAYOUT_FAILED,
@@ -132,6 +134,8 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX workers_address ON workers (address);
     CREATE INDEX blocks_height ON blocks (height);
     """,
+    # 3: best share difficulty per worker, address and pool (pool/ledger/store_best.py)
+    BEST_SHARES_MIGRATION,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -276,6 +280,7 @@ class Store(PayoutRows):
                 row = self._insert_block(rec, PENDING)
                 if row is not None:
                     delta.blocks.append(row)
+        apply_best(self, records)
         self._applied_to = position
         return delta
 

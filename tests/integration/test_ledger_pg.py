@@ -114,7 +114,7 @@ async def test_two_instances_write_one_database_and_see_the_whole_pool(
         # the same instance_id while the first is alive: refused (one checkpoint per writer)
         twin = Ledger(config, tmp_path / "twin", REGTEST, instance_id=1)
         twin.shared.pid = -1  # another process (pid) of this host
-        with pytest.raises(LedgerError, match="instance_id 1 .* is in use"):
+        with pytest.raises(LedgerError, match=r"instance_id 1 .* is in use"):
             await twin.open()
     finally:
         await one.close()

@@ -109,8 +109,8 @@ class Ledger:
     ) -> None:
         """``journal_id``: "" for the pool's only journal (``data_dir/journal``); a name when
         several writers (worker processes, instances) share one store: each journals into
-        ``data_dir/journal-<id>`` and the store keeps one checkpoint per journal. ``shared``
-        (always with PostgreSQL): other writers apply into the store too."""
+        ``data_dir/journal-<id>`` and the store keeps one checkpoint per journal. ``shared``:
+        other writers apply into the store too (always so with PostgreSQL)."""
         self.config = config
         self.journal_id = journal_id
         self.network = network
@@ -180,6 +180,7 @@ class Ledger:
             "store_recoveries": store.recoveries,
             "unrecorded_blocks": len(self.unrecorded),
             "replay_corrupt_records": self.replay_damage.corrupt,
+            "payout_runner": self.shared.payout_runner(),
         }
 
     @property
@@ -232,7 +233,6 @@ class Ledger:
             "ledger_opened",
             store=self.store.where,
             backend=self.config.backend,
-            shared=self.is_shared,
             schema_version=self.store.schema_version,
             checkpoint=f"{cp.segment}:{cp.offset}" if cp else None,
             replayed_records=replayed,

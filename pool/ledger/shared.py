@@ -129,3 +129,31 @@ class SharedLedger:
             except Exception as exc:
                 log.warning("shared_refresh_failed", error=repr(exc))
             await asyncio.sleep(self.config.shared_refresh_seconds)
+
+
+def processes_view(ledger: Any, now: float) -> dict[str, Any]:
+    """/api/pool's whole-pool part: every process of every instance (up or down by its
+    heartbeat), their summed live stats, and who runs the payouts. ``ledger``: the Ledger."""
+    shared: SharedLedger = ledger.shared
+    rows = shared.view(now) if ledger.is_shared else []
+    up = [row for row in rows if row["up"]]
+
+    def total(key: str) -> float:
+        return sum(float(row["stats"].get(key, 0) or 0) for row in up)
+
+    runner = next((row for row in up if row["payout_runner"]), None)
+    return {
+        "processes": rows,
+        "pool_wide": {
+            "processes": len(rows),
+            "processes_up": len(up),
+            "connections": int(total("connections")),
+            "hashrate": total("hashrate"),
+            "accepted_shares": int(total("accepted_shares")),
+        },
+        "payout_runner": {
+            "this_process": shared.payout_runner(),
+            "instance_id": None if runner is None else runner["instance_id"],
+            "process": None if runner is None else runner["process"],
+        },
+    }

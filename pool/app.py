@@ -240,7 +240,13 @@ class PoolApp:
             )
         if cfg.chain.simulation.enabled:
             self.chain_sim = self._load_chain_sim(cfg.chain.simulation)
-        self.ledger = ledger = Ledger(cfg.ledger, self.data_dir / "ledger", network, self.tasks)
+        self.ledger = ledger = Ledger(
+            cfg.ledger,
+            self.data_dir / "ledger",
+            network,
+            self.tasks,
+            instance_id=cfg.pool.instance_id,
+        )
         try:
             await ledger.open()
         except LedgerError as exc:

@@ -47,6 +47,16 @@ def store_for(
     return StoreThread(data_dir / "ledger.sqlite3", convert, store_journal, pg=pg)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class InstanceInUse(RuntimeError):
     """Another live process already writes with this instance_id and process name."""
 
@@ -95,6 +105,8 @@ class SharedLedger:
                 continue
             if (row["host"], row["pid"]) == (self.host, self.pid):
                 continue
+            if row["host"] == self.host and not _alive(int(row["pid"])):
+                continue  # this host's earlier run of this process, killed: a restart
             age = now - float(row["heartbeat_at"])
             if age < self.stale_seconds:
                 raise InstanceInUse(

@@ -56,9 +56,7 @@ def test_postgresql_backend_loads(tmp_path: Path) -> None:
         ("payout_lock_retry_seconds = 1e9", "ledger.payout_lock_retry_seconds", "0.1..3600"),
     ],
 )
-def test_bad_ledger_backend_keys_are_named(
-    tmp_path: Path, text: str, key: str, why: str
-) -> None:
+def test_bad_ledger_backend_keys_are_named(tmp_path: Path, text: str, key: str, why: str) -> None:
     with pytest.raises(ConfigError) as info:
         load(write(tmp_path, f"[ledger]\n{text}\n"), env={})
     assert key in str(info.value) and why in str(info.value)
@@ -66,5 +64,5 @@ def test_bad_ledger_backend_keys_are_named(
 
 
 def test_instance_id_range(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="pool.instance_id must be 0..65535"):
+    with pytest.raises(ConfigError, match=r"pool\.instance_id must be 0\.\.65535"):
         load(write(tmp_path, "[pool]\ninstance_id = 70000\n"), env={})

@@ -388,6 +388,8 @@ class Store(PayoutRows, ProcessRows):
 
     def commit(self) -> None:
         """Make every share applied so far durable, with the journal checkpoint, atomically."""
+        if self.pg is not None and not self.conn.in_transaction:
+            return  # PostgreSQL: nothing open (each batch was committed with its checkpoint)
         self._begin()
         if self._applied_to is not None:
             cp = self._applied_to

@@ -123,6 +123,12 @@ def api_pool(port: int) -> dict[str, Any]:
     return data
 
 
+def runner_metric(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    return next(line for line in text.splitlines() if line.startswith("stratum_pool_payout_runner"))
+
+
 def acknowledged(records: list[Path]) -> int:
     n = 0
     for f in records:
@@ -183,13 +189,17 @@ async def test_two_instances_on_one_postgresql_credit_once_and_pay_once(
         assert (
             view["payout_runner"]["instance_id"] == 1 and not view["payout_runner"]["this_process"]
         )
+        assert runner_metric(api_ports[0]).endswith(" 1")
+        assert runner_metric(api_ports[1]).endswith(" 0")
         await asyncio.sleep(max(0.0, RUN_SECONDS / 2 - (time.monotonic() - started)))
         # SIGKILL of the runner under load: the survivor takes the payouts over
         await pools[0].kill()
         await wait_for(
             lambda: runner_said('"payout_runner_taken"', pools[1].log), 60, "the takeover"
         )
+        await wait_for(lambda: runner_metric(api_ports[1]).endswith(" 1"), 30, "metric: runner")
         await pools[0].start()  # restarted: replays its journal, no longer the runner
+        await wait_for(lambda: runner_metric(api_ports[0]).endswith(" 0"), 30, "metric: not")
         await asyncio.sleep(max(0.0, RUN_SECONDS - (time.monotonic() - started)))
 
         store = Store(tmp_path / "unused", "", PgTarget(pg_database, PG_PASSWORD))

@@ -26,6 +26,7 @@ then apply their own journals into one database, each with its own checkpoint.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -148,6 +149,7 @@ MIGRATIONS: tuple[str, ...] = (
     PROCESSES_MIGRATION,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+WAL_SWITCH_ATTEMPTS = 100  # "database is locked" while another process creates the file
 
 
 _UPSERT_WORKER = """
@@ -225,12 +227,18 @@ class Store(PayoutRows, ProcessRows):
                 raise
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
+        for attempt in range(WAL_SWITCH_ATTEMPTS):  # processes sharing the file may race
             db = sqlite3.connect(self.path, isolation_level=None)  # one thread only
-            db.row_factory = sqlite3.Row
-            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path}: not a usable SQLite database: {exc}") from exc
+            try:
+                db.row_factory = sqlite3.Row
+                mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                break
+            except sqlite3.DatabaseError as exc:
+                db.close()
+                if "locked" in str(exc) and attempt + 1 < WAL_SWITCH_ATTEMPTS:
+                    time.sleep(0.05)
+                    continue
+                raise StoreError(f"{self.path}: not a usable SQLite database: {exc}") from exc
         if str(mode).lower() != "wal":
             raise StoreError(f"{self.path}: cannot switch SQLite to WAL mode (got {mode})")
         db.execute("PRAGMA synchronous=FULL")
@@ -262,6 +270,9 @@ class Store(PayoutRows, ProcessRows):
         for number in range(version + 1, SCHEMA_VERSION + 1):
             db.execute("BEGIN IMMEDIATE")
             try:
+                if int(db.execute("PRAGMA user_version").fetchone()[0]) >= number:
+                    db.execute("COMMIT")  # another process sharing the file migrated it
+                    continue
                 for statement in MIGRATIONS[number - 1].split(";"):
                     if statement.strip():
                         db.execute(statement)

@@ -481,3 +481,30 @@ def test_many_workers_of_one_address_arrive_in_any_order() -> None:
         agg.merge(BatchDelta.of(records[i : i + 100]))
     assert list(agg.workers_of("addr-a")) == sorted(names) == agg.names()
     assert agg.workers_of("addr-z") == ()
+
+
+def test_processes_sharing_a_sqlite_file_migrate_it_once(tmp_path: Path) -> None:
+    """Worker processes starting at once on one SQLite file: each migration runs once (the
+    version is read again under the write lock)."""
+    path = tmp_path / "ledger.sqlite3"
+    stores = [Store(path, f"w{i}") for i in range(4)]
+    errors: list[BaseException] = []
+    versions: list[int] = []
+    start = threading.Barrier(len(stores))
+
+    def open_store(store: Store) -> None:
+        start.wait()
+        try:
+            store.open()
+            versions.append(store.schema_version)
+            store.close()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_store, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert versions == [SCHEMA_VERSION] * 4

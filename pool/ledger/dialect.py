@@ -13,6 +13,10 @@ What is rewritten (the store's SQL and its migrations stay the SQLite text, byte
 * ``INSERT OR IGNORE INTO ...`` -> ``INSERT INTO ... ON CONFLICT DO NOTHING``;
 * ``BEGIN IMMEDIATE`` -> ``BEGIN``.
 
+What the store's SQL must do itself (no faithful rewrite exists): name the table in
+``ON CONFLICT (...) DO UPDATE SET n = t.n + excluded.n`` (PostgreSQL calls a bare ``n`` there
+ambiguous), and write upserts, not ``INSERT OR REPLACE``.
+
 ``PRAGMA`` has no PostgreSQL form: the store keeps its schema version in a table there
 (``pool.ledger.pg``). Anything this module cannot rewrite faithfully (``INSERT OR REPLACE``)
 is refused with a clear error rather than guessed at.

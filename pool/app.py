@@ -16,6 +16,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import structlog
@@ -32,6 +33,7 @@ from pool.chain_sim import ChainSim, Retarget, SimEvent
 from pool.config import Config, SimulationConfig, limits_summary
 from pool.jobs import JobConfig, Template, build_job
 from pool.ledger.ledger import Ledger, LedgerError
+from pool.ledger.payout_lock import PayoutLock
 from pool.ledger.payouts import Payouts, RoundResult
 from pool.ledger.store_best import load_best
 from pool.node.managed import (
@@ -82,6 +84,7 @@ class PoolApp:
         self.payout_address = ""
         self.ledger: Ledger | None = None
         self.payouts: Payouts | None = None
+        self.payout_lock: PayoutLock | None = None
         self._new_block = asyncio.Event()
         self._payout_lock = asyncio.Lock()
         self.chain_sim: ChainSim | None = None
@@ -238,18 +241,30 @@ class PoolApp:
             )
         if cfg.chain.simulation.enabled:
             self.chain_sim = self._load_chain_sim(cfg.chain.simulation)
-        self.ledger = ledger = Ledger(cfg.ledger, self.data_dir / "ledger", network, self.tasks)
+        self.ledger = ledger = Ledger(
+            cfg.ledger,
+            self.data_dir / "ledger",
+            network,
+            self.tasks,
+            instance_id=cfg.pool.instance_id,
+        )
         try:
             await ledger.open()
         except LedgerError as exc:
             raise StartupError(str(exc)) from exc
         await self._reconcile_blocks(ledger, rpc)
-        self.payouts = Payouts(ledger.store, rpc, cfg.ledger, network, cfg.node.wallet)
+        # exactly one payout runner (and block checker) among the pool's processes/instances
+        self.payout_lock = lock = PayoutLock(cfg.ledger, self.data_dir / "ledger")
+        await lock.refresh()
+        ledger.shared.payout_runner = lambda: lock.held
+        self.tasks.spawn("payout-lock", lock.run)
+        self.payouts = Payouts(ledger.store, rpc, cfg.ledger, network, cfg.node.wallet, lock)
         await self._settle_payouts()
         self.server = StratumServer(cfg, network, submit_block=self.submit)
         self.server.use_bans(bans_path, bans)
         self.server.ctx.best.load(*await ledger.store.run(load_best))  # best shares: kept
         self.server.share_recorder = ledger.journal_shares
+        ledger.shared.stats = self._process_stats
         self.server.block_listeners.append(self._block_settled)
         if cfg.webhooks.enabled:
             await self._start_webhooks(self.server)
@@ -422,6 +437,18 @@ class PoolApp:
             self.webhooks.payout_round(result)
         return result
 
+    def _process_stats(self) -> dict[str, Any]:
+        """This process's live numbers for the whole-pool views (its heartbeat row)."""
+        server = self.server
+        if server is None:
+            return {}
+        now = time.time()
+        return {
+            "connections": len(server.sessions),
+            "accepted_shares": server.stats.accepted,
+            "hashrate": server.hashrate.pool.hashrate(600, now) if server.hashrate.pool else 0.0,
+        }
+
     async def _ledger_loop(self) -> None:
         """Found blocks are checked on every new block and every block_check_seconds; a payout
         round runs every payout_interval_seconds (0: only on request)."""
@@ -434,6 +461,8 @@ class PoolApp:
                 async with asyncio.timeout(cfg.block_check_seconds):
                     await self._new_block.wait()
             self._new_block.clear()
+            if self.payout_lock is not None and not self.payout_lock.held:
+                continue  # another process is the payout runner: it checks blocks and pays
             try:
                 if not (self.submitter is not None and self.submitter.pending):
                     # (a block still being submitted is not checked: the node may not have it)

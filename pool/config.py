@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pool.config_checks import validate_api as _validate_api
-from pool.config_checks import zmq_endpoint_problem
+from pool.config_checks import validate_ledger_backend, zmq_endpoint_problem
 from pool.webhook_config import WebhooksConfig, validate_webhooks
 
 # Regtest's own difficulty (powLimit bits 207fffff): DIFF1_TARGET / (0x7fffff << 232), ~4.66e-10.
@@ -75,6 +75,7 @@ class PoolConfig:
     extranonce1_size: int = 4
     extranonce2_size: int = 4
     max_jobs: int = 16
+    instance_id: int = 0  # one per pool instance sharing a PostgreSQL ledger (0..65535)
 
 
 @dataclass(frozen=True)
@@ -205,6 +206,12 @@ class LedgerConfig:
     storage_retry_max_seconds: float = 10.0
     reconcile_blocks: int = 1000  # at start, at most this many recent blocks are scanned for
     # the pool's blocks missing from the store (since the last one it holds)
+    backend: str = "sqlite"  # sqlite (embedded, data_dir) | postgresql (shared by instances)
+    dsn: str = ""  # postgresql: libpq DSN or URL WITHOUT a password
+    password_env: str = "POOL_PG_PASSWORD"  # postgresql: the password's environment variable
+    shared_refresh_seconds: float = 2.0  # several writers: pool-wide totals reloaded this often
+    heartbeat_seconds: float = 5.0  # several writers: each process's row written this often
+    payout_lock_retry_seconds: float = 5.0  # processes not running payouts retry the lock
 
 
 @dataclass(frozen=True)
@@ -251,6 +258,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "logging.format": ("auto", "json", "console"),
     "ledger.scheme": ("pps", "fpps"),
     "ledger.journal_fsync": ("batch", "interval", "never"),
+    "ledger.backend": ("sqlite", "postgresql"),
     "webhooks.subscriptions": ("admin", "open", "off"),
 }
 
@@ -500,6 +508,7 @@ def validate(config: Config, where: str) -> None:
         fail("ledger.storage_retry_max_seconds", "must be storage_retry_seconds..3600 seconds")
     if not 1 <= ledger.reconcile_blocks <= 100_000:
         fail("ledger.reconcile_blocks", "must be 1..100000 blocks")
+    validate_ledger_backend(config, fail)
     if config.node.template_refresh_seconds <= 0 or config.node.template_refresh_seconds > 110:
         fail("node.template_refresh_seconds", "must be in (0, 110]: miners stop after 120 s")
     node = config.node
@@ -550,6 +559,9 @@ def limits_summary(config: Config) -> dict[str, Any]:
         "ledger.storage_retry_seconds": config.ledger.storage_retry_seconds,
         "ledger.storage_retry_max_seconds": config.ledger.storage_retry_max_seconds,
         "ledger.reconcile_blocks": config.ledger.reconcile_blocks,
+        "ledger.shared_refresh_seconds": config.ledger.shared_refresh_seconds,
+        "ledger.heartbeat_seconds": config.ledger.heartbeat_seconds,
+        "ledger.payout_lock_retry_seconds": config.ledger.payout_lock_retry_seconds,
         "api.max_request_line_bytes": config.api.max_request_line_bytes,
         "api.max_header_bytes": config.api.max_header_bytes,
         "api.max_headers": config.api.max_headers,
@@ -585,6 +597,7 @@ def effective(config: Config, env: Mapping[str, str] | None = None) -> dict[str,
         "node.rpc_password_env": config.node.rpc_password_env,
         "api.admin_token_env": config.api.admin_token_env,
         "webhooks.secret_env": config.webhooks.secret_env,
+        "ledger.password_env": config.ledger.password_env,
     }
     data["secrets"] = {
         key: {"variable": var, "set": bool(env.get(var))} for key, var in secrets.items()

@@ -50,6 +50,7 @@ from pool.ledger.pps import (
     block_value,
     share_value,
 )
+from pool.ledger.shared import processes_view
 from pool.ledger.store import Balance, Store
 from pool.server.auth import AuthError, parse_credentials
 from pool.stats import WorkerStats
@@ -225,6 +226,7 @@ class Views:
             "effort": effort_view(luck),
             "ledger": {"shares": ledger.shares},
             **self.solo.pool_fields(p.server, now),  # best_share, solo
+            **processes_view(p.ledger, now),
         }
 
     def network(self, job: Job | None, network: Network) -> dict[str, Any]:

@@ -4,12 +4,12 @@ time and per block round, replayed any number of times, in any batching, with on
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 from pool.best_share import BestShares
 from pool.ledger.records import share_record_from
 from pool.ledger.store import Checkpoint, ShareRecord, Store
 from pool.ledger.store_best import load_best
+from tests.unit.test_store import MakeStore, make_store  # noqa: F401 (fixture)
 
 
 def rec(t: float, worker: str, d: float, block: bool = False) -> ShareRecord:
@@ -73,8 +73,9 @@ def _apply(store: Store, batches: list[list[ShareRecord]]) -> None:
     store.commit()
 
 
-def test_store_keeps_it_and_replays_are_harmless(tmp_path: Path) -> None:
-    store = Store(tmp_path / "ledger.sqlite3")
+def test_store_keeps_it_and_replays_are_harmless(make_store: MakeStore) -> None:  # noqa: F811
+    """On both backends (SQLite, a real PostgreSQL)."""
+    store = make_store("ledger")
     store.open()
     try:
         _apply(store, [RECORDS])
@@ -93,7 +94,7 @@ def test_store_keeps_it_and_replays_are_harmless(tmp_path: Path) -> None:
     finally:
         store.close()
     # a fresh process opening the same file
-    reopened = Store(tmp_path / "ledger.sqlite3")
+    reopened = make_store("ledger")
     reopened.open()
     try:
         book = BestShares()

@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test lint typecheck unit integration bitcoind chromium bench fuzz clean compose-test compose-wheels
+.PHONY: run test lint typecheck unit integration bitcoind chromium postgres bench fuzz clean compose-test compose-wheels
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,16 @@ chromium:
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 	@chromium --version
 
+# The PostgreSQL ledger's tests run a throwaway cluster of Debian's server (tests/pg_harness.py:
+# initdb in a temporary directory, as an unprivileged user, on a free port).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		echo "installing Debian's postgresql for the ledger tests"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null; }
+	@ls -d /usr/lib/postgresql/*/bin
+
 run: $(STAMP) bitcoind
 	$(BIN)/stratum-pool run $(ARGS)
 
@@ -38,13 +48,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: $(STAMP) bitcoind chromium lint typecheck
+test: $(STAMP) bitcoind chromium postgres lint typecheck
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-unit: $(STAMP)
+unit: $(STAMP) postgres
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
-integration: $(STAMP) bitcoind chromium
+integration: $(STAMP) bitcoind chromium postgres
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
 
 # The pool as an outsider sees it (separate processes pinned to cores 0 and 1, see

@@ -133,6 +133,12 @@ def main(argv: list[str] | None = None) -> int:
         help="run the pool from this source tree instead of this checkout, e.g. "
         "`git archive HEAD | tar -x -C DIR` to compare with the last commit",
     )
+    parser.add_argument(
+        "--event-loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="the pool's stratum.event_loop (uvloop: the 'fast' extra)",
+    )
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = sorted(set(names) - set(ALL))
@@ -143,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         if not (args.pool_src / "pool" / "__main__.py").exists():
             parser.error(f"--pool-src {args.pool_src}: no pool/__main__.py there")
         settings = dataclasses.replace(settings, pool_src=str(args.pool_src.resolve()))
+    if args.event_loop != settings.event_loop:
+        settings = dataclasses.replace(settings, event_loop=args.event_loop)
     results: dict[str, Any] = {
         "machine": machine(),
         "quick": args.quick,

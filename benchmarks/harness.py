@@ -139,6 +139,8 @@ def pool_config(
     api_port: int | None = None,
     simulation: bool = False,
     template_refresh_seconds: float = 30.0,
+    event_loop: str = "asyncio",
+    ledger: dict[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """The bench's pool config: external node, one Stratum port at a fixed ``difficulty``
     (vardiff off), limits high enough for 20 000 connections from one IP, random-nonce
@@ -153,6 +155,7 @@ def pool_config(
         "pool": {"payout_address": node.address, "data_dir": str(data_dir)},
         "stratum": {
             "host": "127.0.0.1",
+            "event_loop": event_loop,
             "ports": [
                 {
                     "port": stratum_port,
@@ -177,7 +180,7 @@ def pool_config(
             "invalid_share_burst": 1_000_000_000,
         },
         "vardiff": {"enabled": False},
-        "ledger": {"payout_interval_seconds": 0.0},
+        "ledger": {"payout_interval_seconds": 0.0, **(ledger or {})},
         "api": {"enabled": api_port is not None, "port": api_port or free_port()},
         "logging": {"level": "info", "format": "json"},
     }

@@ -79,6 +79,16 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         out.append(
             ("accepted, journaled shares (default fsync), 20 connections", text, ">= 25 000/s")
         )
+    if "accepted_pg" in sc:
+        r = sc["accepted_pg"]
+        text = failed("accepted_pg") or r.get("error") or _flood_row(r)
+        if not failed("accepted_pg") and "error" not in r:
+            text = text.replace("/s (", "/s accepted (", 1)
+            if not r.get("all_accepted"):
+                text += f"; NOT all true: {r['accepted_total']} of {r['answers_total']}"
+        out.append(
+            ("the same, PostgreSQL ledger (ledger.backend), 20 connections", text, "as SQLite")
+        )
     if "idle" in sc:
         r = sc["idle"]
         if failed("idle") or "error" in r:

@@ -7,6 +7,8 @@ runs the load generator against it and returns a dict for the results file.
 - ``accepted``: valid, unique shares answered ``true`` per second with the default journal
   fsync policy (every hash meets difficulty 1e-12; the simulated network difficulty 1e12
   keeps them from being blocks).
+- ``accepted_pg``: the same with ``[ledger] backend = "postgresql"`` (a throwaway cluster of
+  the installed PostgreSQL server, tests/pg_harness.py), reported beside ``accepted``.
 - ``idle``: 10 000 miners connecting at once; how many got a job; pool RSS per connection.
 - ``fanout``: new block -> clean mining.notify at every one of 1 000 and 10 000 idle miners.
 - ``api``: Stratum answer latency (paced submits) without and with 10 clients polling
@@ -37,7 +39,7 @@ from benchmarks import processes as worker_processes
 from benchmarks import zmq_latency
 from benchmarks.harness import REPO, Cpus, Loadgen, Node, PoolProcess, free_ports, pool_config
 
-SCENARIOS = ("submits", "accepted", "idle", "fanout", "api", "zmq", "processes")
+SCENARIOS = ("submits", "accepted", "accepted_pg", "idle", "fanout", "api", "zmq", "processes")
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class Settings:
     zmq_miners: int = 100  # the zmq scenario (benchmarks/zmq_latency.py): idle miners...
     zmq_rounds: int = 10  # ...and blocks per way (zmq, longpoll, both)
     pool_src: str = ""  # run the pool from this source tree (default: this checkout)
+    event_loop: str = "asyncio"  # the pool's stratum.event_loop (asyncio | uvloop)
 
     @classmethod
     def quick(cls) -> Settings:
@@ -106,7 +109,14 @@ async def _with_pool(
     data = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
     api = api_port if config.pop("api", False) else None
     pool = PoolProcess(
-        pool_config(node, data / "data", stratum_port=port, api_port=api, **config),
+        pool_config(
+            node,
+            data / "data",
+            stratum_port=port,
+            api_port=api,
+            event_loop=settings.event_loop,
+            **config,
+        ),
         data,
         cpus.pool,
         src=Path(settings.pool_src) if settings.pool_src else REPO,
@@ -152,7 +162,9 @@ async def submits(node: Node, cpus: Cpus, workdir: Path, s: Settings) -> dict[st
     return out
 
 
-async def accepted(node: Node, cpus: Cpus, workdir: Path, s: Settings) -> dict[str, Any]:
+async def accepted(
+    node: Node, cpus: Cpus, workdir: Path, s: Settings, ledger: dict[str, Any] | None = None
+) -> dict[str, Any]:
     async def run(pool: PoolProcess) -> dict[str, Any]:
         spec = _spec(
             "flood",
@@ -178,7 +190,25 @@ async def accepted(node: Node, cpus: Cpus, workdir: Path, s: Settings) -> dict[s
         difficulty=1e-12,
         max_difficulty=1.0,
         simulation=True,
+        ledger=ledger,
     )
+
+
+async def accepted_pg(node: Node, cpus: Cpus, workdir: Path, s: Settings) -> dict[str, Any]:
+    """``accepted`` with the PostgreSQL ledger (skipped with the reason when no server is
+    installed: ``make postgres``)."""
+    import os
+
+    from tests.pg_harness import PG_PASSWORD, running_server
+
+    try:
+        with running_server() as server:
+            dsn = server.dsn(server.create_database())
+            os.environ["POOL_PG_PASSWORD"] = PG_PASSWORD  # the pool process inherits it
+            ledger = {"backend": "postgresql", "dsn": dsn}
+            return await accepted(node, cpus, workdir, s, ledger=ledger)
+    except LookupError as exc:
+        return {"error": str(exc)}
 
 
 async def idle(node: Node, cpus: Cpus, workdir: Path, s: Settings) -> dict[str, Any]:
@@ -285,6 +315,7 @@ async def api(node: Node, cpus: Cpus, workdir: Path, s: Settings) -> dict[str, A
 RUNNERS = {
     "submits": submits,
     "accepted": accepted,
+    "accepted_pg": accepted_pg,
     "idle": idle,
     "fanout": fanout,
     "api": api,

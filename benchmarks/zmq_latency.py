@@ -58,7 +58,12 @@ async def _one_way(
     (port,) = free_ports(1)
     data = Path(tempfile.mkdtemp(prefix=f"zmq-{way}-", dir=workdir))
     config = pool_config(
-        node, data / "data", stratum_port=port, difficulty=1.0, template_refresh_seconds=110.0
+        node,
+        data / "data",
+        stratum_port=port,
+        difficulty=1.0,
+        template_refresh_seconds=110.0,
+        event_loop=settings.event_loop,
     )
     config["node"].update(node_keys(way, endpoint))
     pool = PoolProcess(

@@ -16,6 +16,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import structlog
@@ -32,7 +33,9 @@ from pool.chain_sim import ChainSim, Retarget, SimEvent
 from pool.config import Config, SimulationConfig, limits_summary
 from pool.jobs import JobConfig, Template, build_job
 from pool.ledger.ledger import Ledger, LedgerError
+from pool.ledger.payout_lock import PayoutLock
 from pool.ledger.payouts import Payouts, RoundResult
+from pool.ledger.store_best import load_best
 from pool.node.managed import (
     ManagedNode,
     ensure_wallet,
@@ -72,11 +75,9 @@ def payout_script_for(address: str, network: Network) -> bytes:
 class WorkerRole:
     """This process as one of ``server.processes`` Stratum workers (pool/supervisor.py): its
     index (its extranonce1 prefix), its journal, and whether it is the lead, the one process
-    that runs the API, the block checks, the chain reconcile, the payouts and the pool-wide
-    webhooks (workers, health). The supervisor made the start-up checks already.
-
-    (The "pg" helper's payout runner lock replaces ``lead`` for payouts and block checks:
-    whichever process holds the lock runs them; see ``PoolApp.runs_upkeep``.)"""
+    that runs the API and the pool-wide webhooks (workers, health). Payouts and block checks
+    run in whichever process holds the payout lock (pool/ledger/payout_lock.py), so a
+    survivor takes them over. The supervisor made the start-up checks already."""
 
     index: int
     journal_id: str
@@ -97,6 +98,7 @@ class PoolApp:
         self.payout_address = ""
         self.ledger: Ledger | None = None
         self.payouts: Payouts | None = None
+        self.payout_lock: PayoutLock | None = None
         self._new_block = asyncio.Event()
         self._payout_lock = asyncio.Lock()
         self.chain_sim: ChainSim | None = None
@@ -107,10 +109,9 @@ class PoolApp:
         self.webhooks: PoolWebhooks | None = None  # webhooks.enabled
 
     @property
-    def runs_upkeep(self) -> bool:
-        """This process runs the pool-wide jobs: API, payouts, block checks and reconcile,
-        webhooks' monitor (always, unless it is a worker other than the lead).
-        Hook: a payout-runner lock (advisory lock / lock file) decides this instead."""
+    def is_lead(self) -> bool:
+        """This process serves the API and the pool-wide webhooks (workers, health): always,
+        unless it is a worker process other than the lead."""
         return self.role is None or self.role.lead
 
     @property
@@ -261,25 +262,36 @@ class PoolApp:
             )
         if cfg.chain.simulation.enabled:
             self.chain_sim = self._load_chain_sim(cfg.chain.simulation)
-        # A worker journals on its own (journal-<id>) into the one store. Its in-memory
-        # aggregates count the store at its start plus its own shares since (hook: a "shared"
-        # mode that reloads the pool-wide aggregates from the store when role is not None).
+        # A worker journals on its own (journal-w<i>) into the one store, which the other
+        # workers write too: "shared", the pool-wide aggregates are reloaded from the store.
         journal_id = self.role.journal_id if self.role is not None else ""
         self.ledger = ledger = Ledger(
-            cfg.ledger, self.data_dir / "ledger", network, self.tasks, journal_id=journal_id
+            cfg.ledger,
+            self.data_dir / "ledger",
+            network,
+            self.tasks,
+            journal_id=journal_id,
+            shared=self.role is not None,
+            instance_id=cfg.pool.instance_id,
         )
         try:
             await ledger.open()
         except LedgerError as exc:
             raise StartupError(str(exc)) from exc
-        self.payouts = Payouts(ledger.store, rpc, cfg.ledger, network, cfg.node.wallet)
-        if self.runs_upkeep:
-            await self._reconcile_blocks(ledger, rpc)
-            await self._settle_payouts()
+        await self._reconcile_blocks(ledger, rpc)
+        # exactly one payout runner (and block checker) among the pool's processes/instances
+        self.payout_lock = lock = PayoutLock(cfg.ledger, self.data_dir / "ledger")
+        await lock.refresh()
+        ledger.shared.payout_runner = lambda: lock.held
+        self.tasks.spawn("payout-lock", lock.run)
+        self.payouts = Payouts(ledger.store, rpc, cfg.ledger, network, cfg.node.wallet, lock)
+        await self._settle_payouts()
         index = self.role.index if self.role is not None else 0
         self.server = StratumServer(cfg, network, submit_block=self.submit, process_index=index)
         self.server.use_bans(bans_path, bans)
+        self.server.ctx.best.load(*await ledger.store.run(load_best))  # best shares: kept
         self.server.share_recorder = ledger.journal_shares
+        ledger.shared.stats = self._process_stats
         self.server.block_listeners.append(self._block_settled)
         if cfg.webhooks.enabled:
             await self._start_webhooks(self.server)
@@ -296,9 +308,8 @@ class PoolApp:
         await self.watcher.update(force=True)  # a job exists before the first miner arrives
         await self.server.start()
         self.tasks.spawn("template-watcher", self.watcher.run)
-        if self.runs_upkeep:
-            self.tasks.spawn("ledger-upkeep", self._ledger_loop)
-        if cfg.api.enabled and self.runs_upkeep:
+        self.tasks.spawn("ledger-upkeep", self._ledger_loop)
+        if cfg.api.enabled and self.is_lead:
             self.api = ApiServer(self)
             await self.api.start()
         # Everything made so far lives as long as the pool (modules, config, node, ledger):
@@ -323,7 +334,7 @@ class PoolApp:
             raise StartupError(str(exc)) from exc
         await hooks.start()
         server.block_listeners.append(hooks.block_settled)  # this process's own blocks
-        if not self.runs_upkeep:  # workers and health: one process reports them
+        if not self.is_lead:  # workers and health: one process reports them
             return
 
         checker = ApiServer(self)  # the /healthz verdict, with or without the API
@@ -458,6 +469,18 @@ class PoolApp:
             self.webhooks.payout_round(result)
         return result
 
+    def _process_stats(self) -> dict[str, Any]:
+        """This process's live numbers for the whole-pool views (its heartbeat row)."""
+        server = self.server
+        if server is None:
+            return {}
+        now = time.time()
+        return {
+            "connections": len(server.sessions),
+            "accepted_shares": server.stats.accepted,
+            "hashrate": server.hashrate.pool.hashrate(600, now) if server.hashrate.pool else 0.0,
+        }
+
     async def _ledger_loop(self) -> None:
         """Found blocks are checked on every new block and every block_check_seconds; a payout
         round runs every payout_interval_seconds (0: only on request)."""
@@ -470,6 +493,8 @@ class PoolApp:
                 async with asyncio.timeout(cfg.block_check_seconds):
                     await self._new_block.wait()
             self._new_block.clear()
+            if self.payout_lock is not None and not self.payout_lock.held:
+                continue  # another process is the payout runner: it checks blocks and pays
             try:
                 if not (self.submitter is not None and self.submitter.pending):
                     # (a block still being submitted is not checked: the node may not have it)

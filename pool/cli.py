@@ -128,6 +128,9 @@ def _parser() -> argparse.ArgumentParser:
         "--out", type=Path, help="output dir (default: .data/scenarios/NAME-<time>); must be new"
     )
     scenario.add_argument("--quick", action="store_true", help="the scenario's quick variant")
+    from pool.scenarios.schemes_report import add_arguments as add_scheme_arguments
+
+    add_scheme_arguments(scenario)
     return parser
 
 
@@ -286,6 +289,7 @@ def _cmd_scenario(args: argparse.Namespace) -> int:
     from pool.node.rpc import RpcError
     from pool.scenarios import spec as scenario_spec
     from pool.scenarios.runner import run_scenario
+    from pool.scenarios.schemes_report import settings_from_args
 
     try:
         spec = scenario_spec.load(args.scenario, quick=args.quick)
@@ -297,7 +301,7 @@ def _cmd_scenario(args: argparse.Namespace) -> int:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         out = Path(".data") / "scenarios" / f"{spec.name}{'-quick' if args.quick else ''}-{stamp}"
     try:
-        result = asyncio.run(run_scenario(spec, out))
+        result = asyncio.run(run_scenario(spec, out, compare=settings_from_args(args)))
     except (scenario_spec.ScenarioError, StartupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

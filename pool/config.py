@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pool.config_checks import validate_api as _validate_api
-from pool.config_checks import zmq_endpoint_problem
+from pool.config_checks import validate_ledger_backend, zmq_endpoint_problem
 from pool.webhook_config import WebhooksConfig, validate_webhooks
 
 # Regtest's own difficulty (powLimit bits 207fffff): DIFF1_TARGET / (0x7fffff << 232), ~4.66e-10.
@@ -90,6 +90,12 @@ class PortConfig:
     tls: bool = False  # Stratum inside TLS 1.2+ (pool/server/tls.py)
     tls_cert: str = ""  # PEM certificate (chain) and its key; both empty: a self-signed pair
     tls_key: str = ""  # made in <data_dir>/tls on the first start
+    # The port's payout scheme: "" (the ledger's), pps, fpps, pplns or solo (each miner's jobs
+    # pay its own address; pool/server/solo.py)
+    scheme: str = ""
+    # SOLO ports: the pool's fee as a second coinbase output, in basis points of the block
+    # reward (0..10000; floor(reward * bps / 10000) satoshis to the pool's payout address)
+    solo_fee_bps: int = 0
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,7 @@ class StratumConfig:
 
 
 EVENT_LOOPS = ("asyncio", "uvloop")
+PORT_SCHEMES = ("", "pps", "fpps", "pplns", "solo")  # "": the ledger's scheme
 
 
 @dataclass(frozen=True)
@@ -217,6 +224,12 @@ class LedgerConfig:
     storage_retry_max_seconds: float = 10.0
     reconcile_blocks: int = 1000  # at start, at most this many recent blocks are scanned for
     # the pool's blocks missing from the store (since the last one it holds)
+    backend: str = "sqlite"  # sqlite (embedded, data_dir) | postgresql (shared by instances)
+    dsn: str = ""  # postgresql: libpq DSN or URL WITHOUT a password
+    password_env: str = "POOL_PG_PASSWORD"  # postgresql: the password's environment variable
+    shared_refresh_seconds: float = 2.0  # several writers: pool-wide totals reloaded this often
+    heartbeat_seconds: float = 5.0  # several writers: each process's row written this often
+    payout_lock_retry_seconds: float = 5.0  # processes not running payouts retry the lock
 
 
 @dataclass(frozen=True)
@@ -264,6 +277,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "logging.format": ("auto", "json", "console"),
     "ledger.scheme": ("pps", "fpps"),
     "ledger.journal_fsync": ("batch", "interval", "never"),
+    "ledger.backend": ("sqlite", "postgresql"),
     "webhooks.subscriptions": ("admin", "open", "off"),
 }
 
@@ -408,6 +422,12 @@ def validate(config: Config, where: str) -> None:
             fail(key, "needs 0 < min_difficulty <= start_difficulty <= max_difficulty")
         if (port.tls_cert or port.tls_key) and not (port.tls and port.tls_cert and port.tls_key):
             fail(key, "needs tls = true and both tls_cert and tls_key (or neither: self-signed)")
+        if port.scheme not in PORT_SCHEMES:
+            fail(f"{key}.scheme", f"must be one of {', '.join(map(repr, PORT_SCHEMES))}")
+        if not 0 <= port.solo_fee_bps <= 10_000:
+            fail(f"{key}.solo_fee_bps", "must be 0..10000 basis points")
+        if port.solo_fee_bps and port.scheme != "solo":
+            fail(f"{key}.solo_fee_bps", 'applies to scheme = "solo" ports only')
     try:
         mask = int(config.stratum.version_rolling_mask, 16)
     except ValueError:
@@ -518,6 +538,7 @@ def validate(config: Config, where: str) -> None:
         fail("ledger.storage_retry_max_seconds", "must be storage_retry_seconds..3600 seconds")
     if not 1 <= ledger.reconcile_blocks <= 100_000:
         fail("ledger.reconcile_blocks", "must be 1..100000 blocks")
+    validate_ledger_backend(config, fail)
     if config.node.template_refresh_seconds <= 0 or config.node.template_refresh_seconds > 110:
         fail("node.template_refresh_seconds", "must be in (0, 110]: miners stop after 120 s")
     node = config.node
@@ -598,6 +619,7 @@ def limits_summary(config: Config) -> dict[str, Any]:
     return dataclasses.asdict(config.limits) | {
         "stratum.max_ntime_ahead_seconds": config.stratum.max_ntime_ahead_seconds,
         "pool.max_jobs": config.pool.max_jobs,
+        "stratum.ports.solo_fee_bps": [p.solo_fee_bps for p in config.stratum.ports],
         "pool.instance_id": config.pool.instance_id,
         "server.processes": config.server.processes,
         "server.worker_restart_backoff_seconds": config.server.worker_restart_backoff_seconds,
@@ -618,6 +640,9 @@ def limits_summary(config: Config) -> dict[str, Any]:
         "ledger.storage_retry_seconds": config.ledger.storage_retry_seconds,
         "ledger.storage_retry_max_seconds": config.ledger.storage_retry_max_seconds,
         "ledger.reconcile_blocks": config.ledger.reconcile_blocks,
+        "ledger.shared_refresh_seconds": config.ledger.shared_refresh_seconds,
+        "ledger.heartbeat_seconds": config.ledger.heartbeat_seconds,
+        "ledger.payout_lock_retry_seconds": config.ledger.payout_lock_retry_seconds,
         "api.max_request_line_bytes": config.api.max_request_line_bytes,
         "api.max_header_bytes": config.api.max_header_bytes,
         "api.max_headers": config.api.max_headers,
@@ -653,6 +678,7 @@ def effective(config: Config, env: Mapping[str, str] | None = None) -> dict[str,
         "node.rpc_password_env": config.node.rpc_password_env,
         "api.admin_token_env": config.api.admin_token_env,
         "webhooks.secret_env": config.webhooks.secret_env,
+        "ledger.password_env": config.ledger.password_env,
     }
     data["secrets"] = {
         key: {"variable": var, "set": bool(env.get(var))} for key, var in secrets.items()

@@ -6,6 +6,7 @@ Split from ``pool.config`` (which re-exports them) to keep each module one conce
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -65,3 +66,35 @@ def validate_api(config: Config, fail: Callable[[str, str], None]) -> None:
             fail(f"api.{name}", f"must be at least {least}")
     if not 1 <= api.max_message_chars <= MAX_MESSAGE_CHARS:
         fail("api.max_message_chars", f"must be 1..{MAX_MESSAGE_CHARS}")
+
+
+def validate_ledger_backend(config: Config, fail: Callable[[str, str], None]) -> None:
+    """``[ledger] backend`` and its PostgreSQL keys; the multi-writer timings."""
+    ledger = config.ledger
+    if ledger.backend == "postgresql":
+        if not ledger.dsn.strip():
+            fail("ledger.dsn", "must be set for backend = postgresql (a libpq DSN or URL)")
+        from pool.ledger.pg import dsn_problem, password_in_dsn
+
+        problem = dsn_problem(ledger.dsn)
+        if problem is not None:
+            fail("ledger.dsn", problem)
+        if password_in_dsn(ledger.dsn):
+            fail(
+                "ledger.dsn",
+                "must not contain a password: put it in the environment variable named by "
+                f"ledger.password_env ({ledger.password_env or 'unset'})",
+            )
+    elif ledger.dsn:
+        fail("ledger.dsn", "is only used with ledger.backend = postgresql")
+    if ledger.password_env and not ledger.password_env.replace("_", "").isalnum():
+        fail("ledger.password_env", "must be an environment variable name (or empty)")
+    for name, least in (
+        ("shared_refresh_seconds", 0.1),
+        ("heartbeat_seconds", 0.5),
+        ("payout_lock_retry_seconds", 0.1),
+    ):
+        value = getattr(ledger, name)
+        if not (math.isfinite(value) and least <= value <= 3600):
+            fail(f"ledger.{name}", f"must be {least}..3600 seconds")
+    # pool.instance_id: 0..255, checked with server.processes (its extranonce1 prefix byte)

@@ -143,6 +143,9 @@ class Job:
     # The target a share must meet to be submitted as a block: the template's own target, or a
     # harder simulated one (chain simulation on regtest). Never easier than the template's.
     block_target: int = field(default=0)
+    # A SOLO job (same id, template and branch, a coinbase paying one miner): the pool's job
+    # it was made from (the live-job table holds that one). None for the pool's own jobs.
+    base: Job | None = field(default=None, repr=False, compare=False)
     # Per-job constants for the share hot path, computed once (see ``__post_init__``).
     coinb1: bytes = field(init=False, repr=False, compare=False)
     coinb2: bytes = field(init=False, repr=False, compare=False)
@@ -256,6 +259,44 @@ def build_job(
         clean=clean,
         created_at=now,
         block_target=target,
+    )
+
+
+FEE_BPS_DENOMINATOR = 10_000
+
+
+def solo_outputs(
+    coinbase_value: int, miner_script: bytes, fee_script: bytes, fee_bps: int
+) -> list[TxOut]:
+    """A SOLO coinbase's outputs: the reward to the miner's script, less the pool fee as a
+    second output to ``fee_script``. Integer satoshis: fee = floor(value * fee_bps / 10 000)
+    (rounded down: the miner keeps the remainder); no fee output when that is 0."""
+    if not 0 <= fee_bps <= FEE_BPS_DENOMINATOR:
+        raise ValueError(f"solo fee must be 0..{FEE_BPS_DENOMINATOR} basis points, got {fee_bps}")
+    fee = coinbase_value * fee_bps // FEE_BPS_DENOMINATOR
+    if fee == 0:
+        return [TxOut(coinbase_value, miner_script)]
+    return [TxOut(coinbase_value - fee, miner_script), TxOut(fee, fee_script)]
+
+
+def solo_job(base: Job, miner_script: bytes, fee_bps: int = 0) -> Job:
+    """``base`` remade to pay ``miner_script`` (the pool fee, if any, goes to the script the
+    pool's own job pays: its first output). Same id, template, merkle branch, ntime and
+    targets; only coinb2 differs."""
+    if base.base is not None:
+        raise ValueError("solo_job needs the pool's own job, not a SOLO job")
+    fee_script = base.coinbase.outputs[0].script if base.coinbase.outputs else miner_script
+    outputs = solo_outputs(base.template.coinbase_value, miner_script, fee_script, fee_bps)
+    return Job(
+        job_id=base.job_id,
+        template=base.template,
+        coinbase=base.coinbase.with_outputs(outputs),
+        merkle_branch=base.merkle_branch,
+        ntime=base.ntime,
+        clean=base.clean,
+        created_at=base.created_at,
+        block_target=base.block_target,
+        base=base,
     )
 
 

@@ -3,8 +3,9 @@
 The hot path does not change: each worker is a whole pool (its own event loop, listeners,
 template watcher and ZMQ feed against the one bitcoind, its own journal: a share is
 acknowledged only once that worker's journal wrote it), and every worker applies its journal
-into the one ledger store with a checkpoint of its own (journal ``w<i>``, ``i<id>-w<i>`` on an
-instance with ``pool.instance_id`` != 0). The supervisor:
+into the one ledger store with a checkpoint of its own (journal ``w<i>``; in a PostgreSQL
+store shared by instances ``i<instance_id>-w<i>``), in the ledger's shared mode (each worker
+reloads the pool-wide totals from the store). The supervisor:
 
 1. makes the start-up checks once (config, ports, data dir, bans file, TLS pairs), starts the
    managed bitcoind (or checks the external one) and settles the payout address;
@@ -20,9 +21,11 @@ instance with ``pool.instance_id`` != 0). The supervisor:
    then stops the managed bitcoind.
 
 Worker 0 is the lead (``pool.app.WorkerRole``): the API (it reads and acts on a live pool's
-state, which only a worker has), payouts, block checks, the chain reconcile and the pool-wide
-webhooks run there only. The workers' state is in ``<data_dir>/supervisor/workers.json``
-(pids, restarts), which the lead's /metrics reads.
+state, which only a worker has; the store's process heartbeats give it the whole pool) and
+the pool-wide webhooks (workers, health) run there only. Payouts and block checks run in the
+worker holding the payout lock (pool/ledger/payout_lock.py: a survivor takes it over). The
+workers' state is in ``<data_dir>/supervisor/workers.json`` (pids, restarts), which the
+lead's /metrics reads.
 """
 
 from __future__ import annotations
@@ -63,9 +66,10 @@ log = structlog.get_logger("pool.supervisor")
 WORKER_CONFIG = "worker-config.json"
 
 
-def journal_id(index: int, instance_id: int = 0) -> str:
-    """Worker ``index``'s journal (and store checkpoint) name."""
-    return f"w{index}" if instance_id == 0 else f"i{instance_id}-w{index}"
+def journal_id(index: int) -> str:
+    """Worker ``index``'s journal (``<data_dir>/ledger/journal-w<i>``) and store checkpoint
+    name (PostgreSQL: ``i<instance_id>-w<i>``, pool/ledger/shared.py)."""
+    return f"w{index}"
 
 
 @dataclasses.dataclass
@@ -109,10 +113,7 @@ class PoolSupervisor:
         self.node: ManagedNode | None = None
         self.rpc: BitcoinRpc | None = None
         self.worker_config: Config | None = None
-        instance = config.pool.instance_id
-        self.slots = [
-            WorkerSlot(i, journal_id(i, instance)) for i in range(config.server.processes)
-        ]
+        self.slots = [WorkerSlot(i, journal_id(i)) for i in range(config.server.processes)]
         self._held: list[socket.socket] = []
         self._watchers: list[asyncio.Task[None]] = []
         self._stopping = False

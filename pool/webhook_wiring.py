@@ -26,6 +26,8 @@ from pool.webhooks import Webhooks, block_change_events, monitor
 
 log = structlog.get_logger("pool.webhooks")
 
+OUTBOX_FILE = "webhooks-outbox.jsonl"  # deliveries queued at the last stop
+
 
 class PoolWebhooks:
     def __init__(self, hooks: Webhooks, book: SubscriptionBook) -> None:
@@ -37,7 +39,12 @@ class PoolWebhooks:
         """Raises ``SubscriptionsFileError`` for a damaged subscriptions file."""
         cfg = config.webhooks
         secret = os.environ.get(cfg.secret_env, "")
-        hooks = Webhooks(cfg, pool_id=cfg.pool_id or config.pool.pool_tag, secret=secret)
+        hooks = Webhooks(
+            cfg,
+            pool_id=cfg.pool_id or config.pool.pool_tag,
+            secret=secret,
+            outbox_path=data_dir / OUTBOX_FILE,
+        )
         path = data_dir / FILE_NAME
         subs = Subscriptions(
             load(path),

@@ -13,7 +13,9 @@ sender task, so a receiver that is down or slow (each attempt ends after
 ``webhooks.timeout_seconds``) delays only its own deliveries. A failed attempt (no answer, a
 timeout, 5xx, 408 or 429) is retried after ``retry_seconds``, doubled per failure up to
 ``retry_max_seconds``, ``max_attempts`` attempts in all; other 4xx answers are not retried.
-Deliveries still queued when the pool stops are lost (the log says how many).
+Deliveries still queued when the pool stops are written to the data dir (``outbox_path``,
+fsynced) and queued again at the next start for the same receiver (same key and URL); those
+whose receiver is gone by then are dropped and counted in the log.
 
 Worker events: a worker that had an accepted share in this run and none for
 ``worker_offline_seconds`` is offline (once); its next accepted share makes it back. Workers
@@ -29,11 +31,13 @@ import contextlib
 import hashlib
 import hmac
 import json
+import os
 import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -113,8 +117,12 @@ class Webhooks:
         pool_id: str,
         secret: str = "",
         clock: Callable[[], float] = time.time,
+        outbox_path: Path | None = None,
     ) -> None:
+        """``outbox_path``: where deliveries still queued at ``close`` are kept for the next
+        start (None: they are lost, the log says how many)."""
         self.config = config
+        self.outbox_path = outbox_path
         self.pool_id = pool_id
         self.clock = clock
         self.counters = Counters()
@@ -207,8 +215,11 @@ class Webhooks:
             timeout=aiohttp.ClientTimeout(total=self.config.timeout_seconds),
             headers={"User-Agent": USER_AGENT, "Content-Type": "application/json"},
         )
+        restored = self._restore_outbox()
         for box in self._outboxes.values():
             self._start_sender(box)
+        if restored:
+            log.info("webhooks_restored", deliveries=restored)
         log.info(
             "webhooks_started",
             urls=[r.url for r in self.receivers() if r.address is None],
@@ -228,11 +239,76 @@ class Webhooks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         lost = self.queued()
-        if lost:
+        if lost and self._keep_outbox():
+            log.info("webhooks_kept_for_next_start", deliveries=lost)
+        elif lost:
             log.warning("webhooks_not_delivered_at_stop", deliveries=lost)
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    def _keep_outbox(self) -> bool:
+        """Write the queued deliveries to ``outbox_path`` (whole or not at all); whether they
+        were kept."""
+        if self.outbox_path is None:
+            return False
+        rows = [
+            {
+                "receiver": box.receiver.key,
+                "url": box.receiver.url,
+                "id": d.id,
+                "event": d.event,
+                "body": d.body.decode(),
+            }
+            for box in self._outboxes.values()
+            for d in box.queue
+        ]
+        tmp = self.outbox_path.with_name(self.outbox_path.name + ".tmp")
+        try:
+            self.outbox_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "w", encoding="utf-8") as f:
+                for row in rows:
+                    f.write(json.dumps(row, separators=(",", ":")) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.outbox_path)
+        except OSError as exc:
+            log.warning("webhooks_outbox_not_written", error=repr(exc))
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            return False
+        return True
+
+    def _restore_outbox(self) -> int:
+        """Queue the deliveries kept at the last stop again (before anything new); returns
+        how many. A damaged file is set aside, never a reason not to start."""
+        path = self.outbox_path
+        if path is None or not path.exists():
+            return 0
+        restored = gone = 0
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+            for line in lines:
+                row = json.loads(line)
+                box = self._outboxes.get(str(row["receiver"]))
+                if box is None or box.receiver.url != row["url"]:
+                    gone += 1
+                    continue
+                if len(box.queue) >= self.config.queue_size:
+                    self.counters.dropped += 1
+                    continue
+                box.queue.append(Delivery(str(row["id"]), str(row["event"]), row["body"].encode()))
+                box.wake.set()
+                restored += 1
+            path.unlink()
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            aside = path.with_name(path.name + ".damaged")
+            with contextlib.suppress(OSError):
+                os.replace(path, aside)
+            log.error("webhooks_outbox_unreadable", error=repr(exc), moved_to=aside.name)
+        if gone:
+            log.warning("webhooks_outbox_receiver_gone", deliveries=gone)
+        return restored
 
     # -- sending ----------------------------------------------------------------------------------
     async def _sender(self, box: _Outbox) -> None:

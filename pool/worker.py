@@ -46,7 +46,7 @@ def run_worker(config_path: Path, index: int) -> int:
             file=sys.stderr,
         )
         return EXIT_CONFIG
-    name = journal_id(index, cfg.pool.instance_id)
+    name = journal_id(index)
     logs.configure(cfg.logging.level, cfg.logging.format)
     structlog.contextvars.bind_contextvars(worker=name)
     try:

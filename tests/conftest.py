@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import pytest_asyncio
 
 from pool.node.binaries import Binaries, BitcoindNotFound, ensure
 from pool.node.managed import ManagedNode, prepare_regtest_wallet
+from tests.pg_harness import PG_PASSWORD, PgServer, running_server
 
 POOL_WALLET = "pool"
 
@@ -46,3 +47,26 @@ async def fresh_node(
         yield node
     finally:
         await node.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PgServer]:
+    """A real PostgreSQL (tests/pg_harness.py) for the whole session; skipped, with the
+    reason, only where its binaries are not installed (``make test`` installs them)."""
+    try:
+        with running_server() as server:
+            yield server
+    except LookupError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture
+def pg_database(postgres: PgServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh database on the session's PostgreSQL; its DSN (no password: the password is in
+    POOL_PG_PASSWORD, as the pool reads it). Dropped at the end."""
+    name = postgres.create_database()
+    monkeypatch.setenv("POOL_PG_PASSWORD", PG_PASSWORD)
+    try:
+        yield postgres.dsn(name)
+    finally:
+        postgres.drop_database(name)

@@ -337,6 +337,11 @@ def _ledger_health(ledger: Ledger) -> list[Metric]:
             ],
         ),
         gauge(
+            PREFIX + "payout_runner",
+            "1 in the one process (of every process and instance) running payouts.",
+            int(bool(health.get("payout_runner"))),
+        ),
+        gauge(
             PREFIX + "ledger_unrecorded_blocks",
             "Found blocks the store has not taken yet (kept and retried).",
             health["unrecorded_blocks"],

@@ -32,6 +32,7 @@ from pool.api.amounts import (
     sat_to_btc,
     units_to_sat,
 )
+from pool.api.solo_view import SoloView
 from pool.bitcoin import (
     DIFF1_TARGET,
     AddressError,
@@ -49,6 +50,7 @@ from pool.ledger.pps import (
     block_value,
     share_value,
 )
+from pool.ledger.shared import processes_view
 from pool.ledger.store import Balance, Store
 from pool.server.auth import AuthError, parse_credentials
 from pool.stats import WorkerStats
@@ -145,6 +147,7 @@ class Views:
         self.app = app
         self.cache_seconds = cache_seconds
         self._directory: Directory | None = None
+        self.solo = SoloView(cache_seconds)  # best shares and SOLO workers
 
     def parts(self) -> Parts:
         app = self.app
@@ -222,6 +225,8 @@ class Views:
             "luck": luck,
             "effort": effort_view(luck),
             "ledger": {"shares": ledger.shares},
+            **self.solo.pool_fields(p.server, now),  # best_share, solo
+            **processes_view(p.ledger, now),
         }
 
     def network(self, job: Job | None, network: Network) -> dict[str, Any]:
@@ -375,13 +380,14 @@ class Views:
         address, _, short = name.partition(".")
         last = [t for t in (stats and stats.last_share, stored and stored.last_share) if t]
         rejected = dict(stats.rejected) if stats else {}
+        hashrate = rates(meter, p.server.hashrate.windows, now)
         return {
             "name": name,
             "address": address,
             "worker": short,
             "online": bool(stats and stats.connections > 0),
             "connections": stats.connections if stats else 0,
-            "hashrate": rates(meter, p.server.hashrate.windows, now),
+            "hashrate": hashrate,
             "difficulty": stats.difficulty if stats and stats.difficulty else None,
             "shares": {
                 "accepted": stats.accepted if stats else 0,
@@ -399,6 +405,7 @@ class Views:
                 "last_share": stored.last_share if stored else None,
             },
             "balance": balance_view(balance),
+            **self.solo.worker_fields(p.server, name, hashrate),  # best_share, solo
         }
 
     # -- addresses --------------------------------------------------------------------------------
@@ -429,6 +436,7 @@ class Views:
                 1 for n in names if (w := p.server.stats.workers.get(n)) and w.connections > 0
             ),
             "workers_offset": offset,
+            **self.solo.address_fields(p.server, address, hashrate),  # best_share, solo
             "payouts": [
                 {
                     **payout_view(row),

@@ -46,6 +46,12 @@ class CoinbaseTemplate:
     coinb2: bytes
     extranonce_size: int
     has_witness_commitment: bool
+    # What coinb2 was made of (so the same coinbase can be remade paying other outputs):
+    # the scriptSig after the extranonce (aux | pool tag), the outputs before the witness
+    # commitment, and the commitment's script.
+    script_tail: bytes = b""
+    outputs: tuple[TxOut, ...] = ()
+    witness_commitment: bytes | None = None
 
     def tx(self, extranonce: bytes) -> bytes:
         """Non-witness serialization with ``extranonce`` filled in."""
@@ -70,6 +76,49 @@ class CoinbaseTemplate:
             return raw
         return raw[:4] + b"\x00\x01" + raw[4:-4] + _COINBASE_WITNESS + raw[-4:]
 
+    def with_outputs(self, outputs: Sequence[TxOut]) -> CoinbaseTemplate:
+        """The same coinbase (height, extranonce place, scriptSig tail, witness commitment
+        kept as the last output) paying ``outputs`` instead: coinb1 is unchanged (it holds
+        nothing that depends on the outputs), coinb2 is made again."""
+        checked = _check_outputs(outputs)
+        return CoinbaseTemplate(
+            coinb1=self.coinb1,
+            coinb2=_coinb2(self.script_tail, checked, self.witness_commitment),
+            extranonce_size=self.extranonce_size,
+            has_witness_commitment=self.has_witness_commitment,
+            script_tail=self.script_tail,
+            outputs=checked,
+            witness_commitment=self.witness_commitment,
+        )
+
+
+def _check_outputs(outputs: Sequence[TxOut]) -> tuple[TxOut, ...]:
+    if not outputs:
+        raise ValueError("a coinbase needs at least one output")
+    for out in outputs:
+        if out.value < 0:  # TxOut validates too; kept for explicitness
+            raise ValueError(f"negative output value: {out.value}")
+    total = sum(out.value for out in outputs)
+    if total > MAX_MONEY:
+        raise ValueError(f"outputs total {total} satoshis, more than MAX_MONEY")
+    return tuple(outputs)
+
+
+def _coinb2(
+    script_tail: bytes, outputs: Sequence[TxOut], witness_commitment: bytes | None
+) -> bytes:
+    """scriptSig tail | sequence | outputs (+ the witness commitment last) | locktime."""
+    all_outputs = list(outputs)
+    if witness_commitment is not None:
+        all_outputs.append(TxOut(0, witness_commitment))
+    return (
+        script_tail
+        + _SEQUENCE_FINAL
+        + compact_size(len(all_outputs))
+        + b"".join(out.serialize() for out in all_outputs)
+        + _LOCKTIME_ZERO
+    )
+
 
 def build_coinbase(
     *,
@@ -93,14 +142,7 @@ def build_coinbase(
         raise ValueError(f"negative extranonce size: {extranonce_size}")
     if not 0 <= version <= 0xFFFF_FFFF:
         raise ValueError(f"transaction version must be a uint32, got {version}")
-    if not outputs:
-        raise ValueError("a coinbase needs at least one output")
-    for out in outputs:
-        if out.value < 0:  # TxOut validates too; kept for explicitness
-            raise ValueError(f"negative output value: {out.value}")
-    total = sum(out.value for out in outputs)
-    if total > MAX_MONEY:
-        raise ValueError(f"outputs total {total} satoshis, more than MAX_MONEY")
+    checked = _check_outputs(outputs)
 
     height_script = bip34_height_script(height)
     script_sig_len = len(height_script) + extranonce_size + len(aux) + len(pool_tag)
@@ -111,10 +153,6 @@ def build_coinbase(
             f"pool tag {len(pool_tag)}); it must be {MIN_SCRIPT_SIG}..{MAX_SCRIPT_SIG}"
         )
 
-    all_outputs = list(outputs)
-    if witness_commitment is not None:
-        all_outputs.append(TxOut(0, witness_commitment))
-
     coinb1 = (
         version.to_bytes(4, "little")
         + compact_size(1)
@@ -122,17 +160,12 @@ def build_coinbase(
         + compact_size(script_sig_len)
         + height_script
     )
-    coinb2 = (
-        aux
-        + pool_tag
-        + _SEQUENCE_FINAL
-        + compact_size(len(all_outputs))
-        + b"".join(out.serialize() for out in all_outputs)
-        + _LOCKTIME_ZERO
-    )
     return CoinbaseTemplate(
         coinb1=coinb1,
-        coinb2=coinb2,
+        coinb2=_coinb2(aux + pool_tag, checked, witness_commitment),
         extranonce_size=extranonce_size,
         has_witness_commitment=witness_commitment is not None,
+        script_tail=aux + pool_tag,
+        outputs=checked,
+        witness_commitment=witness_commitment,
     )

@@ -55,6 +55,7 @@ class ShareRecord:
     block_height: int | None = None
     block_reward_sat: int | None = None
     network_difficulty: float | None = None
+    share_difficulty: float = 0.0  # what the share's hash achieved (0: unknown, older records)
 
 
 @dataclass(frozen=True)

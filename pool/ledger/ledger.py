@@ -64,8 +64,9 @@ from pool.ledger.records import (
 )
 from pool.ledger.recovery import UnrecordedBlocks, reconcile_chain
 from pool.ledger.retention import remove_expired_segments
-from pool.ledger.store import Store
-from pool.ledger.store_thread import JournalSource, StoreThread, apply_journal
+from pool.ledger.shared import InstanceInUse, SharedLedger, store_for
+from pool.ledger.store import Store, StoreFault
+from pool.ledger.store_thread import JournalSource, apply_journal
 from pool.node.rpc import BitcoinRpc, RpcError, RpcRefused
 from pool.node.submit import BlockSubmission, SubmitStatus
 from pool.server.auth import Credentials
@@ -103,10 +104,13 @@ class Ledger:
         tasks: Supervisor | None = None,
         *,
         journal_id: str = "",
+        shared: bool = False,
+        instance_id: int = 0,
     ) -> None:
         """``journal_id``: "" for the pool's only journal (``data_dir/journal``); a name when
         several writers (worker processes, instances) share one store: each journals into
-        ``data_dir/journal-<id>`` and the store keeps one checkpoint per journal."""
+        ``data_dir/journal-<id>`` and the store keeps one checkpoint per journal. ``shared``:
+        other writers apply into the store too (always so with PostgreSQL)."""
         self.config = config
         self.journal_id = journal_id
         self.network = network
@@ -114,9 +118,9 @@ class Ledger:
         self.journal_dir = data_dir / (f"journal-{journal_id}" if journal_id else "journal")
         # The store and its connection live on a thread of their own; the loop reads the
         # in-memory totals (``aggregates``).
-        self.store = StoreThread(
-            data_dir / "ledger.sqlite3", convert=share_record_from, journal_id=journal_id
-        )
+        self.store = store_for(config, data_dir, share_record_from, journal_id, instance_id)
+        self.shared = SharedLedger(self.store, config, instance_id, journal_id)
+        self.is_shared = shared or config.backend == "postgresql"
         self.journal = Journal(
             self.journal_dir,
             fsync=config.journal_fsync,
@@ -176,6 +180,7 @@ class Ledger:
             "store_recoveries": store.recoveries,
             "unrecorded_blocks": len(self.unrecorded),
             "replay_corrupt_records": self.replay_damage.corrupt,
+            "payout_runner": self.shared.payout_runner(),
         }
 
     @property
@@ -194,11 +199,11 @@ class Ledger:
         storage problem is a LedgerError naming the path and the cause."""
         try:
             await self._open()
-        except (OSError, sqlite3.Error, JournalError) as exc:
+        except (OSError, sqlite3.Error, JournalError, StoreFault, InstanceInUse) as exc:
             with contextlib.suppress(Exception):
                 await self.store.close()
-            if isinstance(exc, JournalError):
-                raise LedgerError(str(exc)) from exc
+            if isinstance(exc, JournalError | InstanceInUse | StoreFault):
+                raise LedgerError(f"cannot open the ledger: {exc}") from exc
             where = getattr(exc, "filename", None) or self.store.path.parent
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise LedgerError(
@@ -208,6 +213,8 @@ class Ledger:
 
     async def _open(self) -> None:
         await self.store.open()
+        if self.is_shared:
+            self.shared.check_unique(await self.store.run(Store.processes), time.time())
         cp = await self.store.run(Store.checkpoint)
         segments, replayed = await self.store.run(self._replay, cp)
         if cp is not None and cp.segment not in segments:
@@ -224,7 +231,8 @@ class Ledger:
         self.replayed = replayed
         log.info(
             "ledger_opened",
-            store=str(self.store.path),
+            store=self.store.where,
+            backend=self.config.backend,
             schema_version=self.store.schema_version,
             checkpoint=f"{cp.segment}:{cp.offset}" if cp else None,
             replayed_records=replayed,
@@ -239,6 +247,9 @@ class Ledger:
             log.warning("journal_prune_failed", error=repr(exc))
         await self.journal.open()
         self.tasks.spawn("ledger-commit", self._commit_loop)
+        if self.is_shared:
+            await self.store.heartbeat(self.shared.row(time.time()))
+            self.tasks.spawn("ledger-shared", self.shared.run)
 
     def _replay(self, store: Store, cp: Checkpoint | None) -> tuple[list[int], int]:
         """On the store's thread: apply the journal past the checkpoint and commit. Returns the

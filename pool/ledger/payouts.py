@@ -37,6 +37,7 @@ import structlog
 
 from pool.bitcoin import AddressError, Network, address_to_script
 from pool.config import LedgerConfig
+from pool.ledger.payout_lock import PayoutLock
 from pool.ledger.pps import UNITS_PER_SAT, payable_sat
 from pool.ledger.store import (
     PAYOUT_CONFIRMED,
@@ -75,7 +76,7 @@ def sat_to_btc(sat: int) -> float:
 
 @dataclass
 class RoundResult:
-    status: str  # paid | nothing_due | waiting_for_funds | failed | pending
+    status: str  # paid | nothing_due | waiting_for_funds | failed | pending | not_runner
     payout_id: str | None = None
     txid: str | None = None
     paid: dict[str, int] = field(default_factory=dict)  # address -> sat
@@ -105,7 +106,11 @@ class Payouts:
         config: LedgerConfig,
         network: Network,
         wallet: str,
+        runner: PayoutLock | None = None,
     ) -> None:
+        """``runner``: the lock that makes this process the only payout runner (None: this
+        process always is)."""
+        self.runner = runner
         self.store = store
         self.rpc = rpc
         self.config = config
@@ -130,7 +135,9 @@ class Payouts:
 
     async def reconcile(self) -> list[str]:
         """Settle every payout left pending (e.g. by a crash). Returns the ids settled."""
-        settled = []
+        settled: list[str] = []
+        if self.runner is not None and not self.runner.held:
+            return settled  # the runner settles them
         for payout in await self.store.run(Store.payouts, (PAYOUT_PENDING,)):
             pid = payout["id"]
             txid = await self.find_in_wallet(pid)
@@ -180,6 +187,8 @@ class Payouts:
         return due, skipped
 
     async def run_round(self) -> RoundResult:
+        if self.runner is not None and not self.runner.held:
+            return RoundResult("not_runner", message="another process of the pool runs the payouts")
         await self.reconcile()
         await self.update_confirmations()
         due, skipped = await self.due()
@@ -223,6 +232,9 @@ class Payouts:
         skipped: dict[str, str] = {}
         _crash_point("payout_before_send")
         while amounts:
+            if self.runner is not None and not await self.runner.confirm():
+                log.warning("payout_left_pending", payout_id=payout_id, note="lost the lock")
+                return RoundResult("pending", payout_id, message="no longer the payout runner")
             params: list[Any] = [
                 "",
                 {address: sat_to_btc(sat) for address, sat in amounts.items()},

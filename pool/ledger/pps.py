@@ -48,6 +48,8 @@ FEE_DENOMINATOR = 10_000  # fees in basis points: 100 = 1 %
 class Scheme(enum.StrEnum):
     PPS = "pps"  # subsidy only
     FPPS = "fpps"  # subsidy + the fees of the job's template
+    PPLNS = "pplns"  # no credit per share; a found block's reward split over a window at maturity
+    SOLO = "solo"  # no credit per share; the block's coinbase pays the finder directly
 
 
 @dataclass(frozen=True)
@@ -58,10 +60,11 @@ class ShareValue:
 
 
 def block_value(scheme: Scheme, subsidy_sat: int, coinbase_value_sat: int) -> int:
-    """B in satoshis for ``scheme``: the subsidy, or subsidy + template fees (FPPS)."""
+    """B in satoshis for ``scheme``: the subsidy, or subsidy + template fees (FPPS, PPLNS
+    and SOLO: the whole coinbase value is what such a block brings)."""
     if subsidy_sat < 0 or coinbase_value_sat < 0:
         raise ValueError("block values cannot be negative")
-    return coinbase_value_sat if scheme is Scheme.FPPS else subsidy_sat
+    return subsidy_sat if scheme is Scheme.PPS else coinbase_value_sat
 
 
 def exact_gross_units(difficulty: float, network_target: int, block_value_sat: int) -> Fraction:

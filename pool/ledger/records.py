@@ -113,6 +113,7 @@ def record_for_share(
         "nonce": result.nonce,
         "version": result.version,
         "hash": result.hash_hex,
+        "share_difficulty": result.share_difficulty,  # achieved (best share); absent: 0
     }
     if submission is None:
         if result.block_candidate:
@@ -148,6 +149,7 @@ def share_record_from(record: dict[str, Any]) -> ShareRecord:
         block_height=int(block["height"]) if block else None,
         block_reward_sat=int(block["reward_sat"]) if block else None,
         network_difficulty=network_difficulty,
+        share_difficulty=float(record.get("share_difficulty", 0.0)),
     )
 
 

@@ -16,14 +16,20 @@ the in-memory ``Aggregates`` the event loop reads.
 Amounts: ``*_units`` columns are micro-satoshis (see ``pool.ledger.pps``), ``*_sat`` columns
 whole satoshis. The schema is versioned with ``PRAGMA user_version`` and migrated forward on
 open; a database from a newer version of the pool is refused, never touched.
+
+PostgreSQL (``[ledger] backend = "postgresql"``): the same SQL, rewritten at run time by
+``pool.ledger.dialect`` and run through ``pool.ledger.pg.PgConnection`` (the schema version is
+a row there, migrations run under an advisory lock). Several writers (processes, instances)
+then apply their own journals into one database, each with its own checkpoint.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pool.ledger.aggregates import (
     BLOCK_STATUSES,
@@ -40,6 +46,9 @@ from pool.ledger.aggregates import (
     ShareRecord,
     WorkerTotals,
 )
+from pool.ledger.dialect import Connection
+from pool.ledger.store_best import MIGRATION as BEST_SHARES_MIGRATION
+from pool.ledger.store_best import apply_best
 from pool.ledger.store_payouts import (
     PAYOUT_CONFIRMED,
     PAYOUT_FAILED,
@@ -47,7 +56,12 @@ from pool.ledger.store_payouts import (
     PAYOUT_SENT,
     PayoutRows,
     StoreError,
+    StoreFault,
 )
+from pool.ledger.store_processes import PROCESSES_MIGRATION, ProcessRows
+
+if TYPE_CHECKING:
+    from pool.ledger.pg import PgConnection, PgTarget
 
 __all__ = [
     "BLOCK_STATUSES",
@@ -65,6 +79,7 @@ __all__ = [
     "ShareRecord",
     "Store",
     "StoreError",
+    "StoreFault",
 ]
 
 MIGRATIONS: tuple[str, ...] = (
@@ -132,11 +147,16 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX workers_address ON workers (address);
     CREATE INDEX blocks_height ON blocks (height);
     """,
+    # 3: best share difficulty per worker, address and pool (pool/ledger/store_best.py)
+    BEST_SHARES_MIGRATION,
+    # 4: every process's heartbeat (whole-pool views with several writers)
+    PROCESSES_MIGRATION,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # Several processes commit into one store (server.processes > 1): a writer that finds the
 # database locked waits this long for the other's transaction instead of failing at once.
 BUSY_TIMEOUT_SECONDS = 30.0
+WAL_SWITCH_ATTEMPTS = 100  # "database is locked" while another process creates the file
 
 
 _UPSERT_WORKER = """
@@ -145,51 +165,89 @@ _UPSERT_WORKER = """
     VALUES (?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (name) DO UPDATE SET
         address = excluded.address,
-        shares = shares + excluded.shares,
-        difficulty_sum = difficulty_sum + excluded.difficulty_sum,
-        credit_units = credit_units + excluded.credit_units,
-        fee_units = fee_units + excluded.fee_units,
-        last_share = MAX(COALESCE(last_share, 0), excluded.last_share)
+        shares = workers.shares + excluded.shares,
+        difficulty_sum = workers.difficulty_sum + excluded.difficulty_sum,
+        credit_units = workers.credit_units + excluded.credit_units,
+        fee_units = workers.fee_units + excluded.fee_units,
+        last_share = MAX(COALESCE(workers.last_share, 0), excluded.last_share)
 """
 _UPSERT_BALANCE = """
     INSERT INTO balances (address, credited_units) VALUES (?, ?)
     ON CONFLICT (address) DO UPDATE SET
-        credited_units = credited_units + excluded.credited_units
+        credited_units = balances.credited_units + excluded.credited_units
 """
 _UPSERT_MINUTE = """
     INSERT INTO share_minutes (minute, worker, shares, difficulty_sum, expected_blocks,
                                credit_units)
     VALUES (?, ?, ?, ?, ?, ?)
     ON CONFLICT (minute, worker) DO UPDATE SET
-        shares = shares + excluded.shares,
-        difficulty_sum = difficulty_sum + excluded.difficulty_sum,
-        expected_blocks = expected_blocks + excluded.expected_blocks,
-        credit_units = credit_units + excluded.credit_units
+        shares = share_minutes.shares + excluded.shares,
+        difficulty_sum = share_minutes.difficulty_sum + excluded.difficulty_sum,
+        expected_blocks = share_minutes.expected_blocks + excluded.expected_blocks,
+        credit_units = share_minutes.credit_units + excluded.credit_units
 """
 
 
-class Store(PayoutRows):
-    def __init__(self, path: Path, journal_id: str = "") -> None:
+class Store(PayoutRows, ProcessRows):
+    def __init__(self, path: Path, journal_id: str = "", pg: PgTarget | None = None) -> None:
         """``journal_id`` names the journal whose checkpoint this store keeps ("" the pool's
         only journal): several writers (processes, instances) each apply their own journal
-        into one store, each with its own checkpoint."""
+        into one store, each with its own checkpoint. ``pg``: the PostgreSQL database to use
+        instead of the SQLite file at ``path``."""
         self.path = path
         self.journal_id = journal_id
+        self.pg = pg
         self._checkpoint_key = f"checkpoint:{journal_id}" if journal_id else "checkpoint"
-        self.db: sqlite3.Connection | None = None
+        self.db: Connection | None = None
         self._applied_to: Checkpoint | None = None
+
+    @property
+    def where(self) -> str:
+        """The database, for logs and errors (never a password)."""
+        if self.pg is None:
+            return str(self.path)
+        from pool.ledger.pg import describe
+
+        return f"PostgreSQL {describe(self.pg.dsn)}"
+
+    @property
+    def backend(self) -> str:
+        return "sqlite" if self.pg is None else "postgresql"
+
+    def _pg_conn(self) -> PgConnection:
+        from pool.ledger.pg import PgConnection
+
+        assert isinstance(self.db, PgConnection)
+        return self.db
 
     # -- lifecycle ------------------------------------------------------------------------------
     def open(self) -> None:
+        if self.pg is not None:
+            from pool.ledger.pg import PgConnection
+
+            self.db = PgConnection(self.pg)
+            try:
+                self._pg_conn().migrate(MIGRATIONS, self.where)
+            except BaseException:
+                self._pg_conn().close()
+                self.db = None
+                raise
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
+        for attempt in range(WAL_SWITCH_ATTEMPTS):  # processes sharing the file may race
             db = sqlite3.connect(  # one thread only
                 self.path, isolation_level=None, timeout=BUSY_TIMEOUT_SECONDS
             )
-            db.row_factory = sqlite3.Row
-            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path}: not a usable SQLite database: {exc}") from exc
+            try:
+                db.row_factory = sqlite3.Row
+                mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                break
+            except sqlite3.DatabaseError as exc:
+                db.close()
+                if "locked" in str(exc) and attempt + 1 < WAL_SWITCH_ATTEMPTS:
+                    time.sleep(0.05)
+                    continue
+                raise StoreError(f"{self.path}: not a usable SQLite database: {exc}") from exc
         if str(mode).lower() != "wal":
             raise StoreError(f"{self.path}: cannot switch SQLite to WAL mode (got {mode})")
         db.execute("PRAGMA synchronous=FULL")
@@ -205,7 +263,7 @@ class Store(PayoutRows):
             self.db = None
 
     @property
-    def conn(self) -> sqlite3.Connection:
+    def conn(self) -> Connection:
         if self.db is None:
             raise StoreError("the ledger store is not open")
         return self.db
@@ -221,6 +279,9 @@ class Store(PayoutRows):
         for number in range(version + 1, SCHEMA_VERSION + 1):
             db.execute("BEGIN IMMEDIATE")
             try:
+                if int(db.execute("PRAGMA user_version").fetchone()[0]) >= number:
+                    db.execute("COMMIT")  # another process sharing the file migrated it
+                    continue
                 for statement in MIGRATIONS[number - 1].split(";"):
                     if statement.strip():
                         db.execute(statement)
@@ -232,6 +293,8 @@ class Store(PayoutRows):
 
     @property
     def schema_version(self) -> int:
+        if self.pg is not None:
+            return self._pg_conn().schema_version()
         return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
 
     def _begin(self) -> None:
@@ -252,9 +315,10 @@ class Store(PayoutRows):
         delta = BatchDelta.of(records)
         self._begin()
         db = self.conn
+        # rows in key order: writers sharing one database lock them in the same order
         db.executemany(
             _UPSERT_WORKER,
-            [
+            sorted(
                 (
                     w.name,
                     w.address,
@@ -266,21 +330,22 @@ class Store(PayoutRows):
                     w.last_share,
                 )
                 for w in delta.workers.values()
-            ],
+            ),
         )
-        db.executemany(_UPSERT_BALANCE, list(delta.credits.items()))
+        db.executemany(_UPSERT_BALANCE, sorted(delta.credits.items()))
         db.executemany(
             _UPSERT_MINUTE,
-            [
+            sorted(
                 (minute, worker, m.shares, m.difficulty_sum, m.expected_blocks, m.credit_units)
                 for (minute, worker), m in delta.minutes.items()
-            ],
+            ),
         )
         for rec in records:
             if rec.block_hash is not None:
                 row = self._insert_block(rec, PENDING)
                 if row is not None:
                     delta.blocks.append(row)
+        apply_best(self, records)
         self._applied_to = position
         return delta
 
@@ -344,6 +409,8 @@ class Store(PayoutRows):
 
     def commit(self) -> None:
         """Make every share applied so far durable, with the journal checkpoint, atomically."""
+        if self.pg is not None and not self.conn.in_transaction:
+            return  # PostgreSQL: nothing open (each batch was committed with its checkpoint)
         self._begin()
         if self._applied_to is not None:
             cp = self._applied_to
@@ -516,7 +583,7 @@ class Store(PayoutRows):
         if expect is not None:
             sql += " AND status = ?"
             args += (expect,)
-        changed = self.conn.execute(sql, args).rowcount
+        changed = int(self.conn.execute(sql, args).rowcount)
         self.conn.execute("COMMIT")
         return changed > 0
 

@@ -7,11 +7,11 @@ pending column in the same transaction), then ``sent`` with its txid, ``confirme
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from pool.ledger.aggregates import Balance
+from pool.ledger.dialect import Connection
 from pool.ledger.pps import UNITS_PER_SAT
 
 # Payout statuses: pending (recorded, maybe not yet sent), sent (txid known), confirmed,
@@ -28,11 +28,16 @@ class StoreError(RuntimeError):
     """The database cannot be used; the message says why."""
 
 
+class StoreFault(StoreError):
+    """A storage fault of a database server (PostgreSQL down, restarted, unreachable, a
+    statement it refused): handled like SQLite's errors, the store degrades and recovers."""
+
+
 class PayoutRows:
     """Payout methods of the store; the store provides the connection and transactions."""
 
     @property
-    def conn(self) -> sqlite3.Connection:
+    def conn(self) -> Connection:
         raise NotImplementedError
 
     def _begin_own(self) -> None:

@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import structlog
 
@@ -53,7 +53,10 @@ from pool.ledger.aggregates import (
     ShareRecord,
 )
 from pool.ledger.journal import JournalPosition
-from pool.ledger.store import Store, StoreError
+from pool.ledger.store import Store, StoreError, StoreFault
+
+if TYPE_CHECKING:
+    from pool.ledger.pg import PgTarget
 
 log = structlog.get_logger("pool.ledger")
 
@@ -90,11 +93,14 @@ class StoreThread:
         path: Path,
         convert: Callable[[dict[str, Any]], ShareRecord],
         journal_id: str = "",
+        pg: PgTarget | None = None,
     ) -> None:
         """``convert``: a journal record -> the store's ShareRecord (runs on the thread);
-        ``journal_id``: whose checkpoint the store keeps (``Store``)."""
+        ``journal_id``: whose checkpoint the store keeps (``Store``); ``pg``: PostgreSQL
+        instead of the SQLite file at ``path`` (each applied batch is then committed at once,
+        with its checkpoint: writers sharing the database hold row locks for one batch only)."""
         self.path = path
-        self._store = Store(path, journal_id)
+        self._store = Store(path, journal_id, pg)
         self._convert = convert
         self.aggregates = Aggregates()
         self.broken: str | None = None  # why the store is degraded (None while it works)
@@ -113,6 +119,8 @@ class StoreThread:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._warned_backlog = False
+        self.processes: list[dict[str, Any]] = []  # pool_processes rows (``refresh_shared``)
+        self.refreshes = 0  # pool-wide reloads of ``aggregates``
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -120,6 +128,11 @@ class StoreThread:
         self._loop = asyncio.get_running_loop()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-store")
         self.schema_version = await self.run(_open)
+
+    @property
+    def where(self) -> str:
+        """The database, for logs (never a password)."""
+        return self._store.where
 
     async def load(self, now: float) -> None:
         """Read the in-memory totals from the store (after the replay, before any share)."""
@@ -181,7 +194,7 @@ class StoreThread:
     def _guarded(self, fn: Callable[[Store], T]) -> T:
         try:
             return fn(self._store)
-        except (sqlite3.Error, OSError) as exc:
+        except (sqlite3.Error, OSError, StoreFault) as exc:
             self._degrade(self._store, exc)
             log.error("ledger_store_degraded", error=repr(exc), during="write")
             raise
@@ -226,6 +239,8 @@ class StoreThread:
                 return _Drained(count)
             last = batches[-1][-1][0]
             delta = store.apply_batch(records, Checkpoint(last.segment, last.offset))
+            if store.pg is not None:
+                store.commit()
         except Exception as exc:  # the journal has the shares: resync re-applies them
             return _Drained(count, error=exc, reload=self._degrade(store, exc))
         self.position = Checkpoint(last.segment, last.offset)
@@ -341,6 +356,31 @@ class StoreThread:
         down = time.time() - (self.degraded_since or time.time())
         self.degraded_since = None
         return count, aggregates, down
+
+    # -- several writers: the whole pool's totals -------------------------------------------------
+    async def refresh_shared(self, now: float) -> bool:
+        """Reload ``aggregates`` and ``processes`` from the store (on its thread): with several
+        writers, what the others applied too. Not while degraded (False then). The reload
+        replaces the totals in call order: a batch applied after it is merged on top."""
+        if self.broken is not None:
+            return False
+
+        def load(store: Store) -> tuple[Aggregates, list[dict[str, Any]]] | None:
+            if self.broken is not None:
+                return None
+            return store.load_aggregates(now), store.processes()
+
+        def after(result: tuple[Aggregates, list[dict[str, Any]]] | None) -> None:
+            if result is not None:
+                self.aggregates, self.processes = result
+                self.refreshes += 1
+
+        return await self._write(load, after) is not None
+
+    async def heartbeat(self, row: dict[str, Any]) -> None:
+        """Write this process's ``pool_processes`` row (not while degraded)."""
+        if self.broken is None:
+            await self._write(lambda store: store.heartbeat(row), lambda _: None)
 
     # -- blocks ---------------------------------------------------------------------------------
     def _set_block(self, row: dict[str, Any] | None) -> None:
@@ -478,6 +518,8 @@ def apply_journal(
         count += 1
         if len(chunk) >= REPLAY_CHUNK:
             store.apply_batch(chunk, last)
+            if store.pg is not None:  # one chunk's row locks at a time (other writers)
+                store.commit()
             chunk = []
     if chunk and last is not None:
         store.apply_batch(chunk, last)

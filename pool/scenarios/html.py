@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
+from pool.scenarios.schemes_html import schemes_html
 from pool.scenarios.svg import PALETTE, Line, Marker, chart, si
 
 PLOTS = ("hashrate", "difficulty", "blocks", "pps-value", "pps-reserve", "earnings")
@@ -404,6 +405,7 @@ def render_html(report: Mapping[str, Any]) -> str:
             _miner_table(report),
             "<h2>Timeline</h2>",
             actions,
+            schemes_html(report.get("schemes"), float(summary["duration_seconds"])),
             _economics(report),
             "</body></html>",
         ]

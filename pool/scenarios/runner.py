@@ -45,6 +45,8 @@ from pool.scenarios.report import (
     Sample,
     build_report,
 )
+from pool.scenarios.schemes_input import compare_run
+from pool.scenarios.schemes_report import CompareSettings, summary_lines
 from pool.scenarios.setup import pool_config, prepare_out_dir, target_from_difficulty
 from pool.scenarios.spec import ScenarioSpec
 from pool.scenarios.svg import si
@@ -75,8 +77,15 @@ class RunResult:
 
 
 class ScenarioRun:
-    def __init__(self, spec: ScenarioSpec, out: Path, echo: Echo = echo_line) -> None:
+    def __init__(
+        self,
+        spec: ScenarioSpec,
+        out: Path,
+        echo: Echo = echo_line,
+        compare: CompareSettings | None = None,
+    ) -> None:
         self.spec = spec
+        self.compare = compare or CompareSettings()
         self.out = out.resolve()
         self.echo = echo
         self.node: ManagedNode | None = None
@@ -482,6 +491,15 @@ class ScenarioRun:
     def write_reports(self) -> tuple[Path, Path]:
         assert self.rec is not None
         report = build_report(self.rec)
+        if self.app is not None and self.app.ledger is not None:
+            report["schemes"] = compare_run(
+                self.app.ledger.journal_dir,
+                self.app.ledger.store.path,
+                names={r.address: r.name for r in self.records.values()},
+                origin=self.origin,
+                fee_bps=self.spec.run.fee_bps,
+                settings=self.compare,
+            )
         json_path = self.out / "report.json"
         html_path = self.out / "report.html"
         json_path.write_text(json.dumps(report, indent=1) + "\n")
@@ -503,6 +521,7 @@ def _summary_lines(result: RunResult) -> list[str]:
             f"key change ({summary['key_change_reason']}): difficulty "
             f"{key['change'] * 100:+.2f} %, PPS value per share x{key['pps_value_ratio']:.4f}"
         )
+    lines += summary_lines(report.get("schemes"))
     econ = report.get("economics")
     if econ:
         lines.append(
@@ -512,13 +531,18 @@ def _summary_lines(result: RunResult) -> list[str]:
     return lines
 
 
-async def run_scenario(spec: ScenarioSpec, out: Path, echo: Echo = echo_line) -> RunResult:
+async def run_scenario(
+    spec: ScenarioSpec,
+    out: Path,
+    echo: Echo = echo_line,
+    compare: CompareSettings | None = None,
+) -> RunResult:
     """Run ``spec`` into ``out`` (which must not hold a run yet); SIGINT/SIGTERM stop it early
-    (the report is still written)."""
+    (the report is still written). ``compare``: the scheme comparison's Monte Carlo settings."""
     prepare_out_dir(out)
     log_file: IO[str] = (out / "scenario.log").open("a")
     logs.configure("info", "json", stream=log_file)
-    runner = ScenarioRun(spec, out, echo)
+    runner = ScenarioRun(spec, out, echo, compare)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, runner.interrupted.set)

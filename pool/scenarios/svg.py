@@ -196,3 +196,99 @@ def chart(
     )
     out.append("</svg>")
     return "\n".join(out)
+
+
+@dataclass(frozen=True)
+class Bar:
+    value: float
+    error: float = 0.0  # drawn as a whisker of +- error (0: none)
+
+
+def bar_chart(
+    plot_id: str,
+    title: str,
+    groups: Sequence[str],
+    series: Sequence[tuple[str, str, Sequence[Bar]]],
+    *,
+    y_label: str = "",
+    y_format: Callable[[float], str] = si,
+) -> str:
+    """One ``<svg>`` (class ``plot``) of grouped bars: a group per entry of ``groups`` (x),
+    in each a bar per ``series`` entry ``(label, color, bars)`` (``bars[i]`` for group i), with
+    an optional whisker of +- ``error``."""
+    values = [b.value + s * b.error for _, _, bars in series for b in bars for s in (-1, 1)]
+    y_lo = min([*values, 0.0])
+    y_hi = max([*values, 0.0])
+    if y_hi == y_lo:
+        y_hi = y_lo + 1.0
+    yticks = nice_ticks(y_lo, y_hi + (y_hi - y_lo) * 0.05)
+    y_lo, y_hi = min(yticks[0], y_lo), max(yticks[-1], y_hi)
+    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+
+    def sy(y: float) -> float:
+        return TOP + plot_h - (y - y_lo) / (y_hi - y_lo) * plot_h
+
+    out = [
+        f'<svg class="plot" data-plot="{escape(plot_id)}" id="svg-{escape(plot_id)}" '
+        f'xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" '
+        f'width="{WIDTH}" height="{HEIGHT}" role="img" aria-label="{escape(title)}">',
+        f"<title>{escape(title)}</title>",
+        f'<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="#fff" '
+        'stroke="#ccc"/>',
+    ]
+    for t in yticks:
+        y = sy(t)
+        out.append(
+            f'<line x1="{LEFT}" x2="{LEFT + plot_w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>'
+            f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" class="tick">'
+            f"{escape(y_format(t))}</text>"
+        )
+    group_w = plot_w / max(len(groups), 1)
+    bar_w = group_w * 0.8 / max(len(series), 1)
+    zero = sy(0.0)
+    for g, name in enumerate(groups):
+        x0 = LEFT + g * group_w + group_w * 0.1
+        for k, (label, color, bars) in enumerate(series):
+            if g >= len(bars):
+                continue
+            bar = bars[g]
+            x = x0 + k * bar_w
+            top, bottom = sorted((sy(bar.value), zero))
+            out.append(
+                f'<rect class="bar" data-label="{escape(label)}" data-group="{escape(name)}" '
+                f'x="{x + 1:.1f}" y="{top:.1f}" width="{max(bar_w - 2, 1):.1f}" '
+                f'height="{max(bottom - top, 0.5):.1f}" fill="{color}">'
+                f"<title>{escape(f'{name} {label}: {y_format(bar.value)}')}"
+                + (f" +- {escape(y_format(bar.error))}" if bar.error else "")
+                + "</title></rect>"
+            )
+            if bar.error:
+                mid = x + bar_w / 2
+                lo, hi = sy(bar.value - bar.error), sy(bar.value + bar.error)
+                out.append(
+                    f'<path class="whisker" d="M{mid:.1f},{lo:.1f}V{hi:.1f}'
+                    f'M{mid - 3:.1f},{lo:.1f}h6M{mid - 3:.1f},{hi:.1f}h6" stroke="#222" '
+                    'stroke-width="1.2" fill="none"/>'
+                )
+        out.append(
+            f'<text x="{LEFT + (g + 0.5) * group_w:.1f}" y="{TOP + plot_h + 16}" '
+            f'text-anchor="middle" class="tick">{escape(name)}</text>'
+        )
+    if not groups or not series:
+        out.append(
+            f'<text x="{LEFT + plot_w / 2}" y="{TOP + plot_h / 2}" text-anchor="middle" '
+            'class="empty">no data</text>'
+        )
+    legend_x = LEFT
+    for label, color, _ in series:
+        out.append(
+            f'<rect x="{legend_x}" y="10" width="12" height="12" fill="{color}"/>'
+            f'<text x="{legend_x + 16}" y="20" class="legend">{escape(label)}</text>'
+        )
+        legend_x += 24 + 7 * len(label)
+    out.append(
+        f'<text x="14" y="{TOP + plot_h / 2}" text-anchor="middle" class="axis" '
+        f'transform="rotate(-90 14 {TOP + plot_h / 2})">{escape(y_label)}</text>'
+    )
+    out.append("</svg>")
+    return "\n".join(out)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
+from pool.best_share import BestShares
 from pool.bitcoin import Network
 from pool.hashrate import HashrateBook
 from pool.jobs import JobTable
@@ -65,6 +66,7 @@ class PoolContext:
         self.jobs = jobs
         self.duplicates = DuplicateFilter()
         self.stats = PoolStats()
+        self.best = BestShares()  # best share per worker/address/pool (loaded from the ledger)
         self.hashrate = HashrateBook(now)
         self.extranonces = ExtranonceAllocator(extranonce1_size, space=extranonce_space)
         # Worker names or bare addresses (all of that address's workers) refused at authorize.
@@ -204,6 +206,7 @@ class PoolContext:
             self.hashrate.add_share(
                 worker=name, address=creds.address, difficulty=difficulty, now=now, count=count
             )
+        self.best.observe_shares(shares, now)
 
     def take_reject_summary(self) -> RejectSummary | None:
         """The rejected shares since the last call (None if there were none); resets."""

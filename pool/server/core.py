@@ -42,6 +42,7 @@ from pool.logs import clip
 from pool.server.auth import AuthError, Credentials, parse_credentials
 from pool.server.context import PoolContext
 from pool.server.core_types import CoreSettings, ShareEvent, notify_event
+from pool.server.solo import solo_refusal
 from pool.shares import Reject, judge_share
 from pool.vardiff import Vardiff
 from stratum.connection import ConnState, ServerConnection
@@ -97,6 +98,7 @@ class PoolConnection:
         "invalid_in_row",
         "ip",
         "last_request",
+        "payee",
         "peer",
         "retired",
         "sent",
@@ -131,6 +133,7 @@ class PoolConnection:
         self.retired: dict[str, Job] = {}  # the jobs sent before the last clean one
         self.sent_difficulty: dict[str, float] = {}
         self.workers: dict[str, Credentials] = {}
+        self.payee: Credentials | None = None  # SOLO port: whose address the jobs pay
         self.difficulty_sent: float | None = None
         self.invalid_in_row = 0
         self.connected_at = now
@@ -272,7 +275,11 @@ class PoolConnection:
         if creds is None:
             return self._rejected(req, None, Reject.UNAUTHORIZED, _UNAUTHORIZED)
         job = self.sent.get(req.job_id)
-        if job is None or self.ctx.jobs.get(job.job_id) is not job:
+        # live: the table holds it (or, for a SOLO job, the pool job it was made from)
+        if job is None or (
+            (live := self.ctx.jobs.get(job.job_id)) is not job
+            and (live is None or live is not job.base)
+        ):
             answer = self._rejected(req, creds, Reject.STALE, _STALE)
             # a job this connection was sent, since replaced: normal at a block change, not
             # abuse (an id it was never sent is a bad share like any other)
@@ -447,12 +454,16 @@ class PoolConnection:
             out.append(conn.reply_error(req, ErrorCode.UNAUTHORIZED, message))
             return
         known = creds.username in self.workers
-        refused = None if known else self.ctx.worker_refused(creds, self.ip)
+        refused = solo_refusal(self.settings.solo, self.payee, creds) or (
+            None if known else self.ctx.worker_refused(creds, self.ip)
+        )
         if refused is not None:
             self.note("authorize_refused", now, username=creds.name, reason=refused)
             out.append(conn.reply_error(req, ErrorCode.UNAUTHORIZED, refused))
             self._bad(now)
             return
+        if self.settings.solo is not None and self.payee is None:
+            self.payee = creds
         first = not self.workers
         if not known:
             self.ctx.worker_connected(creds, now, self.ip)
@@ -487,6 +498,9 @@ class PoolConnection:
         """
         if not self.ready:
             return b""
+        solo, payee = self.settings.solo, self.payee
+        if solo is not None and payee is not None and job.base is None:
+            job, notify = solo.get(job, payee.payout_script)
         conn = self.conn
         difficulty = self.vardiff.difficulty
         data = b""
@@ -520,6 +534,12 @@ class PoolConnection:
         case (no new difficulty to send first) without the general path's work."""
         if self.closing or not self.workers or not self.conn.subscribed:
             return b""
+        payee = self.payee
+        if payee is not None and self.settings.solo is not None:
+            job, solo_notify = self.settings.solo.get(job, payee.payout_script)
+            if solo_notify is None:  # (not the newest job: its notify is made afresh)
+                return self.on_job(job, now)
+            notify = solo_notify
         event, line = notify
         difficulty = self.difficulty_sent
         if (

@@ -4,13 +4,16 @@ the accepted-share event whose answer waits for the ledger, and a job as a notif
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from pool.jobs import Job
 from pool.server.auth import Credentials
 from pool.shares import ShareResult
 from pool.vardiff import VardiffConfig
 from stratum.events import Notify, Submit
+
+if TYPE_CHECKING:
+    from pool.server.solo import SoloJobs
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +35,8 @@ class CoreSettings:
     invalid_share_burst: int = 100
     invalid_share_ratio: float = 0.5
     invalid_share_window: float = 60.0
+    scheme: str = ""  # the port's payout scheme ("": the ledger's)
+    solo: SoloJobs | None = None  # a SOLO port: its jobs, per address (None: the pool's jobs)
 
 
 class ShareEvent(NamedTuple):

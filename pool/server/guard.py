@@ -15,6 +15,11 @@ matters and never more than ``max_tracked_ips`` of them:
   reconnects: every connection from the IP is refused until it ends. These bans live in
   memory (a restart forgets them); the operator's bans (``bans.py``) are separate.
 
+Bounded in O(1): the records are kept least recently seen first, and a full table forgets the
+least recently seen (a new record never scans the table). The bans in force are a table of
+their own (also at most ``max_tracked_ips``, the oldest ban forgotten first), so a crowd of
+new addresses (many IPv6 /64s) can push an IP's rate and strike counts out, never its ban.
+
 Escalation per connection (in the core): a fresh job first, then ``client.reconnect`` and a
 drop; the drop is a strike here, so an IP that keeps coming back is dropped at once (no
 reconnect hint) and then banned.
@@ -49,14 +54,13 @@ class TempBan:
 
 
 class _Record:
-    __slots__ = ("ban", "bans", "last_ban", "seen", "stamp", "strike_stamp", "strikes", "tokens")
+    __slots__ = ("bans", "last_ban", "seen", "stamp", "strike_stamp", "strikes", "tokens")
 
     def __init__(self, burst: float, now: float) -> None:
         self.tokens = burst
         self.stamp = now  # when tokens and strikes were last brought up to date
         self.strikes = 0.0
         self.strike_stamp = now  # strikes are forgiven whole, one per strike_decay_seconds
-        self.ban: TempBan | None = None
         self.bans = 0
         self.last_ban = -math.inf
         self.seen = now
@@ -80,30 +84,32 @@ class IpGuard:
 
     def __init__(self, settings: GuardSettings | None = None) -> None:
         self.settings = settings or GuardSettings()
-        self._records: dict[str, _Record] = {}
+        self._records: dict[str, _Record] = {}  # least recently seen first
+        self._bans: dict[str, TempBan] = {}  # by key, oldest first
         self.new_bans: list[TempBan] = []  # bans made since the server last took them
 
     def __len__(self) -> int:
         return len(self._records)
 
     def _record(self, key: str, now: float) -> _Record:
-        rec = self._records.get(key)
+        records = self._records
+        rec = records.pop(key, None)
         if rec is None:
-            while len(self._records) >= self.settings.max_tracked_ips:
-                self._evict_one(now)
-            rec = self._records[key] = _Record(float(self.settings.connect_burst_per_ip), now)
+            while len(records) >= self.settings.max_tracked_ips:
+                del records[next(iter(records))]  # the least recently seen
+            rec = _Record(float(self.settings.connect_burst_per_ip), now)
         else:
             self._update(rec, now)
+        records[key] = rec  # most recently seen: last
         rec.seen = now
         return rec
 
-    def _evict_one(self, now: float) -> None:
-        """Make room: the oldest record that holds no ban (else the oldest of all)."""
-        for key, rec in self._records.items():
-            if rec.ban is None or rec.ban.until <= now:
-                del self._records[key]
-                return
-        del self._records[next(iter(self._records))]
+    def _ban_of(self, key: str, now: float) -> TempBan | None:
+        ban = self._bans.get(key)
+        if ban is not None and ban.until <= now:
+            del self._bans[key]
+            return None
+        return ban
 
     def _update(self, rec: _Record, now: float) -> None:
         s = self.settings
@@ -126,18 +132,11 @@ class IpGuard:
 
     # -- queries ----------------------------------------------------------------------------------
     def banned(self, ip: str, now: float) -> TempBan | None:
-        rec = self._records.get(ip_key(ip))
-        if rec is None or rec.ban is None:
-            return None
-        if rec.ban.until <= now:
-            rec.ban = None
-            return None
-        return rec.ban
+        return self._ban_of(ip_key(ip), now)
 
     def bans(self, now: float) -> list[TempBan]:
         """The bans in force, soonest to end first."""
-        live = [r.ban for r in self._records.values() if r.ban is not None and r.ban.until > now]
-        return sorted(live, key=lambda b: b.until)
+        return sorted((b for b in self._bans.values() if b.until > now), key=lambda b: b.until)
 
     def strikes(self, ip: str, now: float) -> float:
         rec = self._records.get(ip_key(ip))
@@ -149,18 +148,16 @@ class IpGuard:
     # -- events -----------------------------------------------------------------------------------
     def admit(self, ip: str, now: float) -> str | None:
         """A new connection from ``ip``: None to let it in, else why it is refused."""
-        rec = self._record(ip_key(ip), now)
-        if rec.ban is not None:
-            if rec.ban.until > now:
-                return (
-                    f"IP temporarily banned for {rec.ban.until - now:.0f} s more ({rec.ban.reason})"
-                )
-            rec.ban = None
+        key = ip_key(ip)
+        ban = self._ban_of(key, now)
+        if ban is not None:
+            return f"IP temporarily banned for {ban.until - now:.0f} s more ({ban.reason})"
+        rec = self._record(key, now)
         if rec.tokens >= 1.0:
             rec.tokens -= 1.0
             return None
         s = self.settings
-        self._strike(rec, ip_key(ip), now, 1.0 / s.connect_burst_per_ip, "connection flood")
+        self._strike(rec, key, now, 1.0 / s.connect_burst_per_ip, "connection flood")
         return (
             f"over limits.connect_rate_per_ip ({s.connect_rate_per_ip:g}/s, "
             f"burst {s.connect_burst_per_ip})"
@@ -174,7 +171,7 @@ class IpGuard:
     def _strike(
         self, rec: _Record, key: str, now: float, weight: float, reason: str
     ) -> TempBan | None:
-        if rec.ban is not None and rec.ban.until > now:
+        if self._ban_of(key, now) is not None:
             return None  # already banned: what its connections still do changes nothing
         if not rec.strikes:
             rec.strike_stamp = now
@@ -187,17 +184,19 @@ class IpGuard:
         rec.last_ban = now
         seconds = min(s.ban_max_seconds, s.ban_seconds * 2.0 ** min(rec.bans - 1, 60))
         ban = TempBan(ip=key, until=now + seconds, seconds=seconds, bans=rec.bans, reason=reason)
-        rec.ban = ban
+        bans = self._bans
+        if len(bans) >= s.max_tracked_ips:
+            for old in [k for k, b in bans.items() if b.until <= now]:  # rare: only when full
+                del bans[old]
+            while len(bans) >= s.max_tracked_ips:
+                del bans[next(iter(bans))]  # the oldest ban
+        bans[key] = ban
         self.new_bans.append(ban)
         return ban
 
     def unban(self, ip: str) -> bool:
         """End a temporary ban now (the operator's unban); its repeat count stays."""
-        rec = self._records.get(ip_key(ip))
-        if rec is None or rec.ban is None:
-            return False
-        rec.ban = None
-        return True
+        return self._bans.pop(ip_key(ip), None) is not None
 
     def take_new_bans(self) -> list[TempBan]:
         bans, self.new_bans = self.new_bans, []
@@ -207,13 +206,13 @@ class IpGuard:
         """Forget records that hold nothing any more (full bucket, no strikes, no ban, no
         ban history left to forgive); how many were forgotten."""
         s = self.settings
+        for key in [k for k, b in self._bans.items() if b.until <= now]:
+            del self._bans[key]
         drop = []
         for key, rec in self._records.items():
             self._update(rec, now)
-            if rec.ban is not None and rec.ban.until <= now:
-                rec.ban = None
             if (
-                rec.ban is None
+                key not in self._bans
                 and rec.bans == 0
                 and rec.strikes == 0.0
                 and rec.tokens >= s.connect_burst_per_ip

@@ -36,6 +36,7 @@ from pool.server.core import CoreSettings, PoolConnection, ShareEvent, notify_ev
 from pool.server.extranonce import extranonce_space
 from pool.server.guard import GuardSettings, TempBan
 from pool.server.session import Session
+from pool.server.solo import SoloJobs
 from pool.shares import ShareResult
 from pool.stats import FoundBlock, PoolStats
 from pool.vardiff import VardiffConfig
@@ -175,6 +176,8 @@ class StratumServer:
             invalid_share_burst=limits.invalid_share_burst,
             invalid_share_ratio=limits.invalid_share_ratio,
             invalid_share_window=limits.invalid_share_window_seconds,
+            scheme=port.scheme,
+            solo=SoloJobs(self.jobs, port.solo_fee_bps) if port.scheme == "solo" else None,
         )
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -203,7 +206,8 @@ class StratumServer:
             bound = server.sockets[0].getsockname()[1]
             self.bound_ports.append(bound)
             tls_fields = tls.describe(secure)
-            self.port_list.append({"port": bound, "name": port.name, **tls_fields})
+            entry = {"port": bound, "name": port.name, "scheme": port.scheme, **tls_fields}
+            self.port_list.append(entry)
             log.info(
                 "stratum_listening",
                 host=host,
@@ -213,6 +217,7 @@ class StratumServer:
                 start_difficulty=port.start_difficulty,
                 min_difficulty=port.min_difficulty,
                 max_difficulty=port.max_difficulty,
+                scheme=port.scheme or None,  # (solo_fee_bps: in the start-up "limits" line)
                 backlog=self.config.limits.listen_backlog,
             )
         self._tick_task = asyncio.create_task(self._tick_loop(), name="stratum-tick")

@@ -21,6 +21,7 @@ import pytest_asyncio
 
 from pool.api.collect import METRICS_TOP_WORKERS
 from pool.api.server import ApiServer
+from pool.best_share import BestShares
 from pool.bitcoin import REGTEST
 from pool.bitcoin.address import encode_segwit
 from pool.config import ApiConfig, Config, LedgerConfig
@@ -55,6 +56,7 @@ class StandInServer:
         self.banned_ips: set[str] = set()
         self.banned_workers: set[str] = set()
         self.port_list: list[dict[str, Any]] = [{"port": 3333, "name": "", "tls": False}]
+        self.ctx = SimpleNamespace(best=BestShares())
 
     def temp_bans(self) -> list[Any]:
         return []

@@ -470,7 +470,10 @@ async def test_figures_match_their_maths(
     assert any(b["balance"]["balance_units"] > 0 for b in workers)
     for row in (e for e in dom.find("tr") if "data-worker" in e.attrs):
         cells = [e for e in dom.find("td") if e.parents and e.parents[-1] is row]
-        assert len(cells) == 9 and not [c for c in cells if "exactly" in c.attrs.get("title", "")]
+        assert len(cells) == 10 and not [c for c in cells if "exactly" in c.attrs.get("title", "")]
+        # the best share column: the worker's all-time best (this round's in brackets)
+        best = {w["name"]: w["best_share"] for w in workers}[row.attrs["data-worker"]]
+        assert best["best_difficulty"] > 0 and cells[8].text.endswith(")"), cells[8].text
 
     # the orphaned block: "orphaned", not confirmations -1
     blocks = {b["hash"]: b for b in after["/api/blocks"]["blocks"]}

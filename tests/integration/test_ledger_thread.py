@@ -85,9 +85,17 @@ def submission(status: SubmitStatus, result: ShareResult) -> BlockSubmission:
     return BlockSubmission(status, reason, result.hash_hex, result.job.height)
 
 
-@pytest_asyncio.fixture
-async def ledger(tmp_path: Path) -> AsyncIterator[Ledger]:
-    ledger = Ledger(LedgerConfig(block_maturity=2), tmp_path, REGTEST)
+def on_backend(request: pytest.FixtureRequest, **config: Any) -> LedgerConfig:
+    """``config`` on the test's backend (``backend`` parameter: SQLite or a fresh database
+    of the session's real PostgreSQL)."""
+    if getattr(request, "param", "sqlite") == "postgresql":
+        config.update(backend="postgresql", dsn=request.getfixturevalue("pg_database"))
+    return LedgerConfig(**config)
+
+
+@pytest_asyncio.fixture(params=["sqlite", "postgresql"])
+async def ledger(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Ledger]:
+    ledger = Ledger(on_backend(request, block_maturity=2), tmp_path, REGTEST)
     await ledger.open()
     try:
         yield ledger
@@ -247,12 +255,17 @@ async def test_a_rejected_block_never_counts(regtest_node: ManagedNode, ledger: 
     assert (await stored(ledger))["blocks"][late.hash_hex] == REJECTED
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> pytest.FixtureRequest:
+    return request
+
+
 async def test_blocks_not_refused_stay_pending_until_the_chain_settles_them(
-    regtest_node: ManagedNode, tmp_path: Path
+    regtest_node: ManagedNode, tmp_path: Path, backend: pytest.FixtureRequest
 ) -> None:
     rpc = regtest_node.rpc
     assert rpc is not None
-    config = LedgerConfig(block_maturity=3)
+    config = on_backend(backend, block_maturity=3)
     ledger = Ledger(config, tmp_path, REGTEST)
     await ledger.open()
     sink = await wallet_address(regtest_node)

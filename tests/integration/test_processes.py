@@ -4,7 +4,7 @@ on one port (SO_REUSEPORT) and one managed regtest bitcoind, all real processes 
 - connections land on both workers (told apart by the extranonce1 prefix, which carries
   ``pool.instance_id`` in its first byte and the worker index in the next bit);
 - shares acknowledged by both are credited in the one store exactly once (each worker's own
-  journal, ``journal-i<id>-w<i>``, applied with its own checkpoint);
+  journal, ``journal-w<i>``, applied with its own checkpoint);
 - a TLS port is shared the same way (one self-signed pair, made once by the supervisor);
 - SIGTERM drains both workers (miners asked to reconnect), then stops bitcoind; exit 0;
 - SIGKILL of the supervisor takes the workers (which drain) and bitcoind with it.
@@ -52,9 +52,9 @@ async def test_two_processes_share_a_port_and_credit_every_share_once(tmp_path: 
     await pool.start()
     miners: list[Miner] = []
     try:
-        assert pool.started_workers() == {"i3-w0", "i3-w1"}
+        assert pool.started_workers() == {"w0", "w1"}
         statuses = pool.workers()
-        assert [w["journal_id"] for w in statuses] == ["i3-w0", "i3-w1"]
+        assert [w["journal_id"] for w in statuses] == ["w0", "w1"]
         assert all(w["running"] and alive(w["pid"]) for w in statuses)
         miners = await miners_on_every_process(pool.port, f"{ADDRESSES[0]}.", per_process=2)
         miners[-1].worker = f"{ADDRESSES[1]}.m-last"  # a second address (same connection)
@@ -83,7 +83,7 @@ async def test_two_processes_share_a_port_and_credit_every_share_once(tmp_path: 
         for miner in miners:
             assert miner.error is None, miner.error
         # the lead (worker 0) serves the API; its port is the one the supervisor chose
-        assert pool.api_port and named(pool.log, "api_listening")[-1]["worker"] == "i3-w0"
+        assert pool.api_port and named(pool.log, "api_listening")[-1]["worker"] == "w0"
         offset = pool.log.stat().st_size
         bitcoind = node_pid(data_dir)
         assert await pool.terminate() == 0, pool.tail()
@@ -96,13 +96,13 @@ async def test_two_processes_share_a_port_and_credit_every_share_once(tmp_path: 
             await miner.stop()
         pool.kill_all()
     stopped = {e["worker"] for e in named(pool.log, "pool_stopped", since=offset)}
-    assert stopped == {"i3-w0", "i3-w1"}
+    assert stopped == {"w0", "w1"}
     assert named(pool.log, "bitcoind_stopped", since=offset)
     assert not alive(bitcoind)
 
     ledger = data_dir / "ledger"
     identities, per_journal = journaled(ledger)
-    assert sorted(per_journal) == ["journal-i3-w0", "journal-i3-w1"]
+    assert sorted(per_journal) == ["journal-w0", "journal-w1"]
     assert all(per_journal.values())  # both workers journaled shares
     told = [s for m in miners for s in m.accepted]
     assert set(told) <= set(identities)  # every acknowledged share is journaled...

@@ -31,6 +31,7 @@ import re
 import shlex
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -42,6 +43,7 @@ from typing import Any
 import pytest
 
 from pool.scenarios.html import PLOTS
+from pool.scenarios.schemes_html import SCHEME_PLOTS
 
 pytestmark = pytest.mark.integration
 
@@ -253,6 +255,72 @@ def test_feb_2026_mainnet_figures_and_economics(feb_2026: Run) -> None:
     assert "hashprice $" in feb_2026.stdout
 
 
+# -- feb-2026 --quick: the payout schemes compared on the same run ------------------------------
+
+
+def store_rows(out: Path, sql: str) -> list[tuple[Any, ...]]:
+    db = sqlite3.connect(out / "pool" / "ledger" / "ledger.sqlite3")
+    try:
+        return db.execute(sql).fetchall()
+    finally:
+        db.close()
+
+
+def test_feb_2026_compares_the_schemes_on_the_same_run(feb_2026: Run) -> None:
+    """The section is there, PPS is the ledger's balances to the unit, SOLO is every earned
+    block's reward (less the fee) to its finder, PPLNS shares out exactly what SOLO does in
+    total, and the Monte Carlo settings are stated."""
+    report = feb_2026.report
+    schemes = report["schemes"]
+    assert "error" not in schemes, schemes
+    fee = report["pool"]["fee_bps"]
+    assert schemes["settings"]["fee_bps"] == fee
+    miners = {m["address"]: m for m in schemes["miners"]}
+    assert sorted(m["miner"] for m in miners.values()) == sorted(
+        m["name"] for m in report["miners"]
+    )
+    # PPS: the store's balances, read here, to the unit
+    balances = dict(store_rows(feb_2026.out, "SELECT address, credited_units FROM balances"))
+    assert balances and {a: m["pps"]["units"] for a, m in miners.items()} == balances
+    assert schemes["pps_matches_ledger"] is True
+    # SOLO: each pending/confirmed block's coinbase value, less the fee, to its finder
+    blocks = store_rows(feb_2026.out, "SELECT address, reward_sat, status FROM blocks")
+    solo: dict[str, int] = {}
+    rewards = 0
+    for address, reward_sat, status in blocks:
+        if status in ("pending", "confirmed"):
+            units = reward_sat * 1_000_000
+            rewards += units
+            solo[address] = solo.get(address, 0) + units * (10_000 - fee) // 10_000
+    assert {a: m["solo"]["units"] for a, m in miners.items() if m["solo"]["units"]} == solo
+    assert schemes["totals"]["blocks_earned"] == sum(m["blocks_found"] for m in miners.values())
+    # PPLNS: every earned block's reward is split; miners + pool = the rewards
+    pplns = sum(m["pplns"]["units"] for m in miners.values())
+    assert pplns + schemes["pool"]["pplns"]["result"]["units"] == rewards
+    assert schemes["pool"]["pps"]["rewards_units"] == rewards
+    assert schemes["totals"]["pplns_blocks_without_share"] == 0
+    # spread: none under PPS/FPPS, some under PPLNS and SOLO for every miner who worked
+    for m in miners.values():
+        assert m["pps"]["spread_btc"] == m["fpps"]["spread_btc"] == 0.0
+        assert m["pplns"]["spread_btc"] > 0 and m["solo"]["spread_btc"] > 0
+    # the pool's PPS result ends at its reserve plus the fees (the ledger takes them out)
+    reserve = schemes["pps_reserve"]
+    assert reserve["result"]["units"] == rewards - sum(balances.values())
+    assert reserve["needed"]["units"] >= 0
+    ruin = schemes["ruin"]
+    assert ruin["paths"] == 2000 and ruin["seed"] == 20260207
+    assert ruin["reserves"][0]["blocks"] == 0.0
+    assert all(row[0] == 1.0 for row in ruin["probability"])  # no reserve: ruined at once
+    assert len(ruin["horizons"]) == 3 and ruin["horizons"][0]["run_seconds"] > 0
+    html = (feb_2026.out / "report.html").read_text()
+    assert "<h2>Payout schemes compared</h2>" in html
+    for plot in SCHEME_PLOTS:
+        assert f'id="plot-{plot}"' in html
+    assert "schemes compared (PPS, FPPS, PPLNS, SOLO)" in feb_2026.stdout
+    print(f"scheme comparison: {schemes['seconds_to_compute']:.2f} s of the run's wall time")
+    assert schemes["seconds_to_compute"] < 30.0
+
+
 # -- the HTML report in a real browser ------------------------------------------------------------
 
 
@@ -286,6 +354,16 @@ def test_html_report_renders_in_headless_chromium(feb_2026: Run, tmp_path: Path)
         assert svg is not None, f"plot {plot} has no <svg>"
         points = re.findall(r'<polyline [^>]*points="([^"]+)"', figure.group(1))
         assert any(len(p.split()) >= 2 for p in points), f"plot {plot} draws no line"
+    for plot in SCHEME_PLOTS:
+        figure = re.search(
+            rf'<figure class="plot-figure" id="plot-{plot}">(.*?)</figure>', dom, re.S
+        )
+        assert figure is not None, f"plot {plot} is not in the rendered DOM"
+        if plot == "scheme-earnings":  # bars: 4 miners x 4 schemes
+            assert len(re.findall(r'<rect class="bar"', figure.group(1))) == 16
+        else:
+            points = re.findall(r'<polyline [^>]*points="([^"]+)"', figure.group(1))
+            assert any(len(p.split()) >= 2 for p in points), f"plot {plot} draws no line"
 
 
 # -- a scenario file of one's own, an external miner command, Ctrl-C ------------------------------
@@ -331,8 +409,20 @@ def custom_file(path: Path, *, retargets: int, max_seconds: int) -> Path:
 
 def test_a_scenario_file_with_an_external_miner_command(tmp_path: Path) -> None:
     scenario = custom_file(tmp_path / "mine.toml", retargets=1, max_seconds=90)
-    run = run_scenario(str(scenario), tmp_path / "out")
+    flags = ("--paths", "700", "--resamples", "30", "--seed", "11", "--pplns-window", "1.5")
+    flags += ("--reserves", "3,0.25")
+    run = run_scenario(str(scenario), tmp_path / "out", *flags)
     report = run.report
+    schemes = report["schemes"]  # the comparison's settings are the flags given
+    assert schemes["settings"] == {
+        "fee_bps": 200,
+        "pplns_window_blocks": 1.5,
+        "seed": 11,
+        "resamples": 30,
+        "paths": 700,
+    }
+    assert schemes["ruin"]["paths"] == 700 and schemes["ruin"]["seed"] == 11
+    assert [r["blocks"] for r in schemes["ruin"]["reserves"]] == [0.25, 3.0]
     assert report["scenario"]["name"] == "mine" and report["summary"]["completed"]
     miners = {m["name"]: m for m in report["miners"]}
     assert "--cpuminer-compat" in miners["external"]["command"]
@@ -375,7 +465,9 @@ def test_ctrl_c_stops_the_run_and_still_writes_the_report(tmp_path: Path) -> Non
     assert report["summary"]["completed"] is False
     assert report["summary"]["end_reason"] == "interrupted"
     assert all(m["exits"] and m["exits"][-1]["returncode"] is not None for m in report["miners"])
-    assert (out / "report.html").read_text().count('<svg class="plot"') == len(PLOTS)
+    svgs = (out / "report.html").read_text().count('<svg class="plot"')
+    assert svgs == len(PLOTS) + len(SCHEME_PLOTS)
+    assert "error" not in report["schemes"], report["schemes"]
 
 
 # -- timing ---------------------------------------------------------------------------------------

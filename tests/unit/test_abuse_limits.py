@@ -144,6 +144,34 @@ def test_guard_state_is_bounded_and_pruned() -> None:
     assert guard.prune(NOW + 3600) == 100 and len(guard) == 0
 
 
+def test_a_full_table_forgets_the_least_recently_seen_ip_never_a_ban() -> None:
+    """Many new /64s fill the table: the least recently seen record goes (not a busy miner
+    seen a moment ago), and a ban stays in force however many addresses come after it."""
+    guard = IpGuard(GuardSettings(max_tracked_ips=100, ban_strikes=1.0))
+    assert guard.strike("10.9.9.9", NOW, "flood") is not None  # banned
+    guard.admit("10.0.0.1", NOW)  # a miner, seen again below
+    for i in range(1000):
+        if i % 50 == 0:
+            guard.admit("10.0.0.1", NOW + i * 0.001)
+        guard.admit(f"2001:db8:{i:x}::1", NOW + i * 0.001)
+    assert len(guard) == 100
+    assert guard.strikes("10.0.0.1", NOW + 1) == 0.0 and "10.0.0.1" in guard._records
+    ban = guard.banned("10.9.9.9", NOW + 1)
+    assert ban is not None and ban.reason == "flood"
+    assert guard.admit("10.9.9.9", NOW + 1) is not None  # refused: the ban held
+    assert [b.ip for b in guard.bans(NOW + 1)] == ["10.9.9.9"]
+    assert guard.unban("10.9.9.9") and guard.admit("10.9.9.9", NOW + 1) is None
+
+
+def test_bans_are_bounded_too_the_oldest_forgotten_first() -> None:
+    guard = IpGuard(GuardSettings(max_tracked_ips=10, ban_strikes=1.0))
+    for i in range(25):
+        guard.strike(f"10.1.0.{i}", NOW + i, "flood")
+    live = guard.bans(NOW + 30)
+    assert len(live) == 10 and {b.ip for b in live} == {f"10.1.0.{i}" for i in range(15, 25)}
+    assert guard.prune(NOW + 10_000) >= 0 and guard.bans(NOW + 10_000) == []
+
+
 def test_ipv6_is_limited_per_64() -> None:
     assert ip_key("2001:db8:1:2:aaaa::1") == ip_key("2001:db8:1:2:bbbb::9") == "2001:db8:1:2::/64"
     assert ip_key("::ffff:10.1.2.3") == "10.1.2.3" and ip_key("10.1.2.3") == "10.1.2.3"

@@ -1,9 +1,13 @@
-"""The SQLite ledger store: migrations, exactly-once checkpoints, balances, blocks, payouts."""
+"""The ledger store: migrations, exactly-once checkpoints, balances, blocks, payouts.
+
+Tests taking ``store`` or ``make_store`` run on both backends: SQLite and a real PostgreSQL
+(tests/pg_harness.py; those are skipped, with the reason, only where it is not installed)."""
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +31,10 @@ from pool.ledger.store import (
     Store,
     StoreError,
 )
+from tests.pg_harness import PG_PASSWORD, PgServer
+
+BACKENDS = ["sqlite", "postgresql"]
+MakeStore = Callable[..., Store]
 
 
 def share(
@@ -45,17 +53,52 @@ def share(
     return ShareRecord(**base)  # type: ignore[arg-type]
 
 
+@pytest.fixture(params=BACKENDS)
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeStore]:
+    """``make(name, journal_id)``: a store (not opened) on this test's backend; the same name
+    is the same database."""
+    backend = request.param
+    databases: dict[str, str] = {}
+    made: list[Store] = []
+
+    def make(name: str = "ledger", journal_id: str = "") -> Store:
+        if backend == "sqlite":
+            store = Store(tmp_path / f"{name}.sqlite3", journal_id)
+        else:
+            from pool.ledger.pg import PgTarget
+
+            server: PgServer = request.getfixturevalue("postgres")
+            if name not in databases:
+                databases[name] = server.create_database()
+            store = Store(
+                tmp_path / name, journal_id, PgTarget(server.dsn(databases[name]), PG_PASSWORD)
+            )
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        if store.db is not None:
+            store.db.close()
+            store.db = None
+    if databases:
+        server = request.getfixturevalue("postgres")
+        for database in databases.values():
+            server.drop_database(database)
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    s = Store(tmp_path / "ledger.sqlite3")
+def store(make_store: MakeStore) -> Iterator[Store]:
+    s = make_store()
     s.open()
-    yield s  # type: ignore[misc]
+    yield s
     s.close()
 
 
-def test_new_database_is_migrated_and_in_wal_mode(store: Store) -> None:
+def test_new_database_is_migrated(store: Store) -> None:
     assert store.schema_version == SCHEMA_VERSION
-    assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    if store.backend == "sqlite":
+        assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert store.checkpoint() is None
 
 
@@ -75,9 +118,8 @@ def test_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
         Store(path).open()
 
 
-def test_shares_and_checkpoint_commit_together(tmp_path: Path) -> None:
-    path = tmp_path / "ledger.sqlite3"
-    s = Store(path)
+def test_shares_and_checkpoint_commit_together(make_store: MakeStore) -> None:
+    s = make_store()
     s.open()
     s.apply_share(share(credit=10), Checkpoint(1, 100))
     s.apply_share(share(credit=5, time=200.0), Checkpoint(1, 200))
@@ -85,7 +127,7 @@ def test_shares_and_checkpoint_commit_together(tmp_path: Path) -> None:
     s.apply_share(share(credit=7), Checkpoint(1, 300))  # applied, never committed: a crash
     s.db.close()  # type: ignore[union-attr]  # simulate the process dying (no commit)
     s.db = None
-    again = Store(path)
+    again = make_store()
     again.open()
     assert again.checkpoint() == Checkpoint(1, 200)
     worker = again.worker("a.1")
@@ -97,11 +139,10 @@ def test_shares_and_checkpoint_commit_together(tmp_path: Path) -> None:
     again.close()
 
 
-def test_each_journal_keeps_its_own_checkpoint_in_one_store(tmp_path: Path) -> None:
+def test_each_journal_keeps_its_own_checkpoint_in_one_store(make_store: MakeStore) -> None:
     """Two writers (worker processes) apply their own journals into one store: each
     checkpoint is its own, and both writers' credits add up in the shared balances."""
-    path = tmp_path / "ledger.sqlite3"
-    one, two = Store(path, "w0"), Store(path, "w1")
+    one, two = make_store(journal_id="w0"), make_store(journal_id="w1")
     one.open()
     two.open()
     one.apply_share(share(credit=10), Checkpoint(1, 100))
@@ -110,7 +151,7 @@ def test_each_journal_keeps_its_own_checkpoint_in_one_store(tmp_path: Path) -> N
     two.commit()
     assert one.checkpoint() == Checkpoint(1, 100)
     assert two.checkpoint() == Checkpoint(4, 40)
-    alone = Store(path)
+    alone = make_store()
     alone.open()
     assert alone.checkpoint() is None
     assert alone.balance("addr-a").credited_units == 13  # type: ignore[union-attr]
@@ -283,14 +324,14 @@ def same_minutes(got: list[dict[str, float]], want: list[dict[str, float]]) -> N
         assert g["expected_blocks"] == pytest.approx(w["expected_blocks"])
 
 
-def test_a_batch_is_the_same_as_its_shares_one_by_one(tmp_path: Path) -> None:
+def test_a_batch_is_the_same_as_its_shares_one_by_one(make_store: MakeStore) -> None:
     records = mixed_shares()
-    one = Store(tmp_path / "one.sqlite3")
+    one = make_store("one")
     one.open()
     for i, rec in enumerate(records):
         one.apply_share(rec, Checkpoint(1, i + 1))
     one.commit()
-    batched = Store(tmp_path / "batched.sqlite3")
+    batched = make_store("batched")
     batched.open()
     batched.apply_batch(records[:10], Checkpoint(1, 10))
     batched.apply_batch(records[10:], Checkpoint(1, 30))
@@ -395,14 +436,18 @@ def test_a_first_version_database_gets_the_new_indexes(tmp_path: Path) -> None:
     db.close()
     s = Store(path)
     s.open()
-    assert s.schema_version == SCHEMA_VERSION == 2
+    assert s.schema_version == SCHEMA_VERSION == len(MIGRATIONS)
     indexes = {r[0] for r in s.conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    tables = {r[0] for r in s.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert "best_shares" in tables  # migration 3
     assert {"share_minutes_worker", "workers_address", "blocks_height"} <= indexes
     assert s.balance("addr-a") == Balance("addr-a", 7, 0, 0)
     s.close()
 
 
-def test_the_store_is_used_by_one_thread_only(store: Store) -> None:
+def test_the_store_is_used_by_one_thread_only(tmp_path: Path) -> None:
+    store = Store(tmp_path / "ledger.sqlite3")
+    store.open()
     errors: list[BaseException] = []
 
     def other() -> None:
@@ -415,6 +460,7 @@ def test_the_store_is_used_by_one_thread_only(store: Store) -> None:
     thread.start()
     thread.join()
     assert len(errors) == 1 and isinstance(errors[0], sqlite3.ProgrammingError)
+    store.close()
 
 
 def test_address_minutes_sum_the_address_workers(store: Store) -> None:
@@ -437,3 +483,30 @@ def test_many_workers_of_one_address_arrive_in_any_order() -> None:
         agg.merge(BatchDelta.of(records[i : i + 100]))
     assert list(agg.workers_of("addr-a")) == sorted(names) == agg.names()
     assert agg.workers_of("addr-z") == ()
+
+
+def test_processes_sharing_a_sqlite_file_migrate_it_once(tmp_path: Path) -> None:
+    """Worker processes starting at once on one SQLite file: each migration runs once (the
+    version is read again under the write lock)."""
+    path = tmp_path / "ledger.sqlite3"
+    stores = [Store(path, f"w{i}") for i in range(4)]
+    errors: list[BaseException] = []
+    versions: list[int] = []
+    start = threading.Barrier(len(stores))
+
+    def open_store(store: Store) -> None:
+        start.wait()
+        try:
+            store.open()
+            versions.append(store.schema_version)
+            store.close()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_store, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert versions == [SCHEMA_VERSION] * 4

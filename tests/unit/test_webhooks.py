@@ -233,6 +233,65 @@ async def test_the_queue_is_bounded_oldest_dropped() -> None:
         await hooks.close()
 
 
+async def test_deliveries_queued_at_stop_are_sent_after_the_next_start(
+    tmp_path: Path, receivers: list[HookReceiver]
+) -> None:
+    """The receiver is down while the pool stops: its deliveries are kept in the data dir and
+    delivered, same ids and bodies, once the pool is back and so is the receiver. Deliveries
+    for a receiver no longer configured are dropped, not sent elsewhere."""
+    outbox = tmp_path / "webhooks-outbox.jsonl"
+    down = closed_port_url()
+    cfg = hooks_config(
+        WebhookUrlConfig(url=down), retry_seconds=60.0, retry_max_seconds=60.0, max_attempts=9
+    )
+    hooks = Webhooks(cfg, pool_id="p", outbox_path=outbox)
+    await hooks.start()
+    for i in range(3):
+        hooks.emit("block_found", {"height": i})
+    sent = [json.loads(d.body) for box in hooks._outboxes.values() for d in box.queue]
+    await hooks.close()
+    assert outbox.exists() and len(outbox.read_text().splitlines()) == 3
+    # the next start: the same receiver (same URL, now answering) gets them, in order
+    up = await receiver(receivers)
+    port = int(down.rsplit(":", 1)[1].split("/")[0])
+    try:
+        site = web.TCPSite(up.runner, "127.0.0.1", port)  # type: ignore[arg-type]
+        await site.start()
+    except OSError:
+        pytest.skip(f"port {port} was taken meanwhile")
+    again = Webhooks(cfg, pool_id="p", outbox_path=outbox)
+    await again.start()
+    try:
+        await wait_for(lambda: again.counters.delivered == 3, 20, "the kept deliveries")
+    finally:
+        await again.close()
+    assert [json.loads(h.body) for h in up.hits] == sent
+    assert not outbox.exists()
+    # kept for a receiver that is gone by the next start: dropped
+    gone = Webhooks(cfg, pool_id="p", outbox_path=outbox)
+    await gone.start()
+    gone.emit("block_found", {"height": 9})
+    await gone.close()
+    other = Webhooks(hooks_config(WebhookUrlConfig(url=up.url)), pool_id="p", outbox_path=outbox)
+    other._outboxes.clear()  # no receiver with the kept one's key
+    await other.start()
+    try:
+        assert other.queued() == 0 and not outbox.exists()
+    finally:
+        await other.close()
+
+
+async def test_a_damaged_outbox_is_set_aside(tmp_path: Path) -> None:
+    outbox = tmp_path / "webhooks-outbox.jsonl"
+    outbox.write_text("{not json\n")
+    hooks = Webhooks(
+        hooks_config(WebhookUrlConfig(url=closed_port_url())), pool_id="p", outbox_path=outbox
+    )
+    await hooks.start()
+    await hooks.close()
+    assert (tmp_path / "webhooks-outbox.jsonl.damaged").read_text() == "{not json\n"
+
+
 async def test_a_slow_or_closed_receiver_delays_no_other(receivers: list[HookReceiver]) -> None:
     slow = await receiver(receivers, delay=30.0)
     fast = await receiver(receivers)

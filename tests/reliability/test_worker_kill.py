@@ -2,7 +2,8 @@
 second worker, then the lead): the other worker keeps serving its miners, the supervisor
 starts the killed one again (it replays its own journal first), and no acknowledged share is
 lost or credited twice: every share a miner was told was accepted is in a journal once, and
-the one store credits every journal record exactly once.
+the one store credits every journal record exactly once. The payout lock of a killed holder
+is taken again (by the other worker or by the restarted one, whichever asks first).
 
 Real processes, sockets and bitcoind (the pool's managed one); the miners are the test's own
 Stratum connections, counting their acknowledged shares. Wall time: about 1 to 2 minutes.
@@ -18,6 +19,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from pool.ledger.store import Store
 from pool.node.lifecycle import alive
 from tests.integration.harness import wait_for
 from tests.integration.procs_harness import (
@@ -45,6 +47,8 @@ async def _kill_one(pool: SupervisedPool, miners: list[Miner], victim: int, rest
     survivors = [m for m in miners if process_of(m.extranonce1) != victim]
     victims = [m for m in miners if process_of(m.extranonce1) == victim]
     before = {id(m): len(m.accepted) for m in survivors}
+    taken = named(pool.log, "payout_runner_taken")
+    runner = taken[-1].get("worker") if taken else None
     os.kill(pid, signal.SIGKILL)
     await wait_for(
         lambda: all(m.error is not None for m in victims), 60, f"{name}'s miners cut off"
@@ -66,6 +70,12 @@ async def _kill_one(pool: SupervisedPool, miners: list[Miner], victim: int, rest
     assert exited and exited[0]["signal"] == "SIGKILL"
     opened = [e for e in named(pool.log, "ledger_opened", since=offset) if e["worker"] == name]
     assert opened, "the restarted worker opened its ledger (replaying its own journal)"
+    if runner == name:  # it held the payout lock: the lock is taken again
+        await wait_for(
+            lambda: bool(named(pool.log, "payout_runner_taken", since=offset)),
+            120,
+            "the payout lock taken over",
+        )
 
 
 async def _metrics(port: int) -> str:
@@ -135,3 +145,13 @@ async def test_sigkill_of_a_worker_under_load_loses_no_acknowledged_share(
         assert 0 <= credited.get(miner.worker, 0) - len(miner.accepted) <= 1, miner.worker
     text = pool.log.read_text()
     assert '"shares_not_recorded"' not in text
+    assert text.count('"payout_runner_taken"') >= 1
+    store = Store(ledger / "ledger.sqlite3")
+    store.open()
+    try:  # both workers' heartbeats in the store (whole-pool views)
+        assert {(p["instance_id"], p["process"]) for p in store.processes()} == {
+            (0, "w0"),
+            (0, "w1"),
+        }
+    finally:
+        store.close()

@@ -54,6 +54,7 @@ from pool.shares import ShareResult
 from pool.tasks import Supervisor
 from pool.webhook_subs import SubscriptionsFileError
 from pool.webhook_wiring import PoolWebhooks
+from pool.worker import WorkerRole, extranonces_for
 
 log = structlog.get_logger("pool.app")
 
@@ -69,19 +70,6 @@ def payout_script_for(address: str, network: Network) -> bytes:
         raise StartupError(
             f"payout address {address} cannot be used on chain {network.name}: {exc}"
         ) from exc
-
-
-@dataclasses.dataclass(frozen=True)
-class WorkerRole:
-    """This process as one of ``server.processes`` Stratum workers (pool/supervisor.py): its
-    index (its extranonce1 prefix), its journal, and whether it is the lead, the one process
-    that runs the API and the pool-wide webhooks (workers, health). Payouts and block checks
-    run in whichever process holds the payout lock (pool/ledger/payout_lock.py), so a
-    survivor takes them over. The supervisor made the start-up checks already."""
-
-    index: int
-    journal_id: str
-    lead: bool
 
 
 class PoolApp:
@@ -107,12 +95,6 @@ class PoolApp:
         self.submitter: BlockSubmitter | None = None
         self.zmq_endpoint = ""  # bitcoind's hashblock feed the watcher subscribes to ("" none)
         self.webhooks: PoolWebhooks | None = None  # webhooks.enabled
-
-    @property
-    def is_lead(self) -> bool:
-        """This process serves the API and the pool-wide webhooks (workers, health): always,
-        unless it is a worker process other than the lead."""
-        return self.role is None or self.role.lead
 
     @property
     def watcher_task(self) -> asyncio.Task[None] | None:
@@ -262,15 +244,13 @@ class PoolApp:
             )
         if cfg.chain.simulation.enabled:
             self.chain_sim = self._load_chain_sim(cfg.chain.simulation)
-        # A worker journals on its own (journal-w<i>) into the one store, which the other
-        # workers write too: "shared", the pool-wide aggregates are reloaded from the store.
-        journal_id = self.role.journal_id if self.role is not None else ""
+        # A worker journals on its own into the one store the others write too ("shared")
         self.ledger = ledger = Ledger(
             cfg.ledger,
             self.data_dir / "ledger",
             network,
             self.tasks,
-            journal_id=journal_id,
+            journal_id=self.role.journal_id if self.role else "",
             shared=self.role is not None,
             instance_id=cfg.pool.instance_id,
         )
@@ -286,8 +266,8 @@ class PoolApp:
         self.tasks.spawn("payout-lock", lock.run)
         self.payouts = Payouts(ledger.store, rpc, cfg.ledger, network, cfg.node.wallet, lock)
         await self._settle_payouts()
-        index = self.role.index if self.role is not None else 0
-        self.server = StratumServer(cfg, network, submit_block=self.submit, process_index=index)
+        self.server = StratumServer(cfg, network, submit_block=self.submit)
+        self.server.ctx.extranonces = extranonces_for(cfg, self.role.index if self.role else 0)
         self.server.use_bans(bans_path, bans)
         self.server.ctx.best.load(*await ledger.store.run(load_best))  # best shares: kept
         self.server.share_recorder = ledger.journal_shares
@@ -309,7 +289,7 @@ class PoolApp:
         await self.server.start()
         self.tasks.spawn("template-watcher", self.watcher.run)
         self.tasks.spawn("ledger-upkeep", self._ledger_loop)
-        if cfg.api.enabled and self.is_lead:
+        if cfg.api.enabled and (self.role is None or self.role.lead):  # (the lead's only)
             self.api = ApiServer(self)
             await self.api.start()
         # Everything made so far lives as long as the pool (modules, config, node, ledger):
@@ -317,14 +297,12 @@ class PoolApp:
         # stall the loop longer the more there are.
         gc.collect()
         gc.freeze()
-        space = self.server.ctx.extranonces.space
         log.info(
             "pool_started",
             chain=network.name,
             height=await rpc.call("getblockcount"),
             stratum_ports=self.server.bound_ports,
-            extranonce1_prefix=f"{space.prefix:x}/{space.prefix_bits}",
-            extranonce1_values=space.capacity,
+            extranonce1_values=self.server.ctx.extranonces.space.capacity,
         )
 
     async def _start_webhooks(self, server: StratumServer) -> None:
@@ -334,7 +312,7 @@ class PoolApp:
             raise StartupError(str(exc)) from exc
         await hooks.start()
         server.block_listeners.append(hooks.block_settled)  # this process's own blocks
-        if not self.is_lead:  # workers and health: one process reports them
+        if self.role is not None and not self.role.lead:  # workers, health: the lead's
             return
 
         checker = ApiServer(self)  # the /healthz verdict, with or without the API

@@ -16,7 +16,7 @@ import os
 import tomllib
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from pool.config_checks import validate_api as _validate_api
 from pool.config_checks import validate_ledger_backend, zmq_endpoint_problem
+from pool.server_config import ServerConfig, server_limits, validate_server
 from pool.webhook_config import WebhooksConfig, validate_webhooks
 
 # Regtest's own difficulty (powLimit bits 207fffff): DIFF1_TARGET / (0x7fffff << 232), ~4.66e-10.
@@ -75,9 +76,7 @@ class PoolConfig:
     extranonce1_size: int = 4
     extranonce2_size: int = 4
     max_jobs: int = 16
-    # This instance among several on one ledger (hosts): part of the extranonce1 prefix (with
-    # the worker process index) so no two instances or processes share a nonce space. 0..255.
-    instance_id: int = 0
+    instance_id: int = 0  # one per instance on a shared ledger (0..255; pool/server_config.py)
 
 
 @dataclass(frozen=True)
@@ -109,22 +108,6 @@ class StratumConfig:
 
 EVENT_LOOPS = ("asyncio", "uvloop")
 PORT_SCHEMES = ("", "pps", "fpps", "pplns", "solo")  # "": the ledger's scheme
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    """Stratum worker processes on this host (pool/supervisor.py). 1: the pool is one process
-    (no supervisor); N > 1: a supervisor starts bitcoind once and N workers on the same ports
-    (SO_REUSEPORT), each with its own journal and extranonce1 prefix, into one ledger store."""
-
-    processes: int = 1
-    worker_restart_backoff_seconds: float = 1.0  # a dead worker's first restart delay (doubles)
-    worker_restart_backoff_max_seconds: float = 30.0  # ...up to this
-    worker_stop_timeout_seconds: float = 60.0  # a draining worker is killed after this
-
-
-MAX_PROCESSES = 64
-MAX_INSTANCE_ID = 255
 
 
 @dataclass(frozen=True)
@@ -568,50 +551,7 @@ def validate(config: Config, where: str) -> None:
             fail("node.zmq_hashblock", f"{problem}; got {node.zmq_hashblock!r} (or auto, or '')")
     _validate_api(config, fail)
     validate_webhooks(config.webhooks, fail, config.limits.worker_idle_seconds)
-    _validate_server(config, fail)
-
-
-def _validate_server(config: Config, fail: Callable[[str, str], None]) -> None:
-    """server.processes and pool.instance_id: ranges, the extranonce1 space left to each
-    process, and the simulated chain (per process: refused with several processes)."""
-    from pool.server.extranonce import extranonce_space
-
-    server = config.server
-    if not 1 <= server.processes <= MAX_PROCESSES:
-        fail("server.processes", f"must be 1..{MAX_PROCESSES}")
-    if not 0 <= config.pool.instance_id <= MAX_INSTANCE_ID:
-        fail("pool.instance_id", f"must be 0..{MAX_INSTANCE_ID}")
-    backoff, backoff_max = (
-        server.worker_restart_backoff_seconds,
-        server.worker_restart_backoff_max_seconds,
-    )
-    if not 0.01 <= backoff <= 60:
-        fail("server.worker_restart_backoff_seconds", "must be 0.01..60 seconds")
-    if not backoff <= backoff_max <= 3600:
-        fail(
-            "server.worker_restart_backoff_max_seconds",
-            "must be server.worker_restart_backoff_seconds..3600 seconds",
-        )
-    if not 1 <= server.worker_stop_timeout_seconds <= 3600:
-        fail("server.worker_stop_timeout_seconds", "must be 1..3600 seconds")
-    if server.processes > 1 and config.chain.simulation.enabled:
-        fail(
-            "server.processes",
-            f"= {server.processes} cannot be used with chain.simulation.enabled = true: the "
-            "simulated chain lives in one process (set server.processes = 1 or disable "
-            "chain.simulation)",
-        )
-    space = extranonce_space(
-        config.pool.extranonce1_size, config.pool.instance_id, 0, server.processes
-    )
-    if space.capacity <= config.limits.max_connections:
-        fail(
-            "pool.extranonce1_size",
-            f"= {config.pool.extranonce1_size} leaves {space.capacity} extranonce1 values per "
-            f"process once the prefix of pool.instance_id and server.processes "
-            f"({space.prefix_bits} bits) is taken, not more than limits.max_connections "
-            f"({config.limits.max_connections}): raise pool.extranonce1_size",
-        )
+    validate_server(config, fail)
 
 
 def limits_summary(config: Config) -> dict[str, Any]:
@@ -620,13 +560,7 @@ def limits_summary(config: Config) -> dict[str, Any]:
         "stratum.max_ntime_ahead_seconds": config.stratum.max_ntime_ahead_seconds,
         "pool.max_jobs": config.pool.max_jobs,
         "stratum.ports.solo_fee_bps": [p.solo_fee_bps for p in config.stratum.ports],
-        "pool.instance_id": config.pool.instance_id,
-        "server.processes": config.server.processes,
-        "server.worker_restart_backoff_seconds": config.server.worker_restart_backoff_seconds,
-        "server.worker_restart_backoff_max_seconds": (
-            config.server.worker_restart_backoff_max_seconds
-        ),
-        "server.worker_stop_timeout_seconds": config.server.worker_stop_timeout_seconds,
+        **server_limits(config),
         "node.rpc_max_concurrency": config.node.rpc_max_concurrency,
         "node.restart_backoff_seconds": config.node.restart_backoff_seconds,
         "node.restart_backoff_max_seconds": config.node.restart_backoff_max_seconds,

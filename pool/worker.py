@@ -7,6 +7,7 @@ role: its own journal and extranonce1 prefix, the pool-wide jobs only on the lea
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sys
 from collections.abc import Callable
@@ -14,7 +15,31 @@ from pathlib import Path
 
 import structlog
 
+from pool.config import Config
+from pool.server.extranonce import ExtranonceAllocator, extranonce_space
+
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerRole:
+    """This process as one of ``server.processes`` Stratum workers (pool/supervisor.py): its
+    index (its extranonce1 prefix), its journal, and whether it is the lead, the one process
+    that runs the API and the pool-wide webhooks (workers, health). Payouts and block checks
+    run in whichever process holds the payout lock (pool/ledger/payout_lock.py), so a
+    survivor takes them over. The supervisor made the start-up checks already."""
+
+    index: int
+    journal_id: str
+    lead: bool
+
+
+def extranonces_for(config: Config, process: int) -> ExtranonceAllocator:
+    """Process ``process``'s extranonce1 values (its prefix with ``pool.instance_id``; the
+    whole space for a pool of one process and instance 0)."""
+    size = config.pool.extranonce1_size
+    space = extranonce_space(size, config.pool.instance_id, process, config.server.processes)
+    return ExtranonceAllocator(size, space=space)
 
 
 def _loop_factory(event_loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -29,7 +54,7 @@ def _loop_factory(event_loop: str) -> Callable[[], asyncio.AbstractEventLoop] | 
 def run_worker(config_path: Path, index: int) -> int:
     from pool import config as config_mod
     from pool import logs
-    from pool.app import PoolApp, StartupError, WorkerRole
+    from pool.app import PoolApp, StartupError
     from pool.node.rpc import RpcError
     from pool.supervisor import journal_id
 

@@ -33,7 +33,6 @@ from pool.server.auth import Credentials
 from pool.server.bans import Bans
 from pool.server.context import PoolContext, WorkerLimits
 from pool.server.core import CoreSettings, PoolConnection, ShareEvent, notify_event
-from pool.server.extranonce import extranonce_space
 from pool.server.guard import GuardSettings, TempBan
 from pool.server.session import Session
 from pool.server.solo import SoloJobs
@@ -68,10 +67,7 @@ class StratumServer:
         *,
         submit_block: BlockSubmitter,
         jobs: JobTable | None = None,
-        process_index: int = 0,
     ) -> None:
-        """``process_index``: this worker process among ``server.processes`` (its extranonce1
-        prefix, with ``pool.instance_id``; pool/server/extranonce.py)."""
         self.config = config
         self.network = network
         self.jobs = jobs or JobTable(max_jobs=config.pool.max_jobs)
@@ -97,12 +93,6 @@ class StratumServer:
                 idle_seconds=limits.worker_idle_seconds,
             ),
             log_limiter=LogLimiter(limits.log_lines_per_second, limits.log_burst),
-            extranonce_space=extranonce_space(
-                config.pool.extranonce1_size,
-                config.pool.instance_id,
-                process_index,
-                config.server.processes,
-            ),
         )
         self.submit_block = submit_block
         self.share_recorder: ShareRecorder | None = None
@@ -198,8 +188,7 @@ class StratumServer:
                 host=host,
                 port=port.port,
                 reuse_address=True,
-                # several worker processes on one port: the kernel spreads connections over them
-                reuse_port=self.config.server.processes > 1,
+                reuse_port=self.config.server.processes > 1,  # worker processes share a port
                 backlog=self.config.limits.listen_backlog,
             )
             self._servers.append(server)

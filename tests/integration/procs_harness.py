@@ -34,6 +34,7 @@ def write_config(
     instance_id: int = 0,
     api: bool = True,
     tls: bool = False,
+    dsn: str = "",
 ) -> Path:
     """A managed regtest bitcoind, one Stratum port (0: the supervisor picks one for all the
     workers), fixed share difficulty. No simulated chain (per process: refused with several),
@@ -75,6 +76,7 @@ format = "json"
 
 [ledger]
 payout_interval_seconds = 0
+{f'backend = "postgresql"{chr(10)}dsn = "{dsn}"' if dsn else ""}
 """
     )
     return path
@@ -194,6 +196,7 @@ class Miner:
         self.error: BaseException | None = None
         self.reconnect_asked = False
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._n = 0
 
     @classmethod
@@ -236,7 +239,7 @@ class Miner:
     def start(self, every: float) -> None:
         async def loop() -> None:
             try:
-                while True:
+                while not self._stopping:
                     await self.submit_one()
                     await asyncio.sleep(every)
             except asyncio.CancelledError:
@@ -245,15 +248,20 @@ class Miner:
                 self.reconnect_asked = any(
                     m.get("method") == "client.reconnect" for m in self.client.messages
                 )
-                self.error = exc
+                if not self._stopping:
+                    self.error = exc
 
         self._task = asyncio.create_task(loop())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        """Close the connection first, then end the loop (cancelled again until it is done:
+        Python 3.11's wait_for can swallow a cancellation that meets an answer)."""
+        self._stopping = True
         await self.client.close()
+        task = self._task
+        while task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=1.0)
 
 
 def process_of(extranonce1: bytes, processes: int = 2) -> int:
@@ -293,10 +301,22 @@ def journaled(ledger_dir: Path) -> tuple[Counter[ShareId], dict[str, list[dict[s
     return identities, per_journal
 
 
-def store_shares(ledger_dir: Path) -> dict[str, int]:
-    """Shares credited per worker name in the one store."""
-    store = Store(ledger_dir / "ledger.sqlite3")
+def open_store(ledger_dir: Path, dsn: str = "") -> Store:
+    """The pool's one store, opened: SQLite in ``ledger_dir``, or PostgreSQL at ``dsn``."""
+    if dsn:
+        from pool.ledger.pg import PgTarget
+        from tests.pg_harness import PG_PASSWORD
+
+        store = Store(ledger_dir / "unused", "", PgTarget(dsn, PG_PASSWORD))
+    else:
+        store = Store(ledger_dir / "ledger.sqlite3")
     store.open()
+    return store
+
+
+def store_shares(ledger_dir: Path, dsn: str = "") -> dict[str, int]:
+    """Shares credited per worker name in the one store (SQLite; PostgreSQL with ``dsn``)."""
+    store = open_store(ledger_dir, dsn)
     try:
         return {w["name"]: int(w["shares"]) for w in store.workers()}
     finally:

@@ -4,7 +4,7 @@ on one port (SO_REUSEPORT) and one managed regtest bitcoind, all real processes 
 - connections land on both workers (told apart by the extranonce1 prefix, which carries
   ``pool.instance_id`` in its first byte and the worker index in the next bit);
 - shares acknowledged by both are credited in the one store exactly once (each worker's own
-  journal, ``journal-w<i>``, applied with its own checkpoint);
+  journal, ``journal-w<i>``, applied with its own checkpoint), SQLite and PostgreSQL;
 - a TLS port is shared the same way (one self-signed pair, made once by the supervisor);
 - SIGTERM drains both workers (miners asked to reconnect), then stops bitcoind; exit 0;
 - SIGKILL of the supervisor takes the workers (which drain) and bitcoind with it.
@@ -45,9 +45,15 @@ ADDRESSES = (
 INSTANCE = 3
 
 
-async def test_two_processes_share_a_port_and_credit_every_share_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_two_processes_share_a_port_and_credit_every_share_once(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    # PostgreSQL: a real server from the test harness (tests/pg_harness.py), skipped with its
+    # reason where it cannot be installed
+    dsn = request.getfixturevalue("pg_database") if backend == "postgresql" else ""
     data_dir = tmp_path / "pool"
-    config = write_config(tmp_path / "pool.toml", data_dir, instance_id=INSTANCE, tls=True)
+    config = write_config(tmp_path / "pool.toml", data_dir, instance_id=INSTANCE, tls=True, dsn=dsn)
     pool = SupervisedPool(config, data_dir, tmp_path / "pool.log")
     await pool.start()
     miners: list[Miner] = []
@@ -107,7 +113,7 @@ async def test_two_processes_share_a_port_and_credit_every_share_once(tmp_path: 
     told = [s for m in miners for s in m.accepted]
     assert set(told) <= set(identities)  # every acknowledged share is journaled...
     assert max(identities.values()) == 1  # ...once
-    credited = store_shares(ledger)
+    credited = store_shares(ledger, dsn)
     journal_workers = Counter(r["worker"] for rs in per_journal.values() for r in rs)
     assert credited == dict(journal_workers)  # the store credited each record exactly once
     for miner in miners:  # nothing acknowledged missing, nothing in flight at the drain

@@ -6,7 +6,8 @@ the one store credits every journal record exactly once. The payout lock of a ki
 is taken again (by the other worker or by the restarted one, whichever asks first).
 
 Real processes, sockets and bitcoind (the pool's managed one); the miners are the test's own
-Stratum connections, counting their acknowledged shares. Wall time: about 1 to 2 minutes.
+Stratum connections, counting their acknowledged shares. With the SQLite store and with a
+real PostgreSQL (tests/pg_harness.py). Wall time: about 1 to 2 minutes per backend.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from pool.ledger.store import Store
 from pool.node.lifecycle import alive
 from tests.integration.harness import wait_for
 from tests.integration.procs_harness import (
@@ -27,6 +27,7 @@ from tests.integration.procs_harness import (
     SupervisedPool,
     journaled,
     miners_on_every_process,
+    open_store,
     process_of,
     store_shares,
     write_config,
@@ -87,11 +88,15 @@ async def _metrics(port: int) -> str:
         return await resp.text()
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 async def test_sigkill_of_a_worker_under_load_loses_no_acknowledged_share(
-    tmp_path: Path,
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
 ) -> None:
+    # PostgreSQL: a real server from the test harness, skipped with its reason where it
+    # cannot be installed
+    dsn = request.getfixturevalue("pg_database") if backend == "postgresql" else ""
     data_dir = tmp_path / "pool"
-    config = write_config(tmp_path / "pool.toml", data_dir)
+    config = write_config(tmp_path / "pool.toml", data_dir, dsn=dsn)
     pool = SupervisedPool(config, data_dir, tmp_path / "pool.log")
     await pool.start()
     everyone: list[Miner] = []
@@ -137,7 +142,7 @@ async def test_sigkill_of_a_worker_under_load_loses_no_acknowledged_share(
     assert len(told) >= 60
     assert set(told) <= set(identities), "an acknowledged share is missing from the journals"
     assert max(identities.values()) == 1
-    credited = store_shares(ledger)
+    credited = store_shares(ledger, dsn)
     journal_workers = Counter(r["worker"] for rs in per_journal.values() for r in rs)
     assert credited == dict(journal_workers), "the store credits each journal record once"
     for miner in everyone:
@@ -146,8 +151,7 @@ async def test_sigkill_of_a_worker_under_load_loses_no_acknowledged_share(
     text = pool.log.read_text()
     assert '"shares_not_recorded"' not in text
     assert text.count('"payout_runner_taken"') >= 1
-    store = Store(ledger / "ledger.sqlite3")
-    store.open()
+    store = open_store(ledger, dsn)
     try:  # both workers' heartbeats in the store (whole-pool views)
         assert {(p["instance_id"], p["process"]) for p in store.processes()} == {
             (0, "w0"),

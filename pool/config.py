@@ -87,6 +87,7 @@ class PortConfig:
     tls: bool = False  # Stratum inside TLS 1.2+ (pool/server/tls.py)
     tls_cert: str = ""  # PEM certificate (chain) and its key; both empty: a self-signed pair
     tls_key: str = ""  # made in <data_dir>/tls on the first start
+    scheme: str = ""  # payout scheme of this port: "" = [ledger] scheme, or pps|fpps|pplns|solo
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,7 @@ class StratumConfig:
 
 
 EVENT_LOOPS = ("asyncio", "uvloop")
+PORT_SCHEMES = ("", "pps", "fpps", "pplns", "solo")  # "": the [ledger] scheme
 
 
 @dataclass(frozen=True)
@@ -178,7 +180,12 @@ class ChainConfig:
 
 @dataclass(frozen=True)
 class LedgerConfig:
-    scheme: str = "pps"  # pps: subsidy only; fpps: subsidy + the fees of the share's template
+    scheme: str = "pps"  # pps: subsidy only; fpps: subsidy + the fees of the share's template;
+    # pplns: a found block's reward split over the last N difficulty-units of pplns shares
+    # PPLNS window N = this x the network difficulty of the block's job (2: on average the
+    # work of two blocks; larger: steadier pay, slower to reach a new miner)
+    pplns_window_factor: float = 2.0
+    pplns_max_log_shares: int = 2_000_000  # PPLNS share log bound (rows); the oldest go first
     fee_bps: int = 200  # pool fee in basis points (200 = 2 %)
     journal_fsync: str = "batch"  # batch | interval | never (see pool/ledger/journal.py)
     journal_fsync_interval_ms: int = 100
@@ -242,7 +249,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "node.mode": ("managed", "external"),
     "logging.level": ("debug", "info", "warning", "error"),
     "logging.format": ("auto", "json", "console"),
-    "ledger.scheme": ("pps", "fpps"),
+    "ledger.scheme": ("pps", "fpps", "pplns"),
     "ledger.journal_fsync": ("batch", "interval", "never"),
     "webhooks.subscriptions": ("admin", "open", "off"),
 }
@@ -377,6 +384,11 @@ def validate(config: Config, where: str) -> None:
             fail(key, "needs 0 < min_difficulty <= start_difficulty <= max_difficulty")
         if (port.tls_cert or port.tls_key) and not (port.tls and port.tls_cert and port.tls_key):
             fail(key, "needs tls = true and both tls_cert and tls_key (or neither: self-signed)")
+        if port.scheme not in PORT_SCHEMES:
+            fail(
+                f"{key}.scheme",
+                f"must be one of pps, fpps, pplns, solo (or empty); got {port.scheme!r}",
+            )
     try:
         mask = int(config.stratum.version_rolling_mask, 16)
     except ValueError:
@@ -487,6 +499,11 @@ def validate(config: Config, where: str) -> None:
         fail("ledger.storage_retry_max_seconds", "must be storage_retry_seconds..3600 seconds")
     if not 1 <= ledger.reconcile_blocks <= 100_000:
         fail("ledger.reconcile_blocks", "must be 1..100000 blocks")
+    factor = ledger.pplns_window_factor
+    if not (math.isfinite(factor) and 0.01 <= factor <= 1000):
+        fail("ledger.pplns_window_factor", "must be 0.01..1000 (times the network difficulty)")
+    if not 1000 <= ledger.pplns_max_log_shares <= 1_000_000_000:
+        fail("ledger.pplns_max_log_shares", "must be 1000..1000000000 shares")
     if config.node.template_refresh_seconds <= 0 or config.node.template_refresh_seconds > 110:
         fail("node.template_refresh_seconds", "must be in (0, 110]: miners stop after 120 s")
     node = config.node
@@ -536,6 +553,8 @@ def limits_summary(config: Config) -> dict[str, Any]:
         "ledger.storage_retry_seconds": config.ledger.storage_retry_seconds,
         "ledger.storage_retry_max_seconds": config.ledger.storage_retry_max_seconds,
         "ledger.reconcile_blocks": config.ledger.reconcile_blocks,
+        "ledger.pplns_window_factor": config.ledger.pplns_window_factor,
+        "ledger.pplns_max_log_shares": config.ledger.pplns_max_log_shares,
         "api.max_request_line_bytes": config.api.max_request_line_bytes,
         "api.max_header_bytes": config.api.max_header_bytes,
         "api.max_headers": config.api.max_headers,

@@ -48,6 +48,8 @@ from pool.ledger.store_payouts import (
     PayoutRows,
     StoreError,
 )
+from pool.ledger.store_pplns import MIGRATION as PPLNS_MIGRATION
+from pool.ledger.store_pplns import PplnsLog, credit_block, set_block_scheme
 
 __all__ = [
     "BLOCK_STATUSES",
@@ -132,6 +134,8 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX workers_address ON workers (address);
     CREATE INDEX blocks_height ON blocks (height);
     """,
+    # 3: payout schemes per port: the PPLNS share log and block splits, blocks' scheme
+    PPLNS_MIGRATION,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -166,7 +170,9 @@ _UPSERT_MINUTE = """
 
 
 class Store(PayoutRows):
-    def __init__(self, path: Path, journal_id: str = "") -> None:
+    def __init__(
+        self, path: Path, journal_id: str = "", *, pplns_max_rows: int = 2_000_000
+    ) -> None:
         """``journal_id`` names the journal whose checkpoint this store keeps ("" the pool's
         only journal): several writers (processes, instances) each apply their own journal
         into one store, each with its own checkpoint."""
@@ -175,6 +181,7 @@ class Store(PayoutRows):
         self._checkpoint_key = f"checkpoint:{journal_id}" if journal_id else "checkpoint"
         self.db: sqlite3.Connection | None = None
         self._applied_to: Checkpoint | None = None
+        self.pplns = PplnsLog(pplns_max_rows)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def open(self) -> None:
@@ -276,6 +283,7 @@ class Store(PayoutRows):
                 row = self._insert_block(rec, PENDING)
                 if row is not None:
                     delta.blocks.append(row)
+        self.pplns.apply(db, records)
         self._applied_to = position
         return delta
 
@@ -308,7 +316,10 @@ class Store(PayoutRows):
             """,
             row,
         )
-        return row if cursor.rowcount == 1 else None
+        if cursor.rowcount != 1:
+            return None
+        set_block_scheme(self.conn, row, rec.scheme)
+        return row
 
     def record_block(self, rec: ShareRecord, status: str = PENDING) -> dict[str, Any] | None:
         """Record the block of a share that could not be journaled (or whose record is not in
@@ -323,6 +334,8 @@ class Store(PayoutRows):
         self._begin_own()
         try:
             row = self._insert_block(rec, status)
+            if row is not None and rec.scheme == "pplns":
+                self.pplns.snapshot(self.conn, rec, None)
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
@@ -336,6 +349,7 @@ class Store(PayoutRows):
         if self.db is not None and self.db.in_transaction:
             self.db.execute("ROLLBACK")
         self._applied_to = None
+        self.pplns.forget()
 
     def commit(self) -> None:
         """Make every share applied so far durable, with the journal checkpoint, atomically."""
@@ -511,7 +525,13 @@ class Store(PayoutRows):
         if expect is not None:
             sql += " AND status = ?"
             args += (expect,)
-        changed = self.conn.execute(sql, args).rowcount
+        try:
+            changed = self.conn.execute(sql, args).rowcount
+            if changed and status == CONFIRMED:  # a pplns block's split is credited now
+                credit_block(self.conn, block_hash, now)
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
         self.conn.execute("COMMIT")
         return changed > 0
 

@@ -90,11 +90,14 @@ class StoreThread:
         path: Path,
         convert: Callable[[dict[str, Any]], ShareRecord],
         journal_id: str = "",
+        *,
+        pplns_max_rows: int = 2_000_000,
     ) -> None:
         """``convert``: a journal record -> the store's ShareRecord (runs on the thread);
-        ``journal_id``: whose checkpoint the store keeps (``Store``)."""
+        ``journal_id``: whose checkpoint the store keeps (``Store``); ``pplns_max_rows``: the
+        PPLNS share log's bound (``ledger.pplns_max_log_shares``)."""
         self.path = path
-        self._store = Store(path, journal_id)
+        self._store = Store(path, journal_id, pplns_max_rows=pplns_max_rows)
         self._convert = convert
         self.aggregates = Aggregates()
         self.broken: str | None = None  # why the store is degraded (None while it works)

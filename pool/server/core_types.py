@@ -32,6 +32,7 @@ class CoreSettings:
     invalid_share_burst: int = 100
     invalid_share_ratio: float = 0.5
     invalid_share_window: float = 60.0
+    scheme: str = ""  # the port's payout scheme ("" = the ledger's), passed to the ledger
 
 
 class ShareEvent(NamedTuple):

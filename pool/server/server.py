@@ -47,7 +47,8 @@ BlockSubmitter = Callable[[ShareResult], Awaitable[BlockSubmission]]
 # Given the accepted shares of one read BEFORE their miner is answered (the ledger queues them
 # for its journal); the future is done when they are durable. Failed (or raising): none is
 # recorded, the miner is told so instead of "accepted", and they count nowhere.
-ShareRecorder = Callable[[list[tuple[ShareResult, Credentials]], float], "asyncio.Future[Any]"]
+# (the accepted shares of one read, now, the connection's port scheme) -> durable future
+ShareRecorder = Callable[[list[tuple[ShareResult, Credentials]], float, str], "asyncio.Future[Any]"]
 # Called once a block candidate's submission is settled (after its share was recorded).
 BlockListener = Callable[[ShareResult, Credentials | None, float, BlockSubmission], Awaitable[None]]
 
@@ -165,6 +166,7 @@ class StratumServer:
             invalid_share_burst=limits.invalid_share_burst,
             invalid_share_ratio=limits.invalid_share_ratio,
             invalid_share_window=limits.invalid_share_window_seconds,
+            scheme=port.scheme,
         )
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -472,7 +474,7 @@ class StratumServer:
             self._recorded(outcome, shares, now, None)
         else:
             try:
-                durable = recorder(shares, now)
+                durable = recorder(shares, now, session.settings.scheme)
             except Exception as exc:
                 self._recorded(outcome, shares, now, exc)
             else:

@@ -395,7 +395,7 @@ def test_a_first_version_database_gets_the_new_indexes(tmp_path: Path) -> None:
     db.close()
     s = Store(path)
     s.open()
-    assert s.schema_version == SCHEMA_VERSION == 2
+    assert s.schema_version == SCHEMA_VERSION == 3
     indexes = {r[0] for r in s.conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     assert {"share_minutes_worker", "workers_address", "blocks_height"} <= indexes
     assert s.balance("addr-a") == Balance("addr-a", 7, 0, 0)

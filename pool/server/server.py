@@ -193,7 +193,10 @@ class StratumServer:
             bound = server.sockets[0].getsockname()[1]
             self.bound_ports.append(bound)
             tls_fields = tls.describe(secure)
-            self.port_list.append({"port": bound, "name": port.name, **tls_fields})
+            scheme = port.scheme or self.config.ledger.scheme  # the port's payout scheme
+            self.port_list.append(
+                {"port": bound, "name": port.name, "scheme": scheme, **tls_fields}
+            )
             log.info(
                 "stratum_listening",
                 host=host,

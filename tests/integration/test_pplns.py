@@ -152,6 +152,7 @@ async def test_pplns_credits_equal_an_independent_calculation_with_an_orphan(
     app = await start_pool(config)
     assert app.server is not None and app.ledger is not None
     ports = app.server.bound_ports
+    assert [p["scheme"] for p in app.server.port_list] == ["pplns", "pps", "solo"]
     rigs = [
         (ports[0], f"{pplns_addr[0]}.a", 30_000.0),
         (ports[0], f"{pplns_addr[1]}.b", 60_000.0),
@@ -194,6 +195,10 @@ async def test_pplns_credits_equal_an_independent_calculation_with_an_orphan(
     sink = await wallet_address(schemes_node, "miners")
     await rpc.call("generatetoaddress", MATURITY + 2, sink)
     status = await settle(app, rpc, len(blocks))
+    assert app.api is not None  # the blocks list says which scheme found each block
+    listed = app.api.views.blocks(100)["blocks"]
+    assert {b["hash"]: b["scheme"] for b in listed} == {b["hash"]: b["scheme"] for b in blocks}
+    assert {"pplns", "solo"} <= {b["scheme"] for b in listed}
     assert status[orphan["hash"]] == "orphaned"
     confirmed_pplns = [b for b in pplns_blocks if status[b["hash"]] == "confirmed"]
     assert confirmed_pplns, status  # at least one credited, one orphaned

@@ -71,28 +71,27 @@ class PplnsLog:
 
     def __init__(self, max_rows: int) -> None:
         self.max_rows = max_rows
-        self._next_seq: int | None = None
         self._since_prune = 0
 
-    def _seq(self, db: sqlite3.Connection) -> int:
-        if self._next_seq is None:
-            row = db.execute("SELECT MAX(seq) FROM pplns_shares").fetchone()
-            self._next_seq = (int(row[0]) if row[0] is not None else 0) + 1
-        return self._next_seq
+    @staticmethod
+    def _next_seq(db: sqlite3.Connection) -> int:
+        """Read in the writing transaction, once per batch: several stores (one per journal,
+        in worker processes) may append to one log, their write transactions one at a time."""
+        row = db.execute("SELECT MAX(seq) FROM pplns_shares").fetchone()
+        return (int(row[0]) if row[0] is not None else 0) + 1
 
     def forget(self) -> None:
-        """After a rollback: the next sequence number is read again from the table."""
-        self._next_seq = None
+        """After a rollback (nothing cached: kept for the store's rollback hook)."""
 
     def apply(self, db: sqlite3.Connection, records: Sequence[ShareRecord]) -> None:
         """Log the batch's pplns shares in order; snapshot the split of each pplns block
         (its window ends at its own share). Call after the blocks were inserted."""
         pending: list[tuple[int, str, str, float, float]] = []
+        seq = 0
         for rec in records:
             if rec.scheme != Scheme.PPLNS:
                 continue
-            seq = self._seq(db)
-            self._next_seq = seq + 1
+            seq = seq + 1 if seq else self._next_seq(db)
             pending.append((seq, rec.address, rec.worker, rec.difficulty, rec.time))
             if rec.block_hash is not None:
                 self._flush(db, pending)
@@ -186,7 +185,7 @@ class PplnsLog:
             cursor.close()
             if cut is not None:
                 removed += db.execute("DELETE FROM pplns_shares WHERE seq < ?", (cut,)).rowcount
-        newest = self._seq(db) - 1
+        newest = self._next_seq(db) - 1
         removed += db.execute(
             "DELETE FROM pplns_shares WHERE seq <= ?", (newest - self.max_rows,)
         ).rowcount
@@ -225,11 +224,24 @@ def credit_block(db: sqlite3.Connection, block_hash: str, now: float) -> list[st
 
 def block_split(db: sqlite3.Connection, block_hash: str) -> dict[str, Any] | None:
     """A pplns block's split: its summary and per-address credits (None: not a pplns block)."""
-    row = db.execute("SELECT * FROM pplns_blocks WHERE hash = ?", (block_hash,)).fetchone()
+    names = (
+        "hash",
+        "window_units",
+        "window_used",
+        "shares",
+        "reward_units",
+        "fee_bps",
+        "fee_units",
+        "remainder_units",
+        "credited",
+        "credited_at",
+    )
+    row = db.execute(
+        f"SELECT {', '.join(names)} FROM pplns_blocks WHERE hash = ?", (block_hash,)
+    ).fetchone()
     if row is None:
         return None
-    names = [d[0] for d in db.execute("SELECT * FROM pplns_blocks LIMIT 0").description]
-    out = dict(zip(names, tuple(row), strict=True))
+    out: dict[str, Any] = dict(zip(names, tuple(row), strict=True))
     out["credits"] = {
         str(a): int(u)
         for a, u in db.execute(

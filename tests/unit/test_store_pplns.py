@@ -199,3 +199,27 @@ def test_a_second_version_database_gets_the_pplns_tables(tmp_path: Path) -> None
     assert old is not None and old["scheme"] == ""  # read as the ledger's scheme
     assert s.load_aggregates(now=5.0).reserve().rewards_earned_units == 100 * UNITS_PER_SAT
     s.close()
+
+
+def test_two_journals_append_to_one_log(tmp_path: Path) -> None:
+    """Worker processes: one store per journal on one database; their shares interleave in
+    the log in the order their write transactions commit, never on the same sequence."""
+    path = tmp_path / "ledger.sqlite3"
+    first, second = Store(path, "w1"), Store(path, "w2")
+    first.open()
+    second.open()
+    first.apply_batch([rec("a", 2.0), rec("a", 2.0)], Checkpoint(1, 2))
+    first.commit()
+    second.apply_batch([rec("b", 3.0)], Checkpoint(1, 1))
+    second.commit()
+    first.apply_batch([rec("a", 4.0, block="ab" * 32)], Checkpoint(1, 3))
+    first.commit()
+    split = block_split(first.conn, "ab" * 32)
+    assert split is not None
+    assert split["credits"] == own_split(
+        [("a", 2.0), ("a", 2.0), ("b", 3.0), ("a", 4.0)], Fraction(10), 1_000 * UNITS_PER_SAT, 100
+    )
+    assert split["window_used"] == "10" and split["shares"] == 4  # the oldest straddles
+    assert log_size(first.conn) == 4
+    first.close()
+    second.close()

@@ -23,6 +23,7 @@ from pool.ledger.pps import Scheme
 from pool.ledger.records import record_for_share, share_record_from
 from pool.ledger.store import Store
 from pool.ledger.store_pplns import balances_of, block_split
+from pool.ledger.store_thread import StoreThread
 from pool.server.auth import Credentials
 from pool.shares import ShareResult
 
@@ -35,6 +36,7 @@ class SchemeShares:
     config: LedgerConfig
     network: Network
     scheme: Scheme
+    store: StoreThread
 
     def _init_schemes(self) -> None:
         self._block_schemes: dict[str, Scheme] = {}
@@ -88,6 +90,15 @@ class SchemeShares:
         if len(self._block_schemes) >= BLOCK_SCHEMES_KEPT:
             self._block_schemes.pop(next(iter(self._block_schemes)))
         self._block_schemes[block_hash] = scheme
+
+    async def pplns_split(self, block_hash: str) -> dict[str, Any] | None:
+        """A pplns block's split as snapshotted (credits per address in units, fee, rounding
+        remainder, window, whether credited); None for a block of another scheme."""
+
+        def read(s: Store) -> dict[str, Any] | None:
+            return block_split(s.conn, block_hash)
+
+        return await self.store.run(read)
 
     def block_scheme(self, block_hash: str) -> Scheme:
         """The scheme of the port that found a block candidate of this run (else the

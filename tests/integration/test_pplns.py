@@ -202,6 +202,10 @@ async def test_pplns_credits_equal_an_independent_calculation_with_an_orphan(
     assert status[orphan["hash"]] == "orphaned"
     confirmed_pplns = [b for b in pplns_blocks if status[b["hash"]] == "confirmed"]
     assert confirmed_pplns, status  # at least one credited, one orphaned
+    snapshots = {b["hash"]: await ledger.pplns_split(b["hash"]) for b in pplns_blocks}
+    assert (
+        await ledger.pplns_split(next(b for b in blocks if b["scheme"] == "solo")["hash"]) is None
+    )
     await ledger.commit()
     await app.stop()
 
@@ -211,6 +215,14 @@ async def test_pplns_credits_equal_an_independent_calculation_with_an_orphan(
     expected, splits, full = own_pplns_credits(journal, status)
     assert full >= 1, "no confirmed block's window ended inside the log"
     assert sum(splits[orphan["hash"]].values()) > 0  # the orphan would have paid: it does not
+    for block_hash, snapshot in snapshots.items():  # every split as snapshotted, orphan too
+        assert snapshot is not None and snapshot["credits"] == splits[block_hash]
+        assert snapshot["credited"] == (status[block_hash] == "confirmed")
+        reward = snapshot["reward_units"]
+        assert (
+            sum(splits[block_hash].values()) + snapshot["fee_units"] + snapshot["remainder_units"]
+            == reward
+        )
     for record in journal:
         if record["scheme"] in ("pplns", "solo"):
             assert (record["credit"], record["fee"]) == (0, 0), record

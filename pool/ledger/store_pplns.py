@@ -35,8 +35,10 @@ MIGRATION = """
         address TEXT NOT NULL,
         worker TEXT NOT NULL,
         difficulty REAL NOT NULL,
-        time REAL NOT NULL
+        time REAL NOT NULL,
+        cum REAL NOT NULL
     );
+    CREATE INDEX pplns_shares_cum ON pplns_shares (cum);
     CREATE TABLE pplns_blocks (
         hash TEXT PRIMARY KEY,
         window_units TEXT NOT NULL,
@@ -63,7 +65,7 @@ MIGRATION = """
 # is factor x ITS network difficulty, so the log keeps room for the difficulty to rise up to
 # this factor (Bitcoin's retarget clamp) before that block.
 PRUNE_MARGIN = 4
-PRUNE_EVERY = 4096  # shares logged between two pruning passes
+PRUNE_EVERY = 1024  # shares logged between two pruning passes (each one indexed DELETE)
 
 
 class PplnsLog:
@@ -74,11 +76,14 @@ class PplnsLog:
         self._since_prune = 0
 
     @staticmethod
-    def _next_seq(db: sqlite3.Connection) -> int:
-        """Read in the writing transaction, once per batch: several stores (one per journal,
-        in worker processes) may append to one log, their write transactions one at a time."""
-        row = db.execute("SELECT MAX(seq) FROM pplns_shares").fetchone()
-        return (int(row[0]) if row[0] is not None else 0) + 1
+    def _last(db: sqlite3.Connection) -> tuple[int, float]:
+        """The newest share's sequence number and running total (0, 0.0 for an empty log).
+        Read in the writing transaction, once per batch: several stores (one per journal, in
+        worker processes) may append to one log, their write transactions one at a time.
+        ``cum`` (the log's running difficulty total, a float) only serves pruning; splits
+        sum the exact difficulties."""
+        row = db.execute("SELECT seq, cum FROM pplns_shares ORDER BY seq DESC LIMIT 1").fetchone()
+        return (int(row[0]), float(row[1])) if row is not None else (0, 0.0)
 
     def forget(self) -> None:
         """After a rollback (nothing cached: kept for the store's rollback hook)."""
@@ -86,13 +91,16 @@ class PplnsLog:
     def apply(self, db: sqlite3.Connection, records: Sequence[ShareRecord]) -> None:
         """Log the batch's pplns shares in order; snapshot the split of each pplns block
         (its window ends at its own share). Call after the blocks were inserted."""
-        pending: list[tuple[int, str, str, float, float]] = []
-        seq = 0
+        pending: list[tuple[int, str, str, float, float, float]] = []
+        last: tuple[int, float] | None = None
         for rec in records:
             if rec.scheme != Scheme.PPLNS:
                 continue
-            seq = seq + 1 if seq else self._next_seq(db)
-            pending.append((seq, rec.address, rec.worker, rec.difficulty, rec.time))
+            if last is None:
+                last = self._last(db)
+            seq, cum = last[0] + 1, last[1] + rec.difficulty
+            last = (seq, cum)
+            pending.append((seq, rec.address, rec.worker, rec.difficulty, rec.time, cum))
             if rec.block_hash is not None:
                 self._flush(db, pending)
                 pending = []
@@ -102,12 +110,12 @@ class PplnsLog:
             self.prune(db, records)
 
     def _flush(
-        self, db: sqlite3.Connection, rows: list[tuple[int, str, str, float, float]]
+        self, db: sqlite3.Connection, rows: list[tuple[int, str, str, float, float, float]]
     ) -> None:
         if rows:
             db.executemany(
-                "INSERT INTO pplns_shares (seq, address, worker, difficulty, time) "
-                "VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO pplns_shares (seq, address, worker, difficulty, time, cum) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
                 rows,
             )
             self._since_prune += len(rows)
@@ -173,19 +181,13 @@ class PplnsLog:
             default=None,
         )
         removed = 0
+        newest, newest_cum = self._last(db)
         if keep_units is not None:
-            gathered = Fraction(0)
-            cut: int | None = None
-            cursor = db.execute("SELECT seq, difficulty FROM pplns_shares ORDER BY seq DESC")
-            for seq, difficulty in cursor:
-                gathered += Fraction(difficulty)
-                if gathered >= keep_units:
-                    cut = int(seq)
-                    break
-            cursor.close()
-            if cut is not None:
-                removed += db.execute("DELETE FROM pplns_shares WHERE seq < ?", (cut,)).rowcount
-        newest = self._next_seq(db) - 1
+            # share i is out of reach once the shares after it (newest_cum - cum_i) weigh
+            # keep_units or more
+            removed += db.execute(
+                "DELETE FROM pplns_shares WHERE cum <= ?", (newest_cum - float(keep_units),)
+            ).rowcount
         removed += db.execute(
             "DELETE FROM pplns_shares WHERE seq <= ?", (newest - self.max_rows,)
         ).rowcount

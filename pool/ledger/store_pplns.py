@@ -137,11 +137,14 @@ class PplnsLog:
             args = (last_seq,)
         cursor = db.execute(sql + " ORDER BY seq DESC", args)
         shares: list[tuple[str, float]] = []
-        gathered = Fraction(0)
-        for address, difficulty in cursor:  # newest first, only as far as the window reaches
+        # read newest first only as far as the window reaches: a float sum with a margin
+        # (reading a few shares too many changes nothing: the split stops exactly)
+        enough = float(window) * (1 + 1e-6)
+        gathered = 0.0
+        for address, difficulty in cursor:
             shares.append((str(address), float(difficulty)))
-            gathered += Fraction(difficulty)
-            if gathered >= window:
+            gathered += float(difficulty)
+            if gathered >= enough:
                 break
         cursor.close()
         shares.reverse()

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from pool.ledger.pps import UNITS_PER_SAT, Scheme
+from pool.ledger.pps import UNITS_PER_SAT
+from pool.ledger.schemes import SCHEMES, BlockOwner
 
 # Block statuses: pending (found; the chain decides), confirmed (block_maturity deep),
 # orphaned (not on the best chain), rejected (bitcoind refused it: it never counts)
@@ -65,7 +66,9 @@ class ShareRecord:
 
 # Blocks whose reward is not the PPS reserve's: PPLNS (split over its window at maturity) and
 # SOLO (the coinbase paid the finder).
-NOT_RESERVE_SCHEMES = (Scheme.PPLNS.value, Scheme.SOLO.value)
+NOT_RESERVE_SCHEMES = tuple(
+    name for name, payout in SCHEMES.items() if payout.block_owner is not BlockOwner.RESERVE
+)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from pool.bitcoin import Network
 from pool.bitcoin.target import DIFF1_TARGET, target_to_difficulty
 from pool.ledger.aggregates import ShareRecord
 from pool.ledger.pps import Scheme, block_value, expected_blocks, share_value
-from pool.ledger.schemes import ZERO
+from pool.ledger.schemes import ZERO, get_scheme
 from pool.node.submit import BlockSubmission, SubmitStatus
 from pool.server.auth import Credentials
 from pool.shares import ShareResult
@@ -99,7 +99,7 @@ def record_for_share(
         value_sat = block_value(scheme, subsidy, template.coinbase_value)
         value = (
             share_value(result.difficulty, job.block_target, value_sat, fee_bps)
-            if scheme in (Scheme.PPS, Scheme.FPPS)
+            if get_scheme(scheme).credits_shares
             else ZERO  # pplns: paid when a block matures; solo: the coinbase pays the miner
         )
         base = {

@@ -25,9 +25,13 @@ from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any
 
+import structlog
+
 from pool.ledger.aggregates import Balance, ShareRecord
 from pool.ledger.pplns import pplns_credits
 from pool.ledger.pps import UNITS_PER_SAT, Scheme
+
+log = structlog.get_logger("pool.ledger")
 
 MIGRATION = """
     CREATE TABLE pplns_shares (
@@ -150,6 +154,21 @@ class PplnsLog:
         shares.reverse()
         reward = rec.block_reward_sat * UNITS_PER_SAT
         split = pplns_credits(shares, window, reward, rec.fee_bps)
+        if split.window < window:  # the whole log was paid: say why it was short
+            capped = len(shares) >= self.max_rows
+            (log.warning if capped else log.info)(
+                "pplns_window_short",
+                hash=rec.block_hash,
+                window_units=float(window),
+                log_units=float(split.window),
+                shares=split.shares,
+                note=(
+                    "the share log is at ledger.pplns_max_log_shares: raise it or the share "
+                    "difficulty"
+                    if capped
+                    else "fewer pplns shares than the window so far: they share the reward"
+                ),
+            )
         db.execute(
             "INSERT INTO pplns_blocks (hash, window_units, window_used, shares, reward_units, "
             "fee_bps, fee_units, remainder_units) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "

@@ -9,6 +9,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from pool.ledger.aggregates import ShareRecord
 from pool.ledger.pps import UNITS_PER_SAT
@@ -223,3 +224,17 @@ def test_two_journals_append_to_one_log(tmp_path: Path) -> None:
     assert log_size(first.conn) == 4
     first.close()
     second.close()
+
+
+def test_a_window_cut_short_by_the_row_bound_is_logged(tmp_path: Path) -> None:
+    s = Store(tmp_path / "ledger.sqlite3", pplns_max_rows=1000)
+    s.open()
+    big = Fraction(10**6)
+    s.apply_batch([rec("a", 1.0, window=big) for _ in range(3000)], Checkpoint(1, 1))
+    s.pplns.prune(s.conn, [rec("a", 1.0, window=big)])
+    with capture_logs() as logs:
+        s.apply_batch([rec("b", 1.0, window=big, block="ac" * 32)], Checkpoint(1, 2))
+    [short] = [e for e in logs if e["event"] == "pplns_window_short"]
+    assert short["log_level"] == "warning" and short["shares"] == 1001
+    assert "pplns_max_log_shares" in short["note"]
+    s.close()

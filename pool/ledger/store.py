@@ -349,7 +349,6 @@ class Store(PayoutRows):
         if self.db is not None and self.db.in_transaction:
             self.db.execute("ROLLBACK")
         self._applied_to = None
-        self.pplns.forget()
 
     def commit(self) -> None:
         """Make every share applied so far durable, with the journal checkpoint, atomically."""

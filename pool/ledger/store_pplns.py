@@ -89,9 +89,6 @@ class PplnsLog:
         row = db.execute("SELECT seq, cum FROM pplns_shares ORDER BY seq DESC LIMIT 1").fetchone()
         return (int(row[0]), float(row[1])) if row is not None else (0, 0.0)
 
-    def forget(self) -> None:
-        """After a rollback (nothing cached: kept for the store's rollback hook)."""
-
     def apply(self, db: sqlite3.Connection, records: Sequence[ShareRecord]) -> None:
         """Log the batch's pplns shares in order; snapshot the split of each pplns block
         (its window ends at its own share). Call after the blocks were inserted."""

@@ -53,6 +53,7 @@ from pool.ledger.aggregates import (
 )
 from pool.ledger.journal import Journal, JournalError, JournalPosition, segment_files
 from pool.ledger.journal_read import Damage, read_records
+from pool.ledger.ledger_schemes import SchemeShares, refresh_pplns_balances
 from pool.ledger.pps import Scheme
 from pool.ledger.records import (
     RECORD_VERSION,
@@ -95,7 +96,7 @@ class LedgerError(RuntimeError):
     """The share could not be recorded; the miner must not be told it was accepted."""
 
 
-class Ledger:
+class Ledger(SchemeShares):
     def __init__(
         self,
         config: LedgerConfig,
@@ -115,10 +116,11 @@ class Ledger:
         self.journal_id = journal_id
         self.network = network
         self.scheme = Scheme(config.scheme)
+        self._init_schemes()
         self.journal_dir = data_dir / (f"journal-{journal_id}" if journal_id else "journal")
         # The store and its connection live on a thread of their own; the loop reads the
         # in-memory totals (``aggregates``).
-        self.store = store_for(config, data_dir, share_record_from, journal_id, instance_id)
+        self.store = store_for(config, data_dir, self.record_converter(), journal_id, instance_id)
         self.shared = SharedLedger(self.store, config, instance_id, journal_id)
         self.is_shared = shared or config.backend == "postgresql"
         self.journal = Journal(
@@ -263,7 +265,7 @@ class Ledger:
             return read_records(self.journal_dir, at, damage)
 
         try:
-            replayed, last = apply_journal(store, source, cp, share_record_from)
+            replayed, last = apply_journal(store, source, cp, self.record_converter())
             store.commit()
         except BaseException as exc:
             self.store.broken = repr(exc)
@@ -376,6 +378,7 @@ class Ledger:
         creds: Credentials | None,
         now: float,
         submission: BlockSubmission | None,
+        scheme: str = "",
     ) -> None:
         """Server share listener: journal an accepted share before the miner hears of it.
 
@@ -389,8 +392,9 @@ class Ledger:
             now,
             submission,
             network=self.network,
-            scheme=self.scheme,
+            scheme=self.scheme_of(scheme),
             fee_bps=self.config.fee_bps,
+            pplns_window_factor=self.config.pplns_window_factor,
         )
         try:
             await self.journal.append(record)
@@ -400,25 +404,15 @@ class Ledger:
                 await self._record_unjournaled_block(record)
             raise LedgerError(f"the pool could not record the share: {exc}") from exc
 
-    def _share_records(
-        self, shares: Sequence[tuple[ShareResult, Credentials]], now: float
-    ) -> list[dict[str, Any]]:
-        if not all(result.accepted for result, _ in shares):
-            raise ValueError("only accepted shares are journaled")
-        network, scheme, fee = self.network, self.scheme, self.config.fee_bps
-        return [
-            record_for_share(result, creds, now, None, network=network, scheme=scheme, fee_bps=fee)
-            for result, creds in shares
-        ]
-
     def journal_shares(
-        self, shares: Sequence[tuple[ShareResult, Credentials]], now: float
+        self, shares: Sequence[tuple[ShareResult, Credentials]], now: float, scheme: str = ""
     ) -> asyncio.Future[Any]:
         """The server's share recorder: queue the accepted shares of one read for the journal,
         in one batch; the future is done once they are durable (or failed: none is). No task
         or coroutine per read. A block candidate whose share fails is still recorded in the
-        store (in the background; its outcome comes later through ``block_submitted``)."""
-        records = self._share_records(shares, now)
+        store (in the background; its outcome comes later through ``block_submitted``).
+        ``scheme``: the connection's port scheme ("" = the ledger's)."""
+        records = self._share_records(shares, now, scheme)
         try:
             future: asyncio.Future[Any] = self.journal.submit_many(records)
         except Exception as exc:
@@ -438,13 +432,13 @@ class Ledger:
             task.add_done_callback(self._background.discard)
 
     async def on_shares(
-        self, shares: Sequence[tuple[ShareResult, Credentials]], now: float
+        self, shares: Sequence[tuple[ShareResult, Credentials]], now: float, scheme: str = ""
     ) -> list[bool]:
         """Journal the accepted shares of one read in one go; per share, whether it is
         durable. The journal writes them in one batch, so they are all recorded or none is;
         block candidates' blocks are kept in the store either way (their outcome comes later
         through ``block_submitted``)."""
-        records = self._share_records(shares, now)
+        records = self._share_records(shares, now, scheme)
         try:
             await self.journal.append_many(records)
         except Exception as exc:
@@ -493,7 +487,14 @@ class Ledger:
         if result.job is None or not result.hash_hex:
             return
         rejected = submission.status in (SubmitStatus.REJECTED, SubmitStatus.STALE)
-        rec = block_record(result, creds, now)
+        rec = block_record(
+            result,
+            creds,
+            now,
+            scheme=self.block_scheme(result.hash_hex).value,
+            fee_bps=self.config.fee_bps,
+            pplns_window_factor=self.config.pplns_window_factor,
+        )
         try:
             outcome = await self.store.block_outcome(rec, rejected=rejected, now=now)
         except Exception as exc:
@@ -560,6 +561,8 @@ class Ledger:
                 block["hash"], status, confirmations, now, expect=block["status"]
             ):
                 continue
+            if status == CONFIRMED and block.get("scheme") == Scheme.PPLNS:
+                await refresh_pplns_balances(self.store, self.aggregates, block["hash"])
             if status != block["status"]:
                 changes.append(f"{block['hash']}:{block['status']}->{status}")
                 log.info(

@@ -62,6 +62,8 @@ from pool.ledger.store_processes import PROCESSES_MIGRATION, ProcessRows
 
 if TYPE_CHECKING:
     from pool.ledger.pg import PgConnection, PgTarget
+from pool.ledger.store_pplns import MIGRATION as PPLNS_MIGRATION
+from pool.ledger.store_pplns import PplnsLog, credit_block, set_block_scheme
 
 __all__ = [
     "BLOCK_STATUSES",
@@ -151,6 +153,8 @@ MIGRATIONS: tuple[str, ...] = (
     BEST_SHARES_MIGRATION,
     # 4: every process's heartbeat (whole-pool views with several writers)
     PROCESSES_MIGRATION,
+    # 5: payout schemes per port: the PPLNS share log and block splits, blocks' scheme
+    PPLNS_MIGRATION,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 WAL_SWITCH_ATTEMPTS = 100  # "database is locked" while another process creates the file
@@ -186,7 +190,14 @@ _UPSERT_MINUTE = """
 
 
 class Store(PayoutRows, ProcessRows):
-    def __init__(self, path: Path, journal_id: str = "", pg: PgTarget | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        journal_id: str = "",
+        pg: PgTarget | None = None,
+        *,
+        pplns_max_rows: int = 2_000_000,
+    ) -> None:
         """``journal_id`` names the journal whose checkpoint this store keeps ("" the pool's
         only journal): several writers (processes, instances) each apply their own journal
         into one store, each with its own checkpoint. ``pg``: the PostgreSQL database to use
@@ -197,6 +208,7 @@ class Store(PayoutRows, ProcessRows):
         self._checkpoint_key = f"checkpoint:{journal_id}" if journal_id else "checkpoint"
         self.db: Connection | None = None
         self._applied_to: Checkpoint | None = None
+        self.pplns = PplnsLog(pplns_max_rows)
 
     @property
     def where(self) -> str:
@@ -341,6 +353,7 @@ class Store(PayoutRows, ProcessRows):
                 if row is not None:
                     delta.blocks.append(row)
         apply_best(self, records)
+        self.pplns.apply(db, records)
         self._applied_to = position
         return delta
 
@@ -373,7 +386,10 @@ class Store(PayoutRows, ProcessRows):
             """,
             row,
         )
-        return row if cursor.rowcount == 1 else None
+        if cursor.rowcount != 1:
+            return None
+        set_block_scheme(self.conn, row, rec.scheme)
+        return row
 
     def record_block(self, rec: ShareRecord, status: str = PENDING) -> dict[str, Any] | None:
         """Record the block of a share that could not be journaled (or whose record is not in
@@ -388,6 +404,8 @@ class Store(PayoutRows, ProcessRows):
         self._begin_own()
         try:
             row = self._insert_block(rec, status)
+            if row is not None and rec.scheme == "pplns":
+                self.pplns.snapshot(self.conn, rec, None)
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
@@ -578,7 +596,13 @@ class Store(PayoutRows, ProcessRows):
         if expect is not None:
             sql += " AND status = ?"
             args += (expect,)
-        changed = int(self.conn.execute(sql, args).rowcount)
+        try:
+            changed = int(self.conn.execute(sql, args).rowcount)
+            if changed and status == CONFIRMED:  # a pplns block's split is credited now
+                credit_block(self.conn, block_hash, now)
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
         self.conn.execute("COMMIT")
         return changed > 0
 

@@ -42,18 +42,15 @@ import structlog
 from pool.bitcoin import Network
 from pool.config import LedgerConfig
 from pool.ledger.aggregates import (
-    CONFIRMED,
     LUCK_WINDOWS,
-    ORPHANED,
-    PENDING,
-    REJECTED,
     Aggregates,
     Checkpoint,
     Reserve,
 )
+from pool.ledger.block_checks import check_blocks
 from pool.ledger.journal import Journal, JournalError, JournalPosition, segment_files
 from pool.ledger.journal_read import Damage, read_records
-from pool.ledger.ledger_schemes import SchemeShares, refresh_pplns_balances
+from pool.ledger.ledger_schemes import SchemeShares
 from pool.ledger.pps import Scheme
 from pool.ledger.records import (
     RECORD_VERSION,
@@ -68,7 +65,7 @@ from pool.ledger.retention import remove_expired_segments
 from pool.ledger.shared import InstanceInUse, SharedLedger, store_for
 from pool.ledger.store import Store, StoreFault
 from pool.ledger.store_thread import JournalSource, apply_journal
-from pool.node.rpc import BitcoinRpc, RpcError, RpcRefused
+from pool.node.rpc import BitcoinRpc
 from pool.node.submit import BlockSubmission, SubmitStatus
 from pool.server.auth import Credentials
 from pool.shares import ShareResult
@@ -512,68 +509,12 @@ class Ledger(SchemeShares):
 
     # -- blocks ---------------------------------------------------------------------------------
     async def check_blocks(self, rpc: BitcoinRpc, now: float | None = None) -> list[str]:
-        """Settle found blocks from the chain: confirmed after ``block_maturity`` confirmations,
-        orphaned when the chain holds another block at that height (confirmations -1).
-        A block bitcoind does not know was never accepted: it stays pending while it may
-        still be (its submission is retried until the chain moves past its height), then
-        becomes rejected; never orphaned (an orphan is a block the node had, on a branch it
-        left). Rejected blocks are never looked at. Returns a list of changes."""
+        """Settle found blocks from the chain (``pool.ledger.block_checks``): confirmed after
+        ``block_maturity`` confirmations, orphaned when the chain holds another block at that
+        height, rejected when bitcoind never had it and the chain is past its height. Returns
+        a list of changes."""
         now = time.time() if now is None else now
-        changes: list[str] = []
-        maturity = self.config.block_maturity
-        tip: int | None = None
-        for block in await self.store.run(Store.blocks, (PENDING, ORPHANED)):
-            try:
-                header = await rpc.call("getblockheader", block["hash"], True)
-                confirmations = int(header["confirmations"])
-                unknown = False
-            except RpcRefused:  # bitcoind does not know it
-                confirmations, unknown = 0, True
-                try:
-                    tip = int(await rpc.call("getblockcount")) if tip is None else tip
-                except RpcError as exc:
-                    log.warning("block_check_failed", hash=block["hash"], error=str(exc))
-                    return changes
-            except RpcError as exc:
-                log.warning("block_check_failed", hash=block["hash"], error=str(exc))
-                return changes
-            if unknown:
-                assert tip is not None
-                status = REJECTED if tip > int(block["height"]) else PENDING
-                if status == REJECTED:
-                    log.warning(
-                        "block_never_accepted",
-                        hash=block["hash"],
-                        height=block["height"],
-                        tip=tip,
-                        note="bitcoind never had it and the chain is past its height",
-                    )
-            elif confirmations < 0:
-                status = ORPHANED
-            elif confirmations >= maturity:
-                status = CONFIRMED
-            else:
-                status = PENDING
-            if status == block["status"] and confirmations == block["confirmations"]:
-                continue
-            # only if nothing else (a rejection) changed the block meanwhile
-            if not await self.store.set_block_status(
-                block["hash"], status, confirmations, now, expect=block["status"]
-            ):
-                continue
-            if status == CONFIRMED and block.get("scheme") == Scheme.PPLNS:
-                await refresh_pplns_balances(self.store, self.aggregates, block["hash"])
-            if status != block["status"]:
-                changes.append(f"{block['hash']}:{block['status']}->{status}")
-                log.info(
-                    "block_status",
-                    hash=block["hash"],
-                    height=block["height"],
-                    status=status,
-                    confirmations=confirmations,
-                    reward_sat=block["reward_sat"],
-                )
-        return changes
+        return await check_blocks(self.store, rpc, self.config.block_maturity, now)
 
     async def reconcile_chain(
         self, rpc: BitcoinRpc, *, payout_script: bytes, pool_tag: bytes

@@ -61,7 +61,7 @@ integration: $(STAMP) bitcoind chromium postgres
 # benchmarks/__main__.py) plus the in-process micro-benchmarks. BENCH_ARGS="--quick" for a
 # one-minute smoke run, "--only submits,api" for some scenarios.
 BENCH_ARGS ?=
-bench: $(STAMP) bitcoind
+bench: $(STAMP) bitcoind postgres
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 clean:

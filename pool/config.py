@@ -187,7 +187,12 @@ class ChainConfig:
 
 @dataclass(frozen=True)
 class LedgerConfig:
-    scheme: str = "pps"  # pps: subsidy only; fpps: subsidy + the fees of the share's template
+    scheme: str = "pps"  # pps: subsidy only; fpps: subsidy + the fees of the share's template;
+    # pplns: a found block's reward split over the last N difficulty-units of pplns shares
+    # PPLNS window N = this x the network difficulty of the block's job (2: on average the
+    # work of two blocks; larger: steadier pay, slower to reach a new miner)
+    pplns_window_factor: float = 2.0
+    pplns_max_log_shares: int = 2_000_000  # PPLNS share log bound (rows); the oldest go first
     fee_bps: int = 200  # pool fee in basis points (200 = 2 %)
     journal_fsync: str = "batch"  # batch | interval | never (see pool/ledger/journal.py)
     journal_fsync_interval_ms: int = 100
@@ -258,7 +263,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "node.mode": ("managed", "external"),
     "logging.level": ("debug", "info", "warning", "error"),
     "logging.format": ("auto", "json", "console"),
-    "ledger.scheme": ("pps", "fpps"),
+    "ledger.scheme": ("pps", "fpps", "pplns"),
     "ledger.journal_fsync": ("batch", "interval", "never"),
     "ledger.backend": ("sqlite", "postgresql"),
     "webhooks.subscriptions": ("admin", "open", "off"),
@@ -522,6 +527,11 @@ def validate(config: Config, where: str) -> None:
     if not 1 <= ledger.reconcile_blocks <= 100_000:
         fail("ledger.reconcile_blocks", "must be 1..100000 blocks")
     validate_ledger_backend(config, fail)
+    factor = ledger.pplns_window_factor
+    if not (math.isfinite(factor) and 0.01 <= factor <= 1000):
+        fail("ledger.pplns_window_factor", "must be 0.01..1000 (times the network difficulty)")
+    if not 1000 <= ledger.pplns_max_log_shares <= 1_000_000_000:
+        fail("ledger.pplns_max_log_shares", "must be 1000..1000000000 shares")
     if config.node.template_refresh_seconds <= 0 or config.node.template_refresh_seconds > 110:
         fail("node.template_refresh_seconds", "must be in (0, 110]: miners stop after 120 s")
     node = config.node
@@ -577,6 +587,8 @@ def limits_summary(config: Config) -> dict[str, Any]:
         "ledger.shared_refresh_seconds": config.ledger.shared_refresh_seconds,
         "ledger.heartbeat_seconds": config.ledger.heartbeat_seconds,
         "ledger.payout_lock_retry_seconds": config.ledger.payout_lock_retry_seconds,
+        "ledger.pplns_window_factor": config.ledger.pplns_window_factor,
+        "ledger.pplns_max_log_shares": config.ledger.pplns_max_log_shares,
         "api.max_request_line_bytes": config.api.max_request_line_bytes,
         "api.max_header_bytes": config.api.max_header_bytes,
         "api.max_headers": config.api.max_headers,

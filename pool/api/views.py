@@ -474,6 +474,7 @@ class Views:
                     "status": b["status"],
                     "confirmations": b["confirmations"],
                     "updated_at": b["updated_at"],
+                    "scheme": b.get("scheme") or p.ledger.scheme.value,  # pps fpps pplns solo
                 }
                 for b in rows
             ],

@@ -19,9 +19,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 from pool.ledger.pps import UNITS_PER_SAT
+from pool.ledger.schemes import SCHEMES, BlockOwner
 
 # Block statuses: pending (found; the chain decides), confirmed (block_maturity deep),
 # orphaned (not on the best chain), rejected (bitcoind refused it: it never counts)
@@ -56,6 +58,18 @@ class ShareRecord:
     block_reward_sat: int | None = None
     network_difficulty: float | None = None
     share_difficulty: float = 0.0  # what the share's hash achieved (0: unknown, older records)
+    scheme: str = ""  # the port's payout scheme ("" in records from before schemes per port)
+    fee_bps: int = 0
+    # pplns shares: the window (difficulty-units) of a block found now (from the record's
+    # block entry for a block, else factor x the share's network difficulty: for pruning)
+    pplns_window: Fraction | None = None
+
+
+# Blocks whose reward is not the PPS reserve's: PPLNS (split over its window at maturity) and
+# SOLO (the coinbase paid the finder).
+NOT_RESERVE_SCHEMES = tuple(
+    name for name, payout in SCHEMES.items() if payout.block_owner is not BlockOwner.RESERVE
+)
 
 
 @dataclass(frozen=True)
@@ -367,7 +381,13 @@ class Aggregates:
         return out
 
     def reserve(self) -> Reserve:
-        rewards = self.rewards_sat()
+        """The PPS reserve: blocks found on PPS/FPPS ports against the PPS/FPPS credits and
+        fees. PPLNS and SOLO blocks are not in it (their rewards are the window's or the
+        finder's) and their shares carry no credit, so they add no PPS liability."""
+        rewards = dict.fromkeys(BLOCK_STATUSES, 0)
+        for b in self.blocks.values():
+            if b.get("scheme") not in NOT_RESERVE_SCHEMES:
+                rewards[str(b["status"])] = rewards.get(str(b["status"]), 0) + int(b["reward_sat"])
         return Reserve(
             rewards_earned_units=(rewards[PENDING] + rewards[CONFIRMED]) * UNITS_PER_SAT,
             rewards_confirmed_units=rewards[CONFIRMED] * UNITS_PER_SAT,

@@ -42,17 +42,15 @@ import structlog
 from pool.bitcoin import Network
 from pool.config import LedgerConfig
 from pool.ledger.aggregates import (
-    CONFIRMED,
     LUCK_WINDOWS,
-    ORPHANED,
-    PENDING,
-    REJECTED,
     Aggregates,
     Checkpoint,
     Reserve,
 )
+from pool.ledger.block_checks import check_blocks
 from pool.ledger.journal import Journal, JournalError, JournalPosition, segment_files
 from pool.ledger.journal_read import Damage, read_records
+from pool.ledger.ledger_schemes import SchemeShares
 from pool.ledger.pps import Scheme
 from pool.ledger.records import (
     RECORD_VERSION,
@@ -67,7 +65,7 @@ from pool.ledger.retention import remove_expired_segments
 from pool.ledger.shared import InstanceInUse, SharedLedger, store_for
 from pool.ledger.store import Store, StoreFault
 from pool.ledger.store_thread import JournalSource, apply_journal
-from pool.node.rpc import BitcoinRpc, RpcError, RpcRefused
+from pool.node.rpc import BitcoinRpc
 from pool.node.submit import BlockSubmission, SubmitStatus
 from pool.server.auth import Credentials
 from pool.shares import ShareResult
@@ -95,7 +93,7 @@ class LedgerError(RuntimeError):
     """The share could not be recorded; the miner must not be told it was accepted."""
 
 
-class Ledger:
+class Ledger(SchemeShares):
     def __init__(
         self,
         config: LedgerConfig,
@@ -115,10 +113,11 @@ class Ledger:
         self.journal_id = journal_id
         self.network = network
         self.scheme = Scheme(config.scheme)
+        self._init_schemes()
         self.journal_dir = data_dir / (f"journal-{journal_id}" if journal_id else "journal")
         # The store and its connection live on a thread of their own; the loop reads the
         # in-memory totals (``aggregates``).
-        self.store = store_for(config, data_dir, share_record_from, journal_id, instance_id)
+        self.store = store_for(config, data_dir, self.record_converter(), journal_id, instance_id)
         self.shared = SharedLedger(self.store, config, instance_id, journal_id)
         self.is_shared = shared or config.backend == "postgresql"
         self.journal = Journal(
@@ -263,7 +262,7 @@ class Ledger:
             return read_records(self.journal_dir, at, damage)
 
         try:
-            replayed, last = apply_journal(store, source, cp, share_record_from)
+            replayed, last = apply_journal(store, source, cp, self.record_converter())
             store.commit()
         except BaseException as exc:
             self.store.broken = repr(exc)
@@ -376,6 +375,7 @@ class Ledger:
         creds: Credentials | None,
         now: float,
         submission: BlockSubmission | None,
+        scheme: str = "",
     ) -> None:
         """Server share listener: journal an accepted share before the miner hears of it.
 
@@ -389,8 +389,9 @@ class Ledger:
             now,
             submission,
             network=self.network,
-            scheme=self.scheme,
+            scheme=self.scheme_of(scheme),
             fee_bps=self.config.fee_bps,
+            pplns_window_factor=self.config.pplns_window_factor,
         )
         try:
             await self.journal.append(record)
@@ -400,25 +401,15 @@ class Ledger:
                 await self._record_unjournaled_block(record)
             raise LedgerError(f"the pool could not record the share: {exc}") from exc
 
-    def _share_records(
-        self, shares: Sequence[tuple[ShareResult, Credentials]], now: float
-    ) -> list[dict[str, Any]]:
-        if not all(result.accepted for result, _ in shares):
-            raise ValueError("only accepted shares are journaled")
-        network, scheme, fee = self.network, self.scheme, self.config.fee_bps
-        return [
-            record_for_share(result, creds, now, None, network=network, scheme=scheme, fee_bps=fee)
-            for result, creds in shares
-        ]
-
     def journal_shares(
-        self, shares: Sequence[tuple[ShareResult, Credentials]], now: float
+        self, shares: Sequence[tuple[ShareResult, Credentials]], now: float, scheme: str = ""
     ) -> asyncio.Future[Any]:
         """The server's share recorder: queue the accepted shares of one read for the journal,
         in one batch; the future is done once they are durable (or failed: none is). No task
         or coroutine per read. A block candidate whose share fails is still recorded in the
-        store (in the background; its outcome comes later through ``block_submitted``)."""
-        records = self._share_records(shares, now)
+        store (in the background; its outcome comes later through ``block_submitted``).
+        ``scheme``: the connection's port scheme ("" = the ledger's)."""
+        records = self._share_records(shares, now, scheme)
         try:
             future: asyncio.Future[Any] = self.journal.submit_many(records)
         except Exception as exc:
@@ -438,13 +429,13 @@ class Ledger:
             task.add_done_callback(self._background.discard)
 
     async def on_shares(
-        self, shares: Sequence[tuple[ShareResult, Credentials]], now: float
+        self, shares: Sequence[tuple[ShareResult, Credentials]], now: float, scheme: str = ""
     ) -> list[bool]:
         """Journal the accepted shares of one read in one go; per share, whether it is
         durable. The journal writes them in one batch, so they are all recorded or none is;
         block candidates' blocks are kept in the store either way (their outcome comes later
         through ``block_submitted``)."""
-        records = self._share_records(shares, now)
+        records = self._share_records(shares, now, scheme)
         try:
             await self.journal.append_many(records)
         except Exception as exc:
@@ -493,7 +484,14 @@ class Ledger:
         if result.job is None or not result.hash_hex:
             return
         rejected = submission.status in (SubmitStatus.REJECTED, SubmitStatus.STALE)
-        rec = block_record(result, creds, now)
+        rec = block_record(
+            result,
+            creds,
+            now,
+            scheme=self.block_scheme(result.hash_hex).value,
+            fee_bps=self.config.fee_bps,
+            pplns_window_factor=self.config.pplns_window_factor,
+        )
         try:
             outcome = await self.store.block_outcome(rec, rejected=rejected, now=now)
         except Exception as exc:
@@ -511,66 +509,12 @@ class Ledger:
 
     # -- blocks ---------------------------------------------------------------------------------
     async def check_blocks(self, rpc: BitcoinRpc, now: float | None = None) -> list[str]:
-        """Settle found blocks from the chain: confirmed after ``block_maturity`` confirmations,
-        orphaned when the chain holds another block at that height (confirmations -1).
-        A block bitcoind does not know was never accepted: it stays pending while it may
-        still be (its submission is retried until the chain moves past its height), then
-        becomes rejected; never orphaned (an orphan is a block the node had, on a branch it
-        left). Rejected blocks are never looked at. Returns a list of changes."""
+        """Settle found blocks from the chain (``pool.ledger.block_checks``): confirmed after
+        ``block_maturity`` confirmations, orphaned when the chain holds another block at that
+        height, rejected when bitcoind never had it and the chain is past its height. Returns
+        a list of changes."""
         now = time.time() if now is None else now
-        changes: list[str] = []
-        maturity = self.config.block_maturity
-        tip: int | None = None
-        for block in await self.store.run(Store.blocks, (PENDING, ORPHANED)):
-            try:
-                header = await rpc.call("getblockheader", block["hash"], True)
-                confirmations = int(header["confirmations"])
-                unknown = False
-            except RpcRefused:  # bitcoind does not know it
-                confirmations, unknown = 0, True
-                try:
-                    tip = int(await rpc.call("getblockcount")) if tip is None else tip
-                except RpcError as exc:
-                    log.warning("block_check_failed", hash=block["hash"], error=str(exc))
-                    return changes
-            except RpcError as exc:
-                log.warning("block_check_failed", hash=block["hash"], error=str(exc))
-                return changes
-            if unknown:
-                assert tip is not None
-                status = REJECTED if tip > int(block["height"]) else PENDING
-                if status == REJECTED:
-                    log.warning(
-                        "block_never_accepted",
-                        hash=block["hash"],
-                        height=block["height"],
-                        tip=tip,
-                        note="bitcoind never had it and the chain is past its height",
-                    )
-            elif confirmations < 0:
-                status = ORPHANED
-            elif confirmations >= maturity:
-                status = CONFIRMED
-            else:
-                status = PENDING
-            if status == block["status"] and confirmations == block["confirmations"]:
-                continue
-            # only if nothing else (a rejection) changed the block meanwhile
-            if not await self.store.set_block_status(
-                block["hash"], status, confirmations, now, expect=block["status"]
-            ):
-                continue
-            if status != block["status"]:
-                changes.append(f"{block['hash']}:{block['status']}->{status}")
-                log.info(
-                    "block_status",
-                    hash=block["hash"],
-                    height=block["height"],
-                    status=status,
-                    confirmations=confirmations,
-                    reward_sat=block["reward_sat"],
-                )
-        return changes
+        return await check_blocks(self.store, rpc, self.config.block_maturity, now)
 
     async def reconcile_chain(
         self, rpc: BitcoinRpc, *, payout_script: bytes, pool_tag: bytes

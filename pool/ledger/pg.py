@@ -143,6 +143,8 @@ class _Result:
 class PgConnection:
     """``sqlite3.Connection``'s shape over psycopg (see the module's docstring)."""
 
+    backend = "postgresql"  # (a sqlite3.Connection has no such attribute)
+
     def __init__(self, target: PgTarget) -> None:
         self.target = target
         self._conn: psycopg.Connection[Any] | None = None

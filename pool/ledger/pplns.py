@@ -32,6 +32,7 @@ Pruning: a share can fall in a future window only while the shares after it weig
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -78,18 +79,38 @@ def window_weights(
     the block's share last), and how many shares fell in it. The weights sum to
     ``min(N, all units)``."""
     n = _check_window(window_units)
-    weights: dict[str, Fraction] = {}
-    gathered = Fraction(0)
+    # Exact, in integers over one common denominator ``scale`` (float difficulties have
+    # power-of-two denominators, so it rarely grows): Fraction sums per share are slow.
+    scale = n.denominator
+    room = n.numerator  # N - gathered, over scale
+    weights: dict[str, int] = {}
     count = 0
     for key, difficulty in reversed(shares):
-        d = _check_difficulty(difficulty)
-        take = min(d, n - gathered)
-        weights[key] = weights.get(key, Fraction(0)) + take
-        gathered += take
+        num, den = _ratio(difficulty)
+        if scale % den:
+            grow = den // math.gcd(scale, den)
+            scale *= grow
+            room *= grow
+            for k in weights:
+                weights[k] *= grow
+        d = num * (scale // den)
+        take = d if d < room else room
+        weights[key] = weights.get(key, 0) + take
+        room -= take
         count += 1
-        if gathered >= n:
+        if room <= 0:
             break
-    return weights, count
+    return {k: Fraction(w, scale) for k, w in weights.items()}, count
+
+
+def _ratio(difficulty: float | int | Fraction) -> tuple[int, int]:
+    """A positive difficulty as an exact (numerator, denominator)."""
+    if isinstance(difficulty, float):
+        if not (difficulty > 0 and math.isfinite(difficulty)):
+            raise ValueError(f"share difficulty must be positive, got {difficulty!r}")
+        return difficulty.as_integer_ratio()
+    d = _check_difficulty(difficulty)
+    return d.numerator, d.denominator
 
 
 def split_reward(weights: dict[str, Fraction], reward_units: int, fee_bps: int) -> Split:

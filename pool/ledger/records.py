@@ -4,21 +4,31 @@
 recompute its credit); ``share_record_from`` turns a journal record into the store's
 ``ShareRecord``; ``block_record`` is the store's record of a block candidate without its
 share's credit.
+
+Record versions: 1 (the first); 2 adds, to the ``block`` entry of a share found on a pplns
+port, ``window``: the PPLNS window in difficulty-units as an exact fraction ``"num/den"``
+(``factor x`` the job's network difficulty), so a replay splits the block exactly as it was
+split first even if the configuration changed meanwhile. Every version carries ``scheme``
+(pps, fpps, pplns, solo); a record without it reads as the ledger's scheme. Shares of pplns
+and solo ports carry a credit and a fee of 0 (``gross`` too).
 """
 
 from __future__ import annotations
 
+import functools
+from fractions import Fraction
 from typing import Any
 
 from pool.bitcoin import Network
-from pool.bitcoin.target import target_to_difficulty
+from pool.bitcoin.target import DIFF1_TARGET, target_to_difficulty
 from pool.ledger.aggregates import ShareRecord
 from pool.ledger.pps import Scheme, block_value, expected_blocks, share_value
+from pool.ledger.schemes import ZERO, get_scheme
 from pool.node.submit import BlockSubmission, SubmitStatus
 from pool.server.auth import Credentials
 from pool.shares import ShareResult
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2
 # A block submitted but neither accepted nor refused (bitcoind unreachable) is still tracked:
 # the maturity check settles it from the chain.
 TRACKED_SUBMISSIONS = (SubmitStatus.ACCEPTED, SubmitStatus.INCONCLUSIVE, SubmitStatus.FAILED)
@@ -70,6 +80,7 @@ def record_for_share(
     network: Network,
     scheme: Scheme,
     fee_bps: int,
+    pplns_window_factor: float = 0.0,
 ) -> dict[str, Any]:
     """The journal record of one accepted share: everything needed to recompute its credit.
 
@@ -86,7 +97,11 @@ def record_for_share(
     if cached is None or cached[0] is not job:
         subsidy = network.block_subsidy(template.height)
         value_sat = block_value(scheme, subsidy, template.coinbase_value)
-        value = share_value(result.difficulty, job.block_target, value_sat, fee_bps)
+        value = (
+            share_value(result.difficulty, job.block_target, value_sat, fee_bps)
+            if get_scheme(scheme).credits_shares
+            else ZERO  # pplns: paid when a block matures; solo: the coinbase pays the miner
+        )
         base = {
             "v": RECORD_VERSION,
             "difficulty": result.difficulty,
@@ -130,13 +145,40 @@ def record_for_share(
             "reward_sat": template.coinbase_value,
             "status": submission.status.value,
         }
+    if scheme is Scheme.PPLNS and "block" in record:
+        record["block"]["window"] = str(pplns_window(pplns_window_factor, job.block_target))
     return record
 
 
-def share_record_from(record: dict[str, Any]) -> ShareRecord:
+def pplns_window(factor: float, network_target: int) -> Fraction:
+    """The PPLNS window in difficulty-units: ``factor x`` the network difficulty of the
+    target, exact (``factor`` a float is an exact binary fraction)."""
+    if not factor > 0:
+        raise ValueError(f"the PPLNS window factor must be positive, got {factor!r}")
+    return Fraction(factor) * DIFF1_TARGET / network_target
+
+
+@functools.lru_cache(maxsize=256)
+def _window_of(factor: float, target_raw: bytes) -> Fraction:
+    return pplns_window(factor, int.from_bytes(target_raw, "big"))
+
+
+def share_record_from(
+    record: dict[str, Any], default_scheme: str = "pps", pplns_window_factor: float = 0.0
+) -> ShareRecord:
+    """The store's record of a journal record (``default_scheme``: for a record without a
+    scheme; ``pplns_window_factor``: the window of a pplns share that is not a block, used
+    only to bound the PPLNS share log)."""
     difficulty = float(record["difficulty"])
     expected, network_difficulty = _expected_and_difficulty(difficulty, record["target"])
     block = record.get("block")
+    scheme = str(record.get("scheme") or default_scheme)
+    window: Fraction | None = None
+    if scheme == Scheme.PPLNS:
+        if block is not None and block.get("window"):
+            window = Fraction(str(block["window"]))
+        elif pplns_window_factor > 0:
+            window = _window_of(pplns_window_factor, record["target"])
     return ShareRecord(
         time=float(record["time"]),
         worker=str(record["worker"]),
@@ -150,12 +192,23 @@ def share_record_from(record: dict[str, Any]) -> ShareRecord:
         block_reward_sat=int(block["reward_sat"]) if block else None,
         network_difficulty=network_difficulty,
         share_difficulty=float(record.get("share_difficulty", 0.0)),
+        scheme=scheme,
+        fee_bps=int(record.get("fee_bps", 0)),
+        pplns_window=window,
     )
 
 
-def block_record(result: ShareResult, creds: Credentials | None, now: float) -> ShareRecord:
+def block_record(
+    result: ShareResult,
+    creds: Credentials | None,
+    now: float,
+    *,
+    scheme: str = "",
+    fee_bps: int = 0,
+    pplns_window_factor: float = 0.0,
+) -> ShareRecord:
     """The store's record of a block candidate, without the share's credit (for a block
-    whose share the store does not have)."""
+    whose share the store does not have); ``scheme`` that of the port that found it."""
     job = result.job
     assert job is not None
     return ShareRecord(
@@ -170,4 +223,11 @@ def block_record(result: ShareResult, creds: Credentials | None, now: float) -> 
         block_height=job.template.height,
         block_reward_sat=job.template.coinbase_value,
         network_difficulty=target_to_difficulty(job.block_target),
+        scheme=scheme,
+        fee_bps=fee_bps,
+        pplns_window=(
+            pplns_window(pplns_window_factor, job.block_target)
+            if scheme == Scheme.PPLNS and pplns_window_factor > 0
+            else None
+        ),
     )

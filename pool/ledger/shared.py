@@ -39,12 +39,23 @@ def store_for(
     database for every instance: each keeps its own checkpoint there, named by its
     instance_id and process)."""
     if config.backend != "postgresql":
-        return StoreThread(data_dir / "ledger.sqlite3", convert=convert, journal_id=journal_id)
+        return StoreThread(
+            data_dir / "ledger.sqlite3",
+            convert=convert,
+            journal_id=journal_id,
+            pplns_max_rows=config.pplns_max_log_shares,
+        )
     from pool.ledger.pg import PgTarget
 
     pg = PgTarget.from_env(config.dsn, config.password_env)
     store_journal = f"i{instance_id}" + (f"-{journal_id}" if journal_id else "")
-    return StoreThread(data_dir / "ledger.sqlite3", convert, store_journal, pg=pg)
+    return StoreThread(
+        data_dir / "ledger.sqlite3",
+        convert,
+        store_journal,
+        pg=pg,
+        pplns_max_rows=config.pplns_max_log_shares,
+    )
 
 
 def _alive(pid: int) -> bool:

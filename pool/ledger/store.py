@@ -47,7 +47,6 @@ from pool.ledger.aggregates import (
     WorkerTotals,
 )
 from pool.ledger.dialect import Connection
-from pool.ledger.store_best import MIGRATION as BEST_SHARES_MIGRATION
 from pool.ledger.store_best import apply_best
 from pool.ledger.store_payouts import (
     PAYOUT_CONFIRMED,
@@ -58,7 +57,17 @@ from pool.ledger.store_payouts import (
     StoreError,
     StoreFault,
 )
-from pool.ledger.store_processes import PROCESSES_MIGRATION, ProcessRows
+from pool.ledger.store_pplns import PplnsLog, credit_block, set_block_scheme
+from pool.ledger.store_processes import ProcessRows
+from pool.ledger.store_schema import (
+    _UPSERT_BALANCE,
+    _UPSERT_MINUTE,
+    _UPSERT_WORKER,
+    BUSY_TIMEOUT_SECONDS,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    WAL_SWITCH_ATTEMPTS,
+)
 
 if TYPE_CHECKING:
     from pool.ledger.pg import PgConnection, PgTarget
@@ -66,6 +75,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BLOCK_STATUSES",
     "CONFIRMED",
+    "MIGRATIONS",
     "ORPHANED",
     "PAYOUT_CONFIRMED",
     "PAYOUT_FAILED",
@@ -82,114 +92,16 @@ __all__ = [
     "StoreFault",
 ]
 
-MIGRATIONS: tuple[str, ...] = (
-    # 1: the first schema
-    """
-    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-    CREATE TABLE workers (
-        name TEXT PRIMARY KEY,
-        address TEXT NOT NULL,
-        shares INTEGER NOT NULL DEFAULT 0,
-        difficulty_sum REAL NOT NULL DEFAULT 0,
-        credit_units INTEGER NOT NULL DEFAULT 0,
-        fee_units INTEGER NOT NULL DEFAULT 0,
-        first_share REAL,
-        last_share REAL
-    );
-    CREATE TABLE balances (
-        address TEXT PRIMARY KEY,
-        credited_units INTEGER NOT NULL DEFAULT 0,
-        paid_units INTEGER NOT NULL DEFAULT 0,
-        pending_units INTEGER NOT NULL DEFAULT 0
-    );
-    CREATE TABLE share_minutes (
-        minute INTEGER NOT NULL,
-        worker TEXT NOT NULL,
-        shares INTEGER NOT NULL DEFAULT 0,
-        difficulty_sum REAL NOT NULL DEFAULT 0,
-        expected_blocks REAL NOT NULL DEFAULT 0,
-        credit_units INTEGER NOT NULL DEFAULT 0,
-        PRIMARY KEY (minute, worker)
-    );
-    CREATE TABLE blocks (
-        hash TEXT PRIMARY KEY,
-        height INTEGER NOT NULL,
-        worker TEXT NOT NULL,
-        address TEXT NOT NULL,
-        reward_sat INTEGER NOT NULL,
-        network_difficulty REAL NOT NULL,
-        found_at REAL NOT NULL,
-        status TEXT NOT NULL,
-        confirmations INTEGER NOT NULL DEFAULT 0,
-        updated_at REAL NOT NULL
-    );
-    CREATE INDEX blocks_status ON blocks (status);
-    CREATE TABLE payouts (
-        id TEXT PRIMARY KEY,
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL,
-        status TEXT NOT NULL,
-        txid TEXT,
-        total_sat INTEGER NOT NULL,
-        error TEXT
-    );
-    CREATE TABLE payout_items (
-        payout_id TEXT NOT NULL REFERENCES payouts (id),
-        address TEXT NOT NULL,
-        amount_sat INTEGER NOT NULL,
-        PRIMARY KEY (payout_id, address)
-    );
-    CREATE INDEX payout_items_address ON payout_items (address);
-    """,
-    # 2: indexes for the API's bounded reads (one worker's or address's history, newest blocks)
-    """
-    CREATE INDEX share_minutes_worker ON share_minutes (worker, minute);
-    CREATE INDEX workers_address ON workers (address);
-    CREATE INDEX blocks_height ON blocks (height);
-    """,
-    # 3: best share difficulty per worker, address and pool (pool/ledger/store_best.py)
-    BEST_SHARES_MIGRATION,
-    # 4: every process's heartbeat (whole-pool views with several writers)
-    PROCESSES_MIGRATION,
-)
-SCHEMA_VERSION = len(MIGRATIONS)
-# Several processes commit into one store (server.processes > 1): a writer that finds the
-# database locked waits this long for the other's transaction instead of failing at once.
-BUSY_TIMEOUT_SECONDS = 30.0
-WAL_SWITCH_ATTEMPTS = 100  # "database is locked" while another process creates the file
-
-
-_UPSERT_WORKER = """
-    INSERT INTO workers (name, address, shares, difficulty_sum, credit_units, fee_units,
-                         first_share, last_share)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-    ON CONFLICT (name) DO UPDATE SET
-        address = excluded.address,
-        shares = workers.shares + excluded.shares,
-        difficulty_sum = workers.difficulty_sum + excluded.difficulty_sum,
-        credit_units = workers.credit_units + excluded.credit_units,
-        fee_units = workers.fee_units + excluded.fee_units,
-        last_share = MAX(COALESCE(workers.last_share, 0), excluded.last_share)
-"""
-_UPSERT_BALANCE = """
-    INSERT INTO balances (address, credited_units) VALUES (?, ?)
-    ON CONFLICT (address) DO UPDATE SET
-        credited_units = balances.credited_units + excluded.credited_units
-"""
-_UPSERT_MINUTE = """
-    INSERT INTO share_minutes (minute, worker, shares, difficulty_sum, expected_blocks,
-                               credit_units)
-    VALUES (?, ?, ?, ?, ?, ?)
-    ON CONFLICT (minute, worker) DO UPDATE SET
-        shares = share_minutes.shares + excluded.shares,
-        difficulty_sum = share_minutes.difficulty_sum + excluded.difficulty_sum,
-        expected_blocks = share_minutes.expected_blocks + excluded.expected_blocks,
-        credit_units = share_minutes.credit_units + excluded.credit_units
-"""
-
 
 class Store(PayoutRows, ProcessRows):
-    def __init__(self, path: Path, journal_id: str = "", pg: PgTarget | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        journal_id: str = "",
+        pg: PgTarget | None = None,
+        *,
+        pplns_max_rows: int = 2_000_000,
+    ) -> None:
         """``journal_id`` names the journal whose checkpoint this store keeps ("" the pool's
         only journal): several writers (processes, instances) each apply their own journal
         into one store, each with its own checkpoint. ``pg``: the PostgreSQL database to use
@@ -200,6 +112,7 @@ class Store(PayoutRows, ProcessRows):
         self._checkpoint_key = f"checkpoint:{journal_id}" if journal_id else "checkpoint"
         self.db: Connection | None = None
         self._applied_to: Checkpoint | None = None
+        self.pplns = PplnsLog(pplns_max_rows)
 
     @property
     def where(self) -> str:
@@ -346,6 +259,7 @@ class Store(PayoutRows, ProcessRows):
                 if row is not None:
                     delta.blocks.append(row)
         apply_best(self, records)
+        self.pplns.apply(db, records)
         self._applied_to = position
         return delta
 
@@ -378,7 +292,10 @@ class Store(PayoutRows, ProcessRows):
             """,
             row,
         )
-        return row if cursor.rowcount == 1 else None
+        if cursor.rowcount != 1:
+            return None
+        set_block_scheme(self.conn, row, rec.scheme)
+        return row
 
     def record_block(self, rec: ShareRecord, status: str = PENDING) -> dict[str, Any] | None:
         """Record the block of a share that could not be journaled (or whose record is not in
@@ -393,6 +310,8 @@ class Store(PayoutRows, ProcessRows):
         self._begin_own()
         try:
             row = self._insert_block(rec, status)
+            if row is not None and rec.scheme == "pplns":
+                self.pplns.snapshot(self.conn, rec, None)
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
@@ -583,7 +502,13 @@ class Store(PayoutRows, ProcessRows):
         if expect is not None:
             sql += " AND status = ?"
             args += (expect,)
-        changed = int(self.conn.execute(sql, args).rowcount)
+        try:
+            changed = int(self.conn.execute(sql, args).rowcount)
+            if changed and status == CONFIRMED:  # a pplns block's split is credited now
+                credit_block(self.conn, block_hash, now)
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
         self.conn.execute("COMMIT")
         return changed > 0
 

@@ -94,13 +94,16 @@ class StoreThread:
         convert: Callable[[dict[str, Any]], ShareRecord],
         journal_id: str = "",
         pg: PgTarget | None = None,
+        *,
+        pplns_max_rows: int = 2_000_000,
     ) -> None:
         """``convert``: a journal record -> the store's ShareRecord (runs on the thread);
         ``journal_id``: whose checkpoint the store keeps (``Store``); ``pg``: PostgreSQL
         instead of the SQLite file at ``path`` (each applied batch is then committed at once,
-        with its checkpoint: writers sharing the database hold row locks for one batch only)."""
+        with its checkpoint: writers sharing the database hold row locks for one batch only);
+        ``pplns_max_rows``: the PPLNS share log's bound (``ledger.pplns_max_log_shares``)."""
         self.path = path
-        self._store = Store(path, journal_id, pg)
+        self._store = Store(path, journal_id, pg, pplns_max_rows=pplns_max_rows)
         self._convert = convert
         self.aggregates = Aggregates()
         self.broken: str | None = None  # why the store is degraded (None while it works)

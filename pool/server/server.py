@@ -48,7 +48,8 @@ BlockSubmitter = Callable[[ShareResult], Awaitable[BlockSubmission]]
 # Given the accepted shares of one read BEFORE their miner is answered (the ledger queues them
 # for its journal); the future is done when they are durable. Failed (or raising): none is
 # recorded, the miner is told so instead of "accepted", and they count nowhere.
-ShareRecorder = Callable[[list[tuple[ShareResult, Credentials]], float], "asyncio.Future[Any]"]
+# (the accepted shares of one read, now, the connection's port scheme) -> durable future
+ShareRecorder = Callable[[list[tuple[ShareResult, Credentials]], float, str], "asyncio.Future[Any]"]
 # Called once a block candidate's submission is settled (after its share was recorded).
 BlockListener = Callable[[ShareResult, Credentials | None, float, BlockSubmission], Awaitable[None]]
 
@@ -195,8 +196,10 @@ class StratumServer:
             bound = server.sockets[0].getsockname()[1]
             self.bound_ports.append(bound)
             tls_fields = tls.describe(secure)
-            entry = {"port": bound, "name": port.name, "scheme": port.scheme, **tls_fields}
-            self.port_list.append(entry)
+            scheme = port.scheme or self.config.ledger.scheme  # the port's payout scheme
+            self.port_list.append(
+                {"port": bound, "name": port.name, "scheme": scheme, **tls_fields}
+            )
             log.info(
                 "stratum_listening",
                 host=host,
@@ -478,7 +481,7 @@ class StratumServer:
             self._recorded(outcome, shares, now, None)
         else:
             try:
-                durable = recorder(shares, now)
+                durable = recorder(shares, now, session.settings.scheme)
             except Exception as exc:
                 self._recorded(outcome, shares, now, exc)
             else:

@@ -103,6 +103,11 @@ def test_environment_overrides(tmp_path: Path) -> None:
             "ledger.storage_retry_max_seconds",
         ),
         ("[ledger]\nreconcile_blocks = 0\n", "ledger.reconcile_blocks"),
+        ("[ledger]\npplns_window_factor = 0.0\n", "ledger.pplns_window_factor"),
+        ("[ledger]\npplns_window_factor = nan\n", "ledger.pplns_window_factor"),
+        ("[ledger]\npplns_max_log_shares = 10\n", "ledger.pplns_max_log_shares"),
+        ("[ledger]\nscheme = 'solo'\n", "ledger.scheme"),  # solo is per port only
+        ("[[stratum.ports]]\nport = 4000\nscheme = 'prop'\n", "stratum.ports[0].scheme"),
         ("[ledger]\nreconcile_blocks = 100001\n", "ledger.reconcile_blocks"),
         ("[chain.simulation]\ninitial_difficulty = 1e-12\n", "chain.simulation.initial_difficulty"),
         (
@@ -214,3 +219,19 @@ def test_config_path_that_is_a_directory_or_unreadable_or_binary(tmp_path: Path)
     looped.symlink_to(looped)
     with pytest.raises(ConfigError, match="cannot read the config file"):
         load(looped, env={})
+
+
+def test_port_schemes_and_pplns_keys(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        "[ledger]\nscheme = 'pplns'\npplns_window_factor = 4.0\n"
+        "[[stratum.ports]]\nport = 4000\n"
+        "[[stratum.ports]]\nport = 4001\nscheme = 'solo'\n"
+        "[[stratum.ports]]\nport = 4002\nscheme = 'fpps'\n"
+    )
+    loaded = load(path, env={})
+    assert [p.scheme for p in loaded.stratum.ports] == ["", "solo", "fpps"]
+    assert loaded.ledger.scheme == "pplns" and loaded.ledger.pplns_window_factor == 4.0
+    summary = cfg.limits_summary(loaded)
+    assert summary["ledger.pplns_window_factor"] == 4.0
+    assert summary["ledger.pplns_max_log_shares"] == 2_000_000

@@ -159,3 +159,16 @@ def test_registry() -> None:
     for name in ("pplns", "solo"):
         value = get_scheme(name).share_value(0.5, target, 1000, 1500, 0)
         assert (value.gross, value.credit, value.fee) == (0, 0, 0)
+
+
+def test_non_binary_fractions_and_integers_mix_exactly() -> None:
+    # difficulties 1/3, 2/7, 5 (int) and 0.5; window 5 + 1/2 + 2/7 + 1/10 of the 1/3
+    shares = [("a", Fraction(1, 3)), ("b", Fraction(2, 7)), ("c", 0.5), ("d", 5)]
+    window = Fraction(5) + Fraction(1, 2) + Fraction(2, 7) + Fraction(1, 10)
+    weights, count = window_weights(shares, window)
+    assert weights == {"d": 5, "c": Fraction(1, 2), "b": Fraction(2, 7), "a": Fraction(1, 10)}
+    assert count == 4
+    with pytest.raises(ValueError, match="difficulty"):
+        window_weights([("a", float("inf"))], 1)
+    with pytest.raises(ValueError, match="difficulty"):
+        window_weights([("a", float("nan"))], 1)

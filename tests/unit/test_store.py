@@ -9,6 +9,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,9 +62,9 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeS
     databases: dict[str, str] = {}
     made: list[Store] = []
 
-    def make(name: str = "ledger", journal_id: str = "") -> Store:
+    def make(name: str = "ledger", journal_id: str = "", **kw: Any) -> Store:
         if backend == "sqlite":
-            store = Store(tmp_path / f"{name}.sqlite3", journal_id)
+            store = Store(tmp_path / f"{name}.sqlite3", journal_id, **kw)
         else:
             from pool.ledger.pg import PgTarget
 
@@ -71,7 +72,10 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeS
             if name not in databases:
                 databases[name] = server.create_database()
             store = Store(
-                tmp_path / name, journal_id, PgTarget(server.dsn(databases[name]), PG_PASSWORD)
+                tmp_path / name,
+                journal_id,
+                PgTarget(server.dsn(databases[name]), PG_PASSWORD),
+                **kw,
             )
         made.append(store)
         return store

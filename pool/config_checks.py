@@ -98,3 +98,73 @@ def validate_ledger_backend(config: Config, fail: Callable[[str, str], None]) ->
         if not (math.isfinite(value) and least <= value <= 3600):
             fail(f"ledger.{name}", f"must be {least}..3600 seconds")
     # pool.instance_id: 0..255, checked with server.processes (its extranonce1 prefix byte)
+
+
+def validate_ledger(config: Config, fail: Callable[[str, str], None]) -> None:
+    """[ledger]: amounts, journal, payouts, storage retries, backend, PPLNS."""
+    ledger = config.ledger
+    if not 0 <= ledger.fee_bps <= 10_000:
+        fail("ledger.fee_bps", "must be 0..10000 basis points")
+    for name in (
+        "journal_fsync_interval_ms",
+        "journal_segment_bytes",
+        "block_maturity",
+        "payout_max_recipients",
+    ):
+        if getattr(ledger, name) < 1:
+            fail(f"ledger.{name}", "must be at least 1")
+    if ledger.journal_segment_bytes < 65536:
+        fail("ledger.journal_segment_bytes", "must be at least 65536")
+    if not (math.isfinite(ledger.journal_retention_days) and ledger.journal_retention_days >= 0):
+        fail("ledger.journal_retention_days", "must be a number >= 0 (0: keep every segment)")
+    if ledger.checkpoint_seconds <= 0 or ledger.block_check_seconds <= 0:
+        fail("ledger", "checkpoint_seconds and block_check_seconds must be positive")
+    for name in ("payout_threshold_sat", "payout_min_confirmations", "payout_fee_reserve_sat"):
+        if getattr(ledger, name) < 0:
+            fail(f"ledger.{name}", "must not be negative")
+    if ledger.payout_interval_seconds < 0 or ledger.payout_fee_rate_sat_vb < 0:
+        fail("ledger", "payout_interval_seconds and payout_fee_rate_sat_vb must not be negative")
+    retry, retry_max = ledger.storage_retry_seconds, ledger.storage_retry_max_seconds
+    if not (math.isfinite(retry) and 0.01 <= retry <= 60):
+        fail("ledger.storage_retry_seconds", "must be 0.01..60 seconds")
+    if not (math.isfinite(retry_max) and retry <= retry_max <= 3600):
+        fail("ledger.storage_retry_max_seconds", "must be storage_retry_seconds..3600 seconds")
+    if not 1 <= ledger.reconcile_blocks <= 100_000:
+        fail("ledger.reconcile_blocks", "must be 1..100000 blocks")
+    validate_ledger_backend(config, fail)
+    factor = ledger.pplns_window_factor
+    if not (math.isfinite(factor) and 0.01 <= factor <= 1000):
+        fail("ledger.pplns_window_factor", "must be 0.01..1000 (times the network difficulty)")
+    if not 1000 <= ledger.pplns_max_log_shares <= 1_000_000_000:
+        fail("ledger.pplns_max_log_shares", "must be 1000..1000000000 shares")
+
+
+def validate_node(config: Config, fail: Callable[[str, str], None]) -> None:
+    """[node]: templates, restarts, block submission, ZMQ."""
+    if config.node.template_refresh_seconds <= 0 or config.node.template_refresh_seconds > 110:
+        fail("node.template_refresh_seconds", "must be in (0, 110]: miners stop after 120 s")
+    node = config.node
+    for name in (
+        "longpoll_timeout_seconds",
+        "restart_backoff_seconds",
+        "stop_timeout_seconds",
+        "submit_retry_seconds",
+    ):
+        value = getattr(node, name)
+        if not (math.isfinite(value) and value > 0):
+            fail(f"node.{name}", "must be a positive number of seconds")
+    if not node.restart_backoff_max_seconds >= node.restart_backoff_seconds:
+        fail("node.restart_backoff_max_seconds", "must be at least node.restart_backoff_seconds")
+    if not 0 <= node.resubmit_recent_blocks <= 1000:
+        fail("node.resubmit_recent_blocks", "must be 0..1000")
+    if not node.submit_retry_max_seconds >= node.submit_retry_seconds:
+        fail("node.submit_retry_max_seconds", "must be at least node.submit_retry_seconds")
+    if not (math.isfinite(node.zmq_heartbeat_seconds) and 1 <= node.zmq_heartbeat_seconds <= 3600):
+        fail("node.zmq_heartbeat_seconds", "must be 1..3600 seconds")
+    if node.zmq_hashblock not in ("auto", ""):
+        problem = zmq_endpoint_problem(node.zmq_hashblock)
+        managed = node.mode == "managed"
+        if problem is None and managed and urlsplit(node.zmq_hashblock).hostname != "127.0.0.1":
+            problem = "must be on 127.0.0.1 for the managed node (or auto)"
+        if problem is not None:
+            fail("node.zmq_hashblock", f"{problem}; got {node.zmq_hashblock!r} (or auto, or '')")

@@ -45,10 +45,9 @@ from stratum.notifications import encode_notification
 log = structlog.get_logger("pool.server")
 
 BlockSubmitter = Callable[[ShareResult], Awaitable[BlockSubmission]]
-# Given the accepted shares of one read BEFORE their miner is answered (the ledger queues them
-# for its journal); the future is done when they are durable. Failed (or raising): none is
-# recorded, the miner is told so instead of "accepted", and they count nowhere.
-# (the accepted shares of one read, now, the connection's port scheme) -> durable future
+# (the accepted shares of one read, now, the connection's port scheme) -> a future done when
+# they are durable (the ledger's journal), given BEFORE their miner is answered. Failed (or
+# raising): none is recorded, the miner is told so instead of "accepted", they count nowhere.
 ShareRecorder = Callable[[list[tuple[ShareResult, Credentials]], float, str], "asyncio.Future[Any]"]
 # Called once a block candidate's submission is settled (after its share was recorded).
 BlockListener = Callable[[ShareResult, Credentials | None, float, BlockSubmission], Awaitable[None]]

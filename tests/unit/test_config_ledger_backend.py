@@ -64,5 +64,6 @@ def test_bad_ledger_backend_keys_are_named(tmp_path: Path, text: str, key: str, 
 
 
 def test_instance_id_range(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"pool\.instance_id must be 0\.\.65535"):
-        load(write(tmp_path, "[pool]\ninstance_id = 70000\n"), env={})
+    # the first byte of the extranonce1 prefix (pool/server_config.py)
+    with pytest.raises(ConfigError, match=r"pool\.instance_id must be 0\.\.255"):
+        load(write(tmp_path, "[pool]\ninstance_id = 256\n"), env={})

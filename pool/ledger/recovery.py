@@ -124,15 +124,34 @@ async def _coinbase(rpc: BitcoinRpc, block_hash: str) -> dict[str, Any]:
 def pool_reward(tx: dict[str, Any], payout_script: bytes, pool_tag: bytes) -> int | None:
     """The satoshis a coinbase pays the pool's script, when it carries the pool's tag in its
     scriptSig (None: not one of the pool's blocks)."""
+    found = classify_coinbase(tx, payout_script, pool_tag)
+    return None if found is None or found[0] == SOLO else found[1]
+
+
+SOLO = "solo"
+
+
+def classify_coinbase(
+    tx: dict[str, Any], payout_script: bytes, pool_tag: bytes
+) -> tuple[str, int, str] | None:
+    """Whose block a coinbase (``getrawtransaction`` verbose) is: None when it lacks the
+    pool's tag; ``("", sat, "")`` for a pool block (its largest output pays the pool's
+    script: ``sat`` is what the pool's script got); ``("solo", sat, address)`` for a SOLO
+    port's block (its largest output pays the miner: ``sat`` is the whole coinbase, the pool's
+    fee output included, ``address`` the miner's)."""
     vin = tx.get("vin") or [{}]
     script_sig = bytes.fromhex(str(vin[0].get("coinbase", "")))
     if not pool_tag or pool_tag not in script_sig:
         return None
     target = payout_script.hex()
-    paid = [
-        _sat(out["value"]) for out in tx.get("vout", []) if out["scriptPubKey"]["hex"] == target
-    ]
-    return sum(paid) if paid else None
+    outputs = [(_sat(out["value"]), out["scriptPubKey"]) for out in tx.get("vout", [])]
+    paying = [(value, spk) for value, spk in outputs if value > 0]
+    if not paying:
+        return None
+    _, largest = max(paying, key=lambda item: item[0])
+    if largest["hex"] == target:
+        return "", sum(value for value, spk in paying if spk["hex"] == target), ""
+    return SOLO, sum(value for value, _ in paying), str(largest.get("address", ""))
 
 
 async def reconcile_chain(
@@ -159,14 +178,16 @@ async def reconcile_chain(
         if block_hash in store.aggregates.blocks:
             continue
         tx = await _coinbase(rpc, block_hash)
-        reward = pool_reward(tx, payout_script, pool_tag)
-        if reward is None:
+        found_block = classify_coinbase(tx, payout_script, pool_tag)
+        if found_block is None:
             continue
+        scheme, reward, address = found_block  # a SOLO block: the miner's, credited to nobody
         block = tx["_block"]
         rec = ShareRecord(
             time=float(block["time"]),
             worker="",
-            address="",
+            address=address,
+            scheme=scheme,
             difficulty=0.0,
             expected_blocks=0.0,
             credit_units=0,
@@ -183,6 +204,7 @@ async def reconcile_chain(
                 hash=block_hash,
                 height=height,
                 reward_sat=reward,
+                scheme=scheme or None,
                 note="the pool's block was missing from the store: recorded now (pending)",
             )
     await store.run(Store.set_meta, RECONCILED_KEY, str(tip))

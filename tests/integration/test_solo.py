@@ -26,6 +26,7 @@ import pytest
 from pool.app import PoolApp
 from pool.bitcoin.address import encode_segwit
 from pool.config import ChainConfig, Config, PortConfig, SimulationConfig
+from pool.ledger.recovery import classify_coinbase
 from pool.ledger.store_best import load_best
 from pool.miner import Miner, MinerOptions
 from pool.node.managed import ManagedNode
@@ -131,6 +132,8 @@ async def test_solo_miner_finds_a_block_paying_its_own_address_beside_a_pps_port
         for summary in summaries:
             assert all("stale" in r for r in summary["reasons"]), summary
 
+        assert app.job_config is not None
+        script_and_tag = (app.job_config.payout_script, app.job_config.pool_tag)
         for found in solo_blocks():
             block = await rpc.call("getblock", found.hash, 2)
             coinbase = block["tx"][0]
@@ -146,11 +149,19 @@ async def test_solo_miner_finds_a_block_paying_its_own_address_beside_a_pps_port
             assert outs[-1]["value"] == 0 and outs[-1]["scriptPubKey"]["hex"].startswith(
                 "6a24aa21a9ed"
             )
+            # found again on the chain after a crash (reconcile): the miner's, not the pool's
+            assert classify_coinbase(coinbase, *script_and_tag) == (
+                "solo",
+                total,
+                solo_names[found.worker],
+            )
         # the PPS miner's blocks (if any) pay the pool, as before
         for found in server.stats.blocks:
             if found.worker == f"{payout}.pps" and found.status == "accepted":
                 block = await rpc.call("getblock", found.hash, 2)
                 assert block["tx"][0]["vout"][0]["scriptPubKey"]["address"] == payout
+                pool_block = classify_coinbase(block["tx"][0], *script_and_tag)
+                assert pool_block is not None and pool_block[0] == "", pool_block
         # the pool's best share of the round began again at its last block
         assert server.ctx.best.pool.difficulty >= SHARE_DIFF * 10
         assert server.ctx.best.round_started > 0

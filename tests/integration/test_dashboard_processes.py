@@ -75,6 +75,7 @@ async def test_processes_table_shows_every_process(tmp_path: Path) -> None:
                 and all(rows[w]["stats"].get("connections") == 1 for w in ("w0", "w1"))
                 and all(rows[w]["stats"].get("shares_per_second", 0) > 0 for w in ("w0", "w1"))
                 and state["payout_runner"]["process"] in ("w0", "w1")
+                and state["pool_wide"]["hashrate"] > 0  # the heartbeat's stats are filled in
             )
 
         await until(seen, "three processes, the workers up with a miner each", state)

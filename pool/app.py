@@ -56,6 +56,7 @@ from pool.webhook_subs import SubscriptionsFileError
 from pool.webhook_wiring import PoolWebhooks
 from pool.worker import WorkerRole, extranonces_for
 
+PROCESS_HASHRATE_WINDOW = 300  # seconds: the heartbeat row's hashrate (a meter window)
 log = structlog.get_logger("pool.app")
 
 
@@ -453,10 +454,18 @@ class PoolApp:
         if server is None:
             return {}
         now = time.time()
+        meter = server.hashrate.pool
+        # a window the meter has (600 s is not one: it raised, and the row had no stats)
+        window = PROCESS_HASHRATE_WINDOW
         return {
             "connections": len(server.sessions),
+            "workers": sum(1 for w in server.stats.workers.values() if w.connections > 0),
             "accepted_shares": server.stats.accepted,
-            "hashrate": server.hashrate.pool.hashrate(600, now) if server.hashrate.pool else 0.0,
+            "hashrate": meter.hashrate(window, now) if meter else 0.0,
+            "hashrate_window": window,
+            "shares_per_second": meter.shares(60, now) / meter.effective_window(60, now)
+            if meter
+            else 0.0,
         }
 
     async def _ledger_loop(self) -> None:

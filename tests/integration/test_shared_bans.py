@@ -3,10 +3,10 @@ supervisor, workers, regtest bitcoind, loopback sockets from addresses of the te
 
 - an operator's worker ban and IP ban made through the admin API (served by worker 0) drop a
   miner connected to worker 1 and refuse that IP there, within a few seconds;
-- a temporary IP ban worker k gives an invalid-share flood refuses that IP on the other
+- a temporary IP ban worker 1 gives an invalid-share flood refuses that IP on the other
   worker too; the operator's unban (on worker 0) lifts it on both;
-- the temporary ban is in the store's ``bans`` table with its end time (so it survives a
-  restart).
+- the temporary ban is in the store's ``bans`` table with its end time, and is enforced
+  again by both workers after a restart of the pool.
 
 Wall time: about 30 to 60 seconds on a busy 2-core machine (one pool start).
 """
@@ -145,7 +145,7 @@ async def test_bans_reach_every_worker_process(
         await refused_everywhere(BANNED_IP, "banned IP")
         ip_ban_seconds = time.monotonic() - started
 
-        # 3. an invalid-share flood on worker k: its temporary ban refuses the IP on both
+        # 3. an invalid-share flood on worker 1: its temporary ban refuses the IP on both
         flooder = await landed_on(port, FLOODER, 1)
         flooder.send(2, "mining.authorize", [f"{ADDRESS}.flood", "x"])
         bad = [
@@ -185,7 +185,17 @@ async def test_bans_reach_every_worker_process(
         assert rows[("ip", BANNED_IP)]["until_at"] is None
         assert rows[("worker", miner.worker)]["set_by"].endswith("process w0")
 
-        # 4. the operator lifts it on worker 0: both workers admit the IP again
+        # 4. the pool restarts: the temporary ban (in memory only, before) is back from the table
+        assert await pool.terminate() == 0, pool.tail()
+        offset = pool.log.stat().st_size
+        await pool.start()
+        port = pool.port
+        await refused_everywhere(FLOODER, "temporarily banned")
+        loaded = named(pool.log, "shared_bans_loaded", since=offset)
+        assert {e.get("worker") for e in loaded} == {"w0", "w1"}
+        assert all(e["temporary"] == 1 and e["ips"] == 1 and e["workers"] == 1 for e in loaded)
+
+        # 5. the operator lifts it on worker 0: both workers admit the IP again
         answer = await admin(pool, "unban", {"ip": FLOODER})
         assert answer["temporary"] == []
         seen: set[int] = set()

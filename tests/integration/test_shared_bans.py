@@ -1,5 +1,6 @@
-"""Bans shared through the ledger store by ``stratum-pool run --processes 2`` (SQLite): real
-supervisor, workers, regtest bitcoind, loopback sockets from addresses of the test's own.
+"""Bans shared through the ledger store by ``stratum-pool run --processes 2`` (the one SQLite
+file, or one PostgreSQL database): real supervisor, workers, regtest bitcoind, loopback
+sockets from addresses of the test's own.
 
 - an operator's worker ban and IP ban made through the admin API (served by worker 0) drop a
   miner connected to worker 1 and refuse that IP there, within a few seconds;
@@ -8,7 +9,7 @@ supervisor, workers, regtest bitcoind, loopback sockets from addresses of the te
 - the temporary ban is in the store's ``bans`` table with its end time, and is enforced
   again by both workers after a restart of the pool.
 
-Wall time: about 30 to 60 seconds on a busy 2-core machine (one pool start).
+Wall time: about 20 to 40 seconds per backend on a busy 2-core machine (two pool starts).
 """
 
 from __future__ import annotations
@@ -82,12 +83,16 @@ async def admin(pool: SupervisedPool, path: str, body: dict[str, str]) -> dict[s
         return answer
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 async def test_bans_reach_every_worker_process(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str, request: pytest.FixtureRequest
 ) -> None:
+    # PostgreSQL: a real server from the test harness (tests/pg_harness.py), skipped with its
+    # reason where it cannot be installed
+    dsn = request.getfixturevalue("pg_database") if backend == "postgresql" else ""
     monkeypatch.setenv("POOL_API_TOKEN", TOKEN)
     data_dir = tmp_path / "pool"
-    config = write_config(tmp_path / "pool.toml", data_dir)
+    config = write_config(tmp_path / "pool.toml", data_dir, dsn=dsn)
     with config.open("a") as f:  # [ledger] is the file's last section
         f.write(
             f"shared_refresh_seconds = {REFRESH}\n\n"
@@ -174,7 +179,7 @@ async def test_bans_reach_every_worker_process(
         )
         await refused_everywhere(FLOODER, "temporarily banned")
         temp_ban_seconds = time.monotonic() - started
-        store = open_store(data_dir / "ledger")
+        store = open_store(data_dir / "ledger", dsn)
         try:
             rows = {(r["kind"], r["ban_key"]): r for r in store.bans_since(0)}
         finally:

@@ -46,7 +46,6 @@ log = structlog.get_logger("pool.bans")
 
 PRUNE_SECONDS = 300.0  # how often a process deletes ended temporary bans and old lifts
 KEEP_LIFTED_SECONDS = 3600.0  # a lift stays readable this long (pollers are seconds behind)
-MAX_PENDING = 65536  # changes waiting for a store that fails (the oldest are dropped)
 
 
 class SharedBans:
@@ -70,8 +69,14 @@ class SharedBans:
 
     # -- local changes: queued, written by ``run`` ------------------------------------------------
     def _queue(self, change: dict[str, Any]) -> None:
-        if len(self.pending) >= MAX_PENDING:
-            del self.pending[0]
+        # bounded while the store fails: as many as the guard's bans, plus the operator's
+        bound = (
+            self.guard.settings.max_tracked_ips
+            + len(self.server.banned_ips)
+            + len(self.server.banned_workers)
+        )
+        if len(self.pending) >= bound:
+            del self.pending[0]  # the oldest change
         self.pending.append(change | {"set_by": self.set_by})
         self.wake.set()
 
@@ -173,6 +178,13 @@ class SharedBans:
             self.pending[:0] = changes  # tried again at the next round
             raise
 
+    async def sync(self) -> int:
+        """One round: write this process's changes, apply the others'; how many applied."""
+        await self.flush()
+        if self.store.broken is not None:
+            return 0
+        return self.apply(await self._read(), time.time())
+
     async def run(self) -> None:
         """Write this process's changes and read the others', every ``refresh`` seconds (at
         once when a change is made here)."""
@@ -180,9 +192,7 @@ class SharedBans:
         while True:
             self.wake.clear()  # a change made while this round runs wakes the next at once
             try:
-                await self.flush()
-                if self.store.broken is None:
-                    self.apply(await self._read(), time.time())
+                await self.sync()
                 now = time.time()
                 if now - last_prune >= PRUNE_SECONDS and self.store.broken is None:
                     last_prune = now

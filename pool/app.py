@@ -50,6 +50,7 @@ from pool.node.zmq_feed import endpoint_from_notifications
 from pool.server.auth import Credentials
 from pool.server.bans import BansFileError, load_bans
 from pool.server.server import StratumServer
+from pool.server.shared_bans import attach_shared_bans
 from pool.shares import ShareResult
 from pool.tasks import Supervisor
 from pool.webhook_subs import SubscriptionsFileError
@@ -270,6 +271,7 @@ class PoolApp:
         self.server = StratumServer(cfg, network, submit_block=self.submit)
         self.server.ctx.extranonces = extranonces_for(cfg, self.role.index if self.role else 0)
         self.server.use_bans(bans_path, bans)
+        await attach_shared_bans(ledger, self.server, self.tasks)  # with a shared store
         self.server.ctx.best.load(*await ledger.store.run(load_best))  # best shares: kept
         self.server.share_recorder = ledger.journal_shares
         ledger.shared.stats = self._process_stats

@@ -47,6 +47,7 @@ from pool.ledger.aggregates import (
     WorkerTotals,
 )
 from pool.ledger.dialect import Connection
+from pool.ledger.store_bans import BanRows
 from pool.ledger.store_best import apply_best
 from pool.ledger.store_payouts import (
     PAYOUT_CONFIRMED,
@@ -93,7 +94,7 @@ __all__ = [
 ]
 
 
-class Store(PayoutRows, ProcessRows):
+class Store(PayoutRows, ProcessRows, BanRows):
     def __init__(
         self,
         path: Path,

@@ -3,6 +3,7 @@ rewrites them for PostgreSQL) and the share upserts ``Store.apply_batch`` runs."
 
 from __future__ import annotations
 
+from pool.ledger.store_bans import BANS_MIGRATION
 from pool.ledger.store_best import MIGRATION as BEST_SHARES_MIGRATION
 from pool.ledger.store_pplns import MIGRATION as PPLNS_MIGRATION
 from pool.ledger.store_processes import PROCESSES_MIGRATION
@@ -78,6 +79,8 @@ MIGRATIONS: tuple[str, ...] = (
     PROCESSES_MIGRATION,
     # 5: payout schemes per port: the PPLNS share log and block splits, blocks' scheme
     PPLNS_MIGRATION,
+    # 6: bans shared by every process/instance writing this store (pool/ledger/store_bans.py)
+    BANS_MIGRATION,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # Several processes commit into one store (server.processes > 1): a writer that finds the

@@ -13,7 +13,9 @@ matters and never more than ``max_tracked_ips`` of them:
   earlier ban of the same IP (capped at ``ban_max_seconds``). The count of earlier bans drops
   by one per ``ban_forgive_seconds`` without a ban (good behaviour). A ban survives
   reconnects: every connection from the IP is refused until it ends. These bans live in
-  memory (a restart forgets them); the operator's bans (``bans.py``) are separate.
+  memory (a restart forgets them); the operator's bans (``bans.py``) are separate. With a
+  shared store (``shared_bans.py``) they are written there too (``on_ban``), and bans made by
+  other processes are installed here (``install``, bounded like the guard's own).
 
 Bounded in O(1): the records are kept least recently seen first, and a full table forgets the
 least recently seen (a new record never scans the table). The bans in force are a table of
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -87,6 +90,9 @@ class IpGuard:
         self._records: dict[str, _Record] = {}  # least recently seen first
         self._bans: dict[str, TempBan] = {}  # by key, oldest first
         self.new_bans: list[TempBan] = []  # bans made since the server last took them
+        # told of every ban made here and every operator's unban (not of installed ones)
+        self.on_ban: Callable[[TempBan], None] | None = None
+        self.on_unban: Callable[[str], None] | None = None
 
     def __len__(self) -> int:
         return len(self._records)
@@ -184,19 +190,46 @@ class IpGuard:
         rec.last_ban = now
         seconds = min(s.ban_max_seconds, s.ban_seconds * 2.0 ** min(rec.bans - 1, 60))
         ban = TempBan(ip=key, until=now + seconds, seconds=seconds, bans=rec.bans, reason=reason)
+        self._put(ban, now)
+        self.new_bans.append(ban)
+        if self.on_ban is not None:
+            self.on_ban(ban)
+        return ban
+
+    def _put(self, ban: TempBan, now: float) -> None:
         bans = self._bans
-        if len(bans) >= s.max_tracked_ips:
+        bans.pop(ban.ip, None)
+        if len(bans) >= self.settings.max_tracked_ips:
             for old in [k for k, b in bans.items() if b.until <= now]:  # rare: only when full
                 del bans[old]
-            while len(bans) >= s.max_tracked_ips:
+            while len(bans) >= self.settings.max_tracked_ips:
                 del bans[next(iter(bans))]  # the oldest ban
-        bans[key] = ban
-        self.new_bans.append(ban)
+        bans[ban.ip] = ban
+
+    def install(self, ip: str, until: float, reason: str, now: float) -> TempBan | None:
+        """A temporary ban another process made (through the shared store): in force here
+        until ``until`` (never shortened by it; at most ``ban_max_seconds`` from ``now``). The
+        ban installed, or None when it changed nothing (ended, or one as long in force)."""
+        key = ip_key(ip)
+        until = min(until, now + self.settings.ban_max_seconds)
+        current = self._ban_of(key, now)
+        if until <= now or (current is not None and current.until >= until):
+            return None
+        bans = 1 if current is None else current.bans
+        ban = TempBan(ip=key, until=until, seconds=until - now, bans=bans, reason=reason)
+        self._put(ban, now)
         return ban
+
+    def lift(self, ip: str) -> bool:
+        """End a temporary ban now without telling ``on_unban`` (a lift made elsewhere)."""
+        return self._bans.pop(ip_key(ip), None) is not None
 
     def unban(self, ip: str) -> bool:
         """End a temporary ban now (the operator's unban); its repeat count stays."""
-        return self._bans.pop(ip_key(ip), None) is not None
+        lifted = self.lift(ip)
+        if lifted and self.on_unban is not None:
+            self.on_unban(ip_key(ip))
+        return lifted
 
     def take_new_bans(self) -> list[TempBan]:
         bans, self.new_bans = self.new_bans, []

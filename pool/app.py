@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
-import json
 import os
 import signal
 import time
@@ -29,7 +28,8 @@ from pool.bitcoin import (
     address_to_script,
     network_for_chain,
 )
-from pool.chain_sim import ChainSim, Retarget, SimEvent
+from pool.chain_sim import ChainSim, Retarget
+from pool.chain_sim_state import ChainSimStateError, load_chain_sim, save_chain_sim
 from pool.config import Config, SimulationConfig, limits_summary
 from pool.jobs import JobConfig, Template, build_job
 from pool.ledger.ledger import Ledger, LedgerError
@@ -356,63 +356,13 @@ class PoolApp:
         return self.data_dir / "chain_sim.json"
 
     def _load_chain_sim(self, sim: SimulationConfig) -> ChainSim:
-        events = [
-            SimEvent(
-                at_height=e.at_height if e.at_height >= 0 else None,
-                at_seconds=e.at_seconds if e.at_seconds >= 0 else None,
-                set_difficulty=e.set_difficulty if e.set_difficulty > 0 else None,
-                scale=e.scale if e.scale > 0 else None,
-            )
-            for e in sim.events
-        ]
-        path = self.chain_sim_file
-        if path.exists():
-            try:
-                state = json.loads(path.read_text())
-                chain = ChainSim.from_state(state, events=events)
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                raise StartupError(
-                    f"{path}: the saved simulated-difficulty state cannot be used ({exc}); "
-                    "remove the file to start the simulation afresh"
-                ) from exc
-            log.info("chain_sim_resumed", difficulty=chain.difficulty, blocks=chain.blocks_seen)
-            for drift in preflight.chain_sim_drift(state, sim):
-                log.warning(
-                    "chain_sim_setting_ignored",
-                    key=drift.key,
-                    configured=drift.configured,
-                    saved=drift.saved,
-                    note=drift.message(path),
-                )
-            return chain
-        chain = ChainSim(
-            initial_difficulty=sim.initial_difficulty,
-            retarget_interval=sim.retarget_interval,
-            target_spacing=sim.target_spacing_seconds,
-            clamp_factor=sim.clamp_factor,
-            events=events,
-            start_time=time.time(),
-            mainnet_difficulty=sim.mainnet_difficulty or None,
-        )
-        self._save_chain_sim(chain)
-        log.info(
-            "chain_sim_started",
-            difficulty=chain.difficulty,
-            retarget_interval=sim.retarget_interval,
-            target_spacing_seconds=sim.target_spacing_seconds,
-            events=len(events),
-        )
-        return chain
+        try:
+            return load_chain_sim(self.chain_sim_file, sim)
+        except ChainSimStateError as exc:
+            raise StartupError(str(exc)) from exc
 
     def _save_chain_sim(self, chain: ChainSim) -> None:
-        """Atomically: a crash leaves the old state or the new one, never half of one."""
-        path = self.chain_sim_file
-        tmp = path.with_suffix(".tmp")
-        with tmp.open("w") as f:
-            json.dump(chain.to_state(), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        save_chain_sim(self.chain_sim_file, chain)
 
     def _sim_changed(self, changes: list[Retarget]) -> None:
         assert self.chain_sim is not None

@@ -171,6 +171,43 @@ class PgServer:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+OWNER_FILE = "owner.pid"  # the test process that started the cluster
+
+
+def remove_orphans(bindir: Path) -> int:
+    """Stop and remove clusters left by test processes that died without their teardown (a
+    killed pytest): their ``owner.pid`` is no longer alive. Returns how many."""
+    removed = 0
+    for root in Path(tempfile.gettempdir()).glob("pool-pg-*"):
+        try:
+            owner = int((root / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        try:
+            os.kill(owner, 0)
+            continue  # alive: another test session's cluster
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        orphan = PgServer.__new__(PgServer)
+        orphan.bindir, orphan.root, orphan.data = bindir, root, root / "data"
+        orphan.socket_dir, orphan.log = root, root / "server.log"
+        orphan._as = []
+        if os.geteuid() == 0:
+            user = pwd.getpwnam(RUN_AS)
+            orphan._as = [
+                "setpriv",
+                f"--reuid={user.pw_uid}",
+                f"--regid={user.pw_gid}",
+                "--clear-groups",
+                "--",
+            ]
+        orphan.cleanup()
+        removed += 1
+    return removed
+
+
 @contextlib.contextmanager
 def running_server() -> Iterator[PgServer]:
     """A started cluster, stopped and removed at the end. Raises LookupError without one."""
@@ -180,7 +217,9 @@ def running_server() -> Iterator[PgServer]:
             "PostgreSQL's server binaries are not installed (make test installs Debian's "
             "postgresql package: make postgres)"
         )
+    remove_orphans(bindir)
     server = PgServer(bindir)
+    (server.root / OWNER_FILE).write_text(str(os.getpid()))
     try:
         server.init()
         server.start()

@@ -198,6 +198,9 @@ class LedgerConfig:
     # work of two blocks; larger: steadier pay, slower to reach a new miner)
     pplns_window_factor: float = 2.0
     pplns_max_log_shares: int = 2_000_000  # PPLNS share log bound (rows); the oldest go first
+    # SQLite: a writer finding the store locked (another process's commit) waits this long,
+    # then the store is degraded and retried (storage_retry_seconds)
+    sqlite_busy_timeout_seconds: float = 10.0
     fee_bps: int = 200  # pool fee in basis points (200 = 2 %)
     journal_fsync: str = "batch"  # batch | interval | never (see pool/ledger/journal.py)
     journal_fsync_interval_ms: int = 100
@@ -534,6 +537,7 @@ def limits_summary(config: Config) -> dict[str, Any]:
         "ledger.payout_lock_retry_seconds": config.ledger.payout_lock_retry_seconds,
         "ledger.pplns_window_factor": config.ledger.pplns_window_factor,
         "ledger.pplns_max_log_shares": config.ledger.pplns_max_log_shares,
+        "ledger.sqlite_busy_timeout_seconds": config.ledger.sqlite_busy_timeout_seconds,
         "api.max_request_line_bytes": config.api.max_request_line_bytes,
         "api.max_header_bytes": config.api.max_header_bytes,
         "api.max_headers": config.api.max_headers,

@@ -137,6 +137,9 @@ def validate_ledger(config: Config, fail: Callable[[str, str], None]) -> None:
         fail("ledger.pplns_window_factor", "must be 0.01..1000 (times the network difficulty)")
     if not 1000 <= ledger.pplns_max_log_shares <= 1_000_000_000:
         fail("ledger.pplns_max_log_shares", "must be 1000..1000000000 shares")
+    busy = ledger.sqlite_busy_timeout_seconds
+    if not (math.isfinite(busy) and 0.1 <= busy <= 300):
+        fail("ledger.sqlite_busy_timeout_seconds", "must be 0.1..300 seconds")
 
 
 def validate_node(config: Config, fail: Callable[[str, str], None]) -> None:

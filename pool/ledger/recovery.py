@@ -134,11 +134,13 @@ SOLO = "solo"
 def classify_coinbase(
     tx: dict[str, Any], payout_script: bytes, pool_tag: bytes
 ) -> tuple[str, int, str] | None:
-    """Whose block a coinbase (``getrawtransaction`` verbose) is: None when it lacks the
-    pool's tag; ``("", sat, "")`` for a pool block (its largest output pays the pool's
-    script: ``sat`` is what the pool's script got); ``("solo", sat, address)`` for a SOLO
-    port's block (its largest output pays the miner: ``sat`` is the whole coinbase, the pool's
-    fee output included, ``address`` the miner's)."""
+    """Whose block a coinbase (``getrawtransaction`` verbose) is: None when it is not this
+    pool's (no tag, or nothing paid to the pool's script); ``("", sat, "")`` for a pool block
+    (its largest output pays the pool's script: ``sat`` is what the script got);
+    ``("solo", sat, address)`` for a SOLO port's block with a pool fee (its largest output
+    pays the miner, a smaller one the pool: ``sat`` is the whole coinbase, ``address`` the
+    miner's). A SOLO block without a fee output pays the pool nothing and cannot be told
+    from another pool's block with the same tag: None (it is the miner's either way)."""
     vin = tx.get("vin") or [{}]
     script_sig = bytes.fromhex(str(vin[0].get("coinbase", "")))
     if not pool_tag or pool_tag not in script_sig:
@@ -148,9 +150,12 @@ def classify_coinbase(
     paying = [(value, spk) for value, spk in outputs if value > 0]
     if not paying:
         return None
+    to_pool = sum(value for value, spk in paying if spk["hex"] == target)
+    if not to_pool:
+        return None
     _, largest = max(paying, key=lambda item: item[0])
     if largest["hex"] == target:
-        return "", sum(value for value, spk in paying if spk["hex"] == target), ""
+        return "", to_pool, ""
     return SOLO, sum(value for value, _ in paying), str(largest.get("address", ""))
 
 

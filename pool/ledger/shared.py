@@ -44,6 +44,7 @@ def store_for(
             convert=convert,
             journal_id=journal_id,
             pplns_max_rows=config.pplns_max_log_shares,
+            busy_timeout_seconds=config.sqlite_busy_timeout_seconds,
         )
     from pool.ledger.pg import PgTarget
 
@@ -55,6 +56,7 @@ def store_for(
         store_journal,
         pg=pg,
         pplns_max_rows=config.pplns_max_log_shares,
+        busy_timeout_seconds=config.sqlite_busy_timeout_seconds,
     )
 
 

@@ -102,6 +102,7 @@ class Store(PayoutRows, ProcessRows, BanRows):
         pg: PgTarget | None = None,
         *,
         pplns_max_rows: int = 2_000_000,
+        busy_timeout_seconds: float = BUSY_TIMEOUT_SECONDS,
     ) -> None:
         """``journal_id`` names the journal whose checkpoint this store keeps ("" the pool's
         only journal): several writers (processes, instances) each apply their own journal
@@ -114,6 +115,7 @@ class Store(PayoutRows, ProcessRows, BanRows):
         self.db: Connection | None = None
         self._applied_to: Checkpoint | None = None
         self.pplns = PplnsLog(pplns_max_rows)
+        self.busy_timeout_seconds = busy_timeout_seconds
 
     @property
     def where(self) -> str:
@@ -150,7 +152,7 @@ class Store(PayoutRows, ProcessRows, BanRows):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for attempt in range(WAL_SWITCH_ATTEMPTS):  # processes sharing the file may race
             db = sqlite3.connect(  # one thread only
-                self.path, isolation_level=None, timeout=BUSY_TIMEOUT_SECONDS
+                self.path, isolation_level=None, timeout=self.busy_timeout_seconds
             )
             try:
                 db.row_factory = sqlite3.Row

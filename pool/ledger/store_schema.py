@@ -85,7 +85,7 @@ MIGRATIONS: tuple[str, ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 # Several processes commit into one store (server.processes > 1): a writer that finds the
 # database locked waits this long for the other's transaction instead of failing at once.
-BUSY_TIMEOUT_SECONDS = 30.0
+BUSY_TIMEOUT_SECONDS = 10.0
 WAL_SWITCH_ATTEMPTS = 100  # "database is locked" while another process creates the file
 
 

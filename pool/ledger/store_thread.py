@@ -96,6 +96,7 @@ class StoreThread:
         pg: PgTarget | None = None,
         *,
         pplns_max_rows: int = 2_000_000,
+        busy_timeout_seconds: float = 10.0,
     ) -> None:
         """``convert``: a journal record -> the store's ShareRecord (runs on the thread);
         ``journal_id``: whose checkpoint the store keeps (``Store``); ``pg``: PostgreSQL
@@ -103,7 +104,13 @@ class StoreThread:
         with its checkpoint: writers sharing the database hold row locks for one batch only);
         ``pplns_max_rows``: the PPLNS share log's bound (``ledger.pplns_max_log_shares``)."""
         self.path = path
-        self._store = Store(path, journal_id, pg, pplns_max_rows=pplns_max_rows)
+        self._store = Store(
+            path,
+            journal_id,
+            pg,
+            pplns_max_rows=pplns_max_rows,
+            busy_timeout_seconds=busy_timeout_seconds,
+        )
         self._convert = convert
         self.aggregates = Aggregates()
         self.broken: str | None = None  # why the store is degraded (None while it works)

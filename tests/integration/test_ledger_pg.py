@@ -54,13 +54,13 @@ async def test_a_postgresql_restart_degrades_the_store_and_it_recovers(
         for _ in range(5):
             await ledger.on_share(share(who), who, time.time(), None)
             count += 1
-        await wait_until(lambda: ledger.aggregates.shares == count, "the first shares")
+        await wait_until(lambda: ledger.aggregates.shares == count, "the first shares", 60)
         postgres.stop("immediate")  # like a crash of the database server
         try:
             for _ in range(7):  # the journal still takes them: acknowledged
                 await ledger.on_share(share(who), who, time.time(), None)
                 count += 1
-            await wait_until(lambda: ledger.store.broken is not None, "the store degraded", 30)
+            await wait_until(lambda: ledger.store.broken is not None, "the store degraded", 60)
             assert "still journaled and acknowledged" in (ledger.degraded or "")
             await asyncio.sleep(0.5)  # a few failed retries while the server is down
             assert ledger.store.broken is not None and ledger.store.recoveries == 0
@@ -70,7 +70,7 @@ async def test_a_postgresql_restart_degrades_the_store_and_it_recovers(
             postgres.start()
         await wait_until(lambda: ledger.store.broken is None, "the recovery", 60)
         assert ledger.health()["store_recoveries"] >= 1
-        await wait_until(lambda: ledger.aggregates.shares == count, "every share", 10)
+        await wait_until(lambda: ledger.aggregates.shares == count, "every share", 60)
         await ledger.commit()
         assert (await ledger.store.run(Store.totals))["shares"] == count
     finally:

@@ -103,7 +103,7 @@ async def ledger(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterato
         await ledger.close()
 
 
-async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:

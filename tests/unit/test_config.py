@@ -106,6 +106,8 @@ def test_environment_overrides(tmp_path: Path) -> None:
         ("[ledger]\npplns_window_factor = 0.0\n", "ledger.pplns_window_factor"),
         ("[ledger]\npplns_window_factor = nan\n", "ledger.pplns_window_factor"),
         ("[ledger]\npplns_max_log_shares = 10\n", "ledger.pplns_max_log_shares"),
+        ("[ledger]\nsqlite_busy_timeout_seconds = 0\n", "ledger.sqlite_busy_timeout_seconds"),
+        ("[ledger]\nsqlite_busy_timeout_seconds = 301\n", "ledger.sqlite_busy_timeout_seconds"),
         ("[ledger]\nscheme = 'solo'\n", "ledger.scheme"),  # solo is per port only
         ("[[stratum.ports]]\nport = 4000\nscheme = 'prop'\n", "stratum.ports[0].scheme"),
         ("[ledger]\nreconcile_blocks = 100001\n", "ledger.reconcile_blocks"),
@@ -235,3 +237,4 @@ def test_port_schemes_and_pplns_keys(tmp_path: Path) -> None:
     summary = cfg.limits_summary(loaded)
     assert summary["ledger.pplns_window_factor"] == 4.0
     assert summary["ledger.pplns_max_log_shares"] == 2_000_000
+    assert summary["ledger.sqlite_busy_timeout_seconds"] == 10.0

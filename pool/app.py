@@ -491,6 +491,8 @@ class PoolApp:
             block_target=block_target,
         )
         self.server.publish(job)
+        if self.sim_shared is not None:
+            self.sim_shared.published(job.job_id, block_target)
         if new_block:
             self._new_block.set()
 

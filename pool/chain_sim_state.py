@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from pool import preflight
+from pool.bitcoin import target_to_bits, target_to_difficulty
 from pool.chain_sim import ChainSim, Retarget, SimEvent
 from pool.config import SimulationConfig
 
@@ -216,6 +217,7 @@ class SharedChainSim:
         self.dirty = False  # a time event was applied locally: the store gets it next round
         self.on_update: Callable[[ChainSim, bool], Awaitable[None]] | None = None
         self.wake = asyncio.Event()
+        self.job_target: int | None = None  # the simulated target of the last job published
         self.loads = 0  # states written elsewhere loaded here
         self.writes = 0  # states this process wrote
 
@@ -256,6 +258,19 @@ class SharedChainSim:
         self.version = version
         if self.on_update is not None:
             await self.on_update(self.chain, self.chain.target != old_target)
+
+    def published(self, job_id: str, target: int | None) -> None:
+        """A job went out with ``target``: logged when it differs from the previous job's."""
+        if target is None or target == self.job_target:
+            return
+        self.job_target = target
+        log.info(
+            "chain_sim_job_target",
+            job_id=job_id,
+            bits=f"{target_to_bits(target):08x}",
+            difficulty=target_to_difficulty(target),
+            version=self.version,
+        )
 
     def local_change(self) -> None:
         """The app applied a due time event to ``chain`` (for a job): written next round."""

@@ -283,6 +283,8 @@ class SharedChainSim:
         self.pending.append((height, found_at))
         if len(self.pending) > MAX_PENDING_BLOCKS:
             del self.pending[0]
+        # A new target goes out at once on the current template too: the new tip's template
+        # may already be there (long-poll, ZMQ), and a poke would not publish it again.
         try:
             return await self.sync()
         except Exception as exc:

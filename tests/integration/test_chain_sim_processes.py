@@ -8,8 +8,8 @@ store's ``chain_sim`` row (pool/chain_sim_state.py):
 - every accepted block is counted exactly once in the shared state, and no ``chain_sim.json``
   is written while the state is shared.
 
-SQLite here (the PostgreSQL row is covered by tests/unit/test_chain_sim_shared.py).
-Wall time: about 30 to 60 seconds.
+On SQLite and on PostgreSQL (a real server from tests/pg_harness.py). Wall time: about 15 s
+per backend here (up to a minute on a busy machine).
 """
 
 from __future__ import annotations
@@ -63,8 +63,8 @@ def accepted(pool: SupervisedPool, worker: str = "") -> list[dict[str, Any]]:
     ]
 
 
-def shared_state(ledger_dir: Path) -> dict[str, Any]:
-    store = open_store(ledger_dir)
+def shared_state(ledger_dir: Path, dsn: str) -> dict[str, Any]:
+    store = open_store(ledger_dir, dsn)
     try:
         row = store.chain_sim_row()
     finally:
@@ -74,9 +74,13 @@ def shared_state(ledger_dir: Path) -> dict[str, Any]:
     return state
 
 
-async def test_two_processes_share_the_simulated_chain(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_two_processes_share_the_simulated_chain(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    dsn = request.getfixturevalue("pg_database") if backend == "postgresql" else ""
     data_dir = tmp_path / "pool"
-    config = write_config(tmp_path / "pool.toml", data_dir, api=False)
+    config = write_config(tmp_path / "pool.toml", data_dir, api=False, dsn=dsn)
     text = config.read_text().replace("[ledger]\n", "[ledger]\nshared_refresh_seconds = 0.5\n")
     config.write_text(text + SIMULATION)
     pool = SupervisedPool(config, data_dir, tmp_path / "pool.log")
@@ -120,13 +124,13 @@ async def test_two_processes_share_the_simulated_chain(tmp_path: Path) -> None:
 
         # every accepted block counted exactly once (the row settles after the last write)
         def counted() -> bool:
-            blocks_seen = shared_state(data_dir / "ledger")["blocks_seen"]
+            blocks_seen = shared_state(data_dir / "ledger", dsn)["blocks_seen"]
             return blocks_seen == len({e["height"] for e in accepted(pool)})
 
         await wait_for(
-            counted, 30, "every block counted once", lambda: shared_state(data_dir / "ledger")
+            counted, 30, "every block counted once", lambda: shared_state(data_dir / "ledger", dsn)
         )
-        history = shared_state(data_dir / "ledger")["history"]
+        history = shared_state(data_dir / "ledger", dsn)["history"]
         assert isinstance(history, list) and history[0]["height"] == changes[0]["height"]
         assert not (data_dir / "chain_sim.json").exists()  # the row, not the file
         assert await pool.terminate() == 0

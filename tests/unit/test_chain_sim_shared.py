@@ -217,3 +217,28 @@ async def test_seeded_from_the_single_process_file_and_time_event_via_local_chan
     b = await SharedChainSim.open(b_store, sim, tmp_path / "absent.json", 0.1, "0/w1")
     assert b.version == 2 and b.chain.difficulty == pytest.approx(4.0)
     assert not b.chain.pending_events and await b.sync() == []
+
+
+async def test_block_found_while_the_store_fails_is_applied_locally_then_written(
+    make_thread: MakeThread, tmp_path: Path
+) -> None:
+    store = make_thread("w0")
+    await store.open()
+    a = await SharedChainSim.open(store, SIM, tmp_path / "absent.json", 0.1, "0/w0")
+    t0 = a.chain.start_time
+    await a.on_block(101, t0 + 1)
+    await store.close()  # the store is gone (a real fault: its connection closed)
+    changes = await a.on_block(102, t0 + 2)  # closes the period: applied here all the same
+    assert [c.kind for c in changes] == ["retarget"] and a.pending == [(102, t0 + 2)]
+    target = a.chain.target
+    assert target < a.chain.initial_target and a.version == 2  # the row is still at 2
+    back = make_thread("w0")  # the store again (as the ledger reopens it)
+    await back.open()
+    try:
+        a.store = back
+        await a.sync()  # the pending block is written, on the row's state
+        assert a.pending == [] and a.version == 3 and a.chain.target == target
+        row = await back.run(Store.chain_sim_row)
+        assert row is not None and json.loads(row[1])["blocks_seen"] == 2
+    finally:
+        await back.close()

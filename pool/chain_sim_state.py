@@ -71,13 +71,16 @@ def sim_events(sim: SimulationConfig) -> list[SimEvent]:
     ]
 
 
-def _restore(state: Any, sim: SimulationConfig, where: str) -> ChainSim:
+ROW_REMEDY = "stop the pool and DELETE FROM chain_sim to start the simulation afresh"
+FILE_REMEDY = "remove the file to start the simulation afresh"
+
+
+def _restore(state: Any, sim: SimulationConfig, where: str, remedy: str) -> ChainSim:
     try:
         return ChainSim.from_state(state, events=sim_events(sim))
     except (ValueError, KeyError, TypeError) as exc:
         raise ChainSimStateError(
-            f"{where}: the saved simulated-difficulty state cannot be used ({exc}); "
-            "remove it to start the simulation afresh"
+            f"{where}: the saved simulated-difficulty state cannot be used ({exc}); {remedy}"
         ) from exc
 
 
@@ -117,10 +120,9 @@ def _read_file(path: Path, sim: SimulationConfig) -> tuple[ChainSim, dict[str, A
         state = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise ChainSimStateError(
-            f"{path}: the saved simulated-difficulty state cannot be used ({exc}); "
-            "remove the file to start the simulation afresh"
+            f"{path}: the saved simulated-difficulty state cannot be used ({exc}); {FILE_REMEDY}"
         ) from exc
-    return _restore(state, sim, str(path)), state
+    return _restore(state, sim, str(path), FILE_REMEDY), state
 
 
 def load_chain_sim(path: Path, sim: SimulationConfig) -> ChainSim:
@@ -233,8 +235,15 @@ class SharedChainSim:
         if row is None:
             row = await store.run(_seed_shared, _seed_state(seed_file, sim), time.time(), by)
         version, text = row
-        state_data = json.loads(text)
-        chain = _restore(state_data, sim, f"the ledger store's chain_sim row (version {version})")
+        where = f"the ledger store's chain_sim row (version {version})"
+        try:
+            state_data = json.loads(text)
+        except ValueError as exc:
+            raise ChainSimStateError(
+                f"{where}: the saved simulated-difficulty state cannot be used ({exc}); "
+                f"{ROW_REMEDY}"
+            ) from exc
+        chain = _restore(state_data, sim, where, ROW_REMEDY)
         _drift(state_data, sim, "the ledger store's chain_sim row")
         log.info(
             "chain_sim_shared",

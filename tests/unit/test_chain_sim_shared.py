@@ -16,9 +16,11 @@ import pytest
 
 from pool.chain_sim import ChainSim, SimEvent
 from pool.chain_sim_state import (
+    ChainSimStateError,
     SharedChainSim,
     _seed_shared,
     advance_shared,
+    load_chain_sim,
     save_chain_sim,
 )
 from pool.config import SimEventConfig, SimulationConfig
@@ -242,3 +244,19 @@ async def test_block_found_while_the_store_fails_is_applied_locally_then_written
         assert row is not None and json.loads(row[1])["blocks_seen"] == 2
     finally:
         await back.close()
+
+
+async def test_unusable_row_or_file_is_a_clear_error(
+    threads: tuple[StoreThread, StoreThread], tmp_path: Path
+) -> None:
+    a_store, _ = threads
+    bad_file = tmp_path / "chain_sim.json"
+    bad_file.write_text("{not json")
+    with pytest.raises(ChainSimStateError, match=r"chain_sim\.json.*remove the file"):
+        load_chain_sim(bad_file, SIM)  # the single-process file
+    with pytest.raises(ChainSimStateError, match=r"chain_sim\.json.*remove the file"):
+        await SharedChainSim.open(a_store, SIM, bad_file, 0.1, "0/w0")  # seeding from it
+    state = fresh().to_state() | {"target": "zz"}
+    assert await a_store.run(Store.chain_sim_put, 0, json.dumps(state), 1.0, "x")
+    with pytest.raises(ChainSimStateError, match=r"chain_sim row \(version 1\).*DELETE FROM"):
+        await SharedChainSim.open(a_store, SIM, tmp_path / "absent.json", 0.1, "0/w0")

@@ -98,12 +98,16 @@ async def test_two_instances_share_the_simulated_chain(
                 break
             await miners[1].submit_one()
         assert b.chain_sim.history, found
+        change = b.chain_sim.history[0]
+        # (the listeners hear of a block after the app counted it)
+        await wait_for(
+            lambda: change.height in {h for _, h in found}, 30, "the listener", lambda: found
+        )
         heights: dict[int, int] = {}  # height -> the instance whose block is there
         for i, height in found:
             heights.setdefault(height, i)
         period = sorted(heights.items())[:INTERVAL]
         assert {i for _, i in period} == {1, 2}, found  # the period's blocks: through both
-        change = b.chain_sim.history[0]
         assert change.kind == "retarget" and change.height == period[-1][0], found
         assert change.new_difficulty > change.old_difficulty
 

@@ -445,3 +445,27 @@ def free_ports(n: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
+
+
+async def run_loadgen(spec: dict[str, Any], cpus: Cpus, timeout: float) -> dict[str, Any]:
+    """One load generator run to its end (killed if it does not finish)."""
+    gen = Loadgen(spec, cpus.loadgen)
+    await gen.start()
+    try:
+        return await gen.finish(timeout)
+    finally:
+        await gen.kill()
+
+
+def loadgen_spec(mode: str, node: Node, pool: PoolProcess, **fields: Any) -> dict[str, Any]:
+    """A load generator's spec against ``pool``'s Stratum port."""
+    return {
+        "mode": mode,
+        "host": "127.0.0.1",
+        "port": pool.stratum_port,
+        "pool_pid": pool.pid,
+        "address": node.address,
+        "drain_timeout": 60.0,
+        "connect_timeout": 120.0,
+        **fields,
+    }

@@ -30,7 +30,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import REPO, Cpus, Loadgen, Node, PoolProcess, free_ports, pool_config
+from benchmarks.harness import REPO, Cpus, Node, PoolProcess, free_ports, pool_config
+from benchmarks.harness import loadgen_spec as _spec
+from benchmarks.harness import run_loadgen as _loadgen
 
 FLOOD_CONNECTIONS = 100
 FLOOD_ROUNDS = 3
@@ -102,28 +104,6 @@ async def _with_processes(
     if pool.meta.get("exit_code") not in (0, None):
         result["pool_log_tail"] = pool.log_tail()
     return result
-
-
-async def _loadgen(spec: dict[str, Any], cpus: Cpus, timeout: float) -> dict[str, Any]:
-    gen = Loadgen(spec, cpus.loadgen)
-    await gen.start()
-    try:
-        return await gen.finish(timeout)
-    finally:
-        await gen.kill()
-
-
-def _spec(mode: str, node: Node, pool: PoolProcess, **fields: Any) -> dict[str, Any]:
-    return {
-        "mode": mode,
-        "host": "127.0.0.1",
-        "port": pool.stratum_port,
-        "pool_pid": pool.pid,
-        "address": node.address,
-        "drain_timeout": 60.0,
-        "connect_timeout": 120.0,
-        **fields,
-    }
 
 
 def _raise_nofile(want: int) -> int:

@@ -38,6 +38,8 @@ from typing import Any
 from benchmarks import processes as worker_processes
 from benchmarks import zmq_latency
 from benchmarks.harness import REPO, Cpus, Loadgen, Node, PoolProcess, free_ports, pool_config
+from benchmarks.harness import loadgen_spec as _spec
+from benchmarks.harness import run_loadgen as _loadgen
 
 SCENARIOS = ("submits", "accepted", "accepted_pg", "idle", "fanout", "api", "zmq", "processes")
 
@@ -82,19 +84,6 @@ class Settings:
         )
 
 
-def _spec(mode: str, node: Node, pool: PoolProcess, **fields: Any) -> dict[str, Any]:
-    return {
-        "mode": mode,
-        "host": "127.0.0.1",
-        "port": pool.stratum_port,
-        "pool_pid": pool.pid,
-        "address": node.address,
-        "drain_timeout": 60.0,
-        "connect_timeout": 120.0,
-        **fields,
-    }
-
-
 async def _with_pool(
     name: str,
     node: Node,
@@ -130,15 +119,6 @@ async def _with_pool(
     if pool.meta.get("exit_code") not in (0, None):
         result["pool_log_tail"] = pool.log_tail()
     return result
-
-
-async def _loadgen(spec: dict[str, Any], cpus: Cpus, timeout: float) -> dict[str, Any]:
-    gen = Loadgen(spec, cpus.loadgen)
-    await gen.start()
-    try:
-        return await gen.finish(timeout)
-    finally:
-        await gen.kill()
 
 
 async def submits(node: Node, cpus: Cpus, workdir: Path, s: Settings) -> dict[str, Any]:

@@ -4,10 +4,12 @@ rendered from the report data of ``pool.scenarios.report``. PURE."""
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from html import escape
 from typing import Any
 
+from pool.scenarios.html_parts import figure as _figure
+from pool.scenarios.html_parts import table as _table
 from pool.scenarios.schemes_html import schemes_html
 from pool.scenarios.svg import PALETTE, Line, Marker, chart, si
 
@@ -38,26 +40,6 @@ def _num(x: float | None, unit: str = "") -> str:
 
 def _usd(x: float) -> str:
     return f"-${-x:,.2f}" if x < 0 else f"${x:,.2f}"
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
-    head = "".join(
-        f'<th class="{"l" if i < left else ""}">{escape(h)}</th>' for i, h in enumerate(headers)
-    )
-    body = "".join(
-        "<tr>"
-        + "".join(f'<td class="{"l" if i < left else ""}">{c}</td>' for i, c in enumerate(row))
-        + "</tr>"
-        for row in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _figure(plot_id: str, svg: str, caption: str) -> str:
-    return (
-        f'<figure class="plot-figure" id="plot-{plot_id}">{svg}'
-        f"<figcaption>{escape(caption)}</figcaption></figure>"
-    )
 
 
 def _markers(report: Mapping[str, Any], retargets: bool) -> list[Marker]:

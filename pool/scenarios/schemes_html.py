@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from html import escape
 from typing import Any
 
+from pool.scenarios.html_parts import figure as _figure
+from pool.scenarios.html_parts import table
 from pool.scenarios.schemes_compare import SCHEMES
 from pool.scenarios.schemes_report import LABELS
 from pool.scenarios.svg import PALETTE, Bar, Line, bar_chart, chart
@@ -20,23 +22,7 @@ def _btc(x: float) -> str:
 
 
 def _table(headers: list[str], rows: list[list[str]], left: int = 1) -> str:
-    head = "".join(
-        f'<th class="{"l" if i < left else ""}">{escape(h)}</th>' for i, h in enumerate(headers)
-    )
-    body = "".join(
-        "<tr>"
-        + "".join(f'<td class="{"l" if i < left else ""}">{c}</td>' for i, c in enumerate(row))
-        + "</tr>"
-        for row in rows
-    )
-    return f'<table class="schemes"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-
-
-def _figure(plot_id: str, svg: str, caption: str) -> str:
-    return (
-        f'<figure class="plot-figure" id="plot-{plot_id}">{svg}'
-        f"<figcaption>{escape(caption)}</figcaption></figure>"
-    )
+    return table(headers, rows, left, css_class="schemes")
 
 
 def _cell(entry: Mapping[str, Any], spread: bool) -> str:

@@ -97,6 +97,33 @@ def _path(
     return " ".join(coords)
 
 
+def _frame(
+    plot_id: str,
+    title: str,
+    yticks: Sequence[float],
+    sy: Callable[[float], float],
+    y_format: Callable[[float], str],
+) -> list[str]:
+    """The opening of a plot: ``<svg>``, its title, the plot area and the y grid with labels."""
+    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+    out = [
+        f'<svg class="plot" data-plot="{escape(plot_id)}" id="svg-{escape(plot_id)}" '
+        f'xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" '
+        f'width="{WIDTH}" height="{HEIGHT}" role="img" aria-label="{escape(title)}">',
+        f"<title>{escape(title)}</title>",
+        f'<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="#fff" '
+        'stroke="#ccc"/>',
+    ]
+    for t in yticks:
+        y = sy(t)
+        out.append(
+            f'<line x1="{LEFT}" x2="{LEFT + plot_w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>'
+            f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" class="tick">'
+            f"{escape(y_format(t))}</text>"
+        )
+    return out
+
+
 def chart(
     plot_id: str,
     title: str,
@@ -137,21 +164,7 @@ def chart(
     def sy(y: float) -> float:
         return TOP + plot_h - (y - y_lo) / (y_hi - y_lo) * plot_h
 
-    out = [
-        f'<svg class="plot" data-plot="{escape(plot_id)}" id="svg-{escape(plot_id)}" '
-        f'xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" '
-        f'width="{WIDTH}" height="{HEIGHT}" role="img" aria-label="{escape(title)}">',
-        f"<title>{escape(title)}</title>",
-        f'<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="#fff" '
-        'stroke="#ccc"/>',
-    ]
-    for t in yticks:
-        y = sy(t)
-        out.append(
-            f'<line x1="{LEFT}" x2="{LEFT + plot_w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>'
-            f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" class="tick">'
-            f"{escape(y_format(t))}</text>"
-        )
+    out = _frame(plot_id, title, yticks, sy, y_format)
     for t in xticks:
         x = sx(t)
         out.append(
@@ -228,21 +241,7 @@ def bar_chart(
     def sy(y: float) -> float:
         return TOP + plot_h - (y - y_lo) / (y_hi - y_lo) * plot_h
 
-    out = [
-        f'<svg class="plot" data-plot="{escape(plot_id)}" id="svg-{escape(plot_id)}" '
-        f'xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" '
-        f'width="{WIDTH}" height="{HEIGHT}" role="img" aria-label="{escape(title)}">',
-        f"<title>{escape(title)}</title>",
-        f'<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="#fff" '
-        'stroke="#ccc"/>',
-    ]
-    for t in yticks:
-        y = sy(t)
-        out.append(
-            f'<line x1="{LEFT}" x2="{LEFT + plot_w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>'
-            f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" class="tick">'
-            f"{escape(y_format(t))}</text>"
-        )
+    out = _frame(plot_id, title, yticks, sy, y_format)
     group_w = plot_w / max(len(groups), 1)
     bar_w = group_w * 0.8 / max(len(series), 1)
     zero = sy(0.0)

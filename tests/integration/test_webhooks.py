@@ -11,7 +11,6 @@ Wall time: about 20 s.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 import hmac
@@ -29,7 +28,6 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
-from aiohttp import web
 
 from pool.api.server import ApiServer
 from pool.app import PoolApp
@@ -47,6 +45,7 @@ from tests.integration.harness import (
     wait_for,
     wallet_address,
 )
+from tests.unit.test_webhooks import Hit, HookReceiver
 
 pytestmark = pytest.mark.integration
 
@@ -57,41 +56,12 @@ SECRET = secrets.token_hex(16)
 OFFLINE_SECONDS = 3.0
 
 
-@dataclasses.dataclass
-class Hit:
-    at: float
-    headers: dict[str, str]
-    body: bytes
+class Receiver(HookReceiver):
+    """The unit tests' real HTTP receiver, with a subscription's secret and a filter."""
 
-    @property
-    def json(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(self.body)
-        return data
-
-
-class Receiver:
     def __init__(self, status: int = 200, delay: float = 0.0) -> None:
-        self.status, self.delay = status, delay
-        self.hits: list[Hit] = []
+        super().__init__(status, delay)
         self.secret = ""  # a subscription's, from the API's answer
-        self.runner: web.AppRunner | None = None
-        self.url = ""
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.hits.append(Hit(time.monotonic(), dict(request.headers), await request.read()))
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        return web.Response(status=self.status)
-
-    async def start(self) -> Receiver:
-        app = web.Application()
-        app.router.add_post("/{tail:.*}", self.handle)
-        self.runner = web.AppRunner(app, shutdown_timeout=0.1)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}/hook"
-        return self
 
     def events(self, event: str) -> list[dict[str, Any]]:
         return [h.json for h in self.hits if h.json["event"] == event]

@@ -17,7 +17,7 @@ import time
 import types
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 from aiohttp import web
@@ -81,7 +81,7 @@ class HookReceiver:
             await asyncio.sleep(self.delay)
         return web.Response(status=self.status)
 
-    async def start(self) -> HookReceiver:
+    async def start(self) -> Self:
         app = web.Application()
         app.router.add_post("/{tail:.*}", self.handle)
         self.runner = web.AppRunner(app, shutdown_timeout=0.1)

@@ -29,7 +29,12 @@ from pool.bitcoin import (
     network_for_chain,
 )
 from pool.chain_sim import ChainSim, Retarget
-from pool.chain_sim_state import ChainSimStateError, load_chain_sim, save_chain_sim
+from pool.chain_sim_state import (
+    ChainSimStateError,
+    SharedChainSim,
+    load_chain_sim,
+    save_chain_sim,
+)
 from pool.config import Config, SimulationConfig, limits_summary
 from pool.jobs import JobConfig, Template, build_job
 from pool.ledger.ledger import Ledger, LedgerError
@@ -92,6 +97,7 @@ class PoolApp:
         self._new_block = asyncio.Event()
         self._payout_lock = asyncio.Lock()
         self.chain_sim: ChainSim | None = None
+        self.sim_shared: SharedChainSim | None = None  # the chain_sim row of a shared store
         self.api: ApiServer | None = None
         self.tasks = Supervisor()  # every background task: restarted when it dies
         self.submitter: BlockSubmitter | None = None
@@ -244,8 +250,6 @@ class PoolApp:
             raise StartupError(
                 f"chain.simulation.enabled is for regtest only; this bitcoind is on {network.name}"
             )
-        if cfg.chain.simulation.enabled:
-            self.chain_sim = self._load_chain_sim(cfg.chain.simulation)
         # A worker journals on its own into the one store the others write too ("shared")
         self.ledger = ledger = Ledger(
             cfg.ledger,
@@ -260,6 +264,8 @@ class PoolApp:
             await ledger.open()
         except LedgerError as exc:
             raise StartupError(str(exc)) from exc
+        if cfg.chain.simulation.enabled:
+            self.chain_sim = await self._load_chain_sim(cfg.chain.simulation, ledger)
         await self._reconcile_blocks(ledger, rpc)
         # exactly one payout runner (and block checker) among the pool's processes/instances
         self.payout_lock = lock = PayoutLock(cfg.ledger, self.data_dir / "ledger")
@@ -355,11 +361,26 @@ class PoolApp:
     def chain_sim_file(self) -> Path:
         return self.data_dir / "chain_sim.json"
 
-    def _load_chain_sim(self, sim: SimulationConfig) -> ChainSim:
+    async def _load_chain_sim(self, sim: SimulationConfig, ledger: Ledger) -> ChainSim:
+        """DATA/chain_sim.json; with a shared store, its chain_sim row (pool/chain_sim_state.py)."""
         try:
-            return load_chain_sim(self.chain_sim_file, sim)
+            if not ledger.is_shared:
+                return load_chain_sim(self.chain_sim_file, sim)
+            refresh, me = self.config.ledger.shared_refresh_seconds, ledger.shared
+            shared = await SharedChainSim.open(
+                ledger.store, sim, self.chain_sim_file, refresh, f"{me.instance_id}/{me.process}"
+            )
         except ChainSimStateError as exc:
             raise StartupError(str(exc)) from exc
+        self.sim_shared, shared.on_update = shared, self._sim_loaded
+        self.tasks.spawn("chain-sim-sync", shared.run)
+        return shared.chain
+
+    async def _sim_loaded(self, chain: ChainSim, target_changed: bool) -> None:
+        """A newer shared state: a new target goes out at once in a job on this template."""
+        self.chain_sim = chain
+        if target_changed and self.watcher is not None and self.watcher.current is not None:
+            await self.on_template(self.watcher.current, False)
 
     def _save_chain_sim(self, chain: ChainSim) -> None:
         save_chain_sim(self.chain_sim_file, chain)
@@ -377,6 +398,9 @@ class PoolApp:
                 actual_timespan=change.actual_timespan,
                 expected_timespan=change.expected_timespan,
             )
+        if self.sim_shared is not None:
+            self.sim_shared.local_change()  # (the store's row gets it; no file)
+            return
         self._save_chain_sim(self.chain_sim)
 
     async def _settle_payouts(self) -> None:
@@ -467,6 +491,8 @@ class PoolApp:
             block_target=block_target,
         )
         self.server.publish(job)
+        if self.sim_shared is not None:
+            self.sim_shared.published(job.job_id, block_target)
         if new_block:
             self._new_block.set()
 
@@ -491,7 +517,10 @@ class PoolApp:
         submission = await self.submitter.submit(
             block, block_hash=result.hash_hex, height=job.height
         )
-        if submission.accepted and self.chain_sim is not None:
+        if submission.accepted and self.sim_shared is not None:
+            for change in await self.sim_shared.on_block(job.height, time.time()):
+                log.info("simulated_difficulty_changed", **change.to_dict())
+        elif submission.accepted and self.chain_sim is not None:
             changes = self.chain_sim.on_block(job.height, time.time())
             self._save_chain_sim(self.chain_sim)
             if changes:

@@ -28,7 +28,8 @@ class ServerConfig:
 
 def validate_server(config: Config, fail: Callable[[str, str], None]) -> None:
     """server.processes and pool.instance_id: ranges, the extranonce1 space left to each
-    process, and the simulated chain (per process: refused with several processes)."""
+    process. (The simulated chain works with several processes: its state is then shared
+    through the ledger store, pool/chain_sim_state.py.)"""
     from pool.server.extranonce import extranonce_space
 
     server = config.server
@@ -49,13 +50,6 @@ def validate_server(config: Config, fail: Callable[[str, str], None]) -> None:
         )
     if not 1 <= server.worker_stop_timeout_seconds <= 3600:
         fail("server.worker_stop_timeout_seconds", "must be 1..3600 seconds")
-    if server.processes > 1 and config.chain.simulation.enabled:
-        fail(
-            "server.processes",
-            f"= {server.processes} cannot be used with chain.simulation.enabled = true: the "
-            "simulated chain lives in one process (set server.processes = 1 or disable "
-            "chain.simulation)",
-        )
     space = extranonce_space(
         config.pool.extranonce1_size, config.pool.instance_id, 0, server.processes
     )

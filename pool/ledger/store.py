@@ -49,6 +49,7 @@ from pool.ledger.aggregates import (
 from pool.ledger.dialect import Connection
 from pool.ledger.store_bans import BanRows
 from pool.ledger.store_best import apply_best
+from pool.ledger.store_chain_sim import ChainSimRows
 from pool.ledger.store_payouts import (
     PAYOUT_CONFIRMED,
     PAYOUT_FAILED,
@@ -94,7 +95,7 @@ __all__ = [
 ]
 
 
-class Store(PayoutRows, ProcessRows, BanRows):
+class Store(PayoutRows, ProcessRows, BanRows, ChainSimRows):
     def __init__(
         self,
         path: Path,

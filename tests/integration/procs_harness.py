@@ -37,7 +37,7 @@ def write_config(
     dsn: str = "",
 ) -> Path:
     """A managed regtest bitcoind, one Stratum port (0: the supervisor picks one for all the
-    workers), fixed share difficulty. No simulated chain (per process: refused with several),
+    workers), fixed share difficulty. No simulated chain (the tests that use one add it),
     so every share is also a regtest block."""
     path.write_text(
         f"""

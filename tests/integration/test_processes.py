@@ -127,12 +127,11 @@ async def _authorize(miner: Miner) -> None:
     assert answer["result"] is True, answer
 
 
-def test_processes_refuse_the_simulated_chain_and_bad_counts(tmp_path: Path) -> None:
+def test_processes_refuse_bad_counts(tmp_path: Path) -> None:
+    """(Several processes with the simulated chain share its state through the store:
+    tests/integration/test_chain_sim_processes.py.)"""
     plain = write_config(tmp_path / "plain.toml", tmp_path / "data")
-    sim = tmp_path / "sim.toml"
-    sim.write_text(plain.read_text() + "\n[chain.simulation]\nenabled = true\n")
     for config, extra, expected in (
-        (sim, [], "chain.simulation.enabled = true"),
         (plain, ["--processes", "65"], "server.processes must be 1..64"),
         (plain, ["--processes", "0"], "server.processes must be 1..64"),
     ):

@@ -200,7 +200,7 @@ class LedgerConfig:
     pplns_max_log_shares: int = 2_000_000  # PPLNS share log bound (rows); the oldest go first
     # SQLite: a writer finding the store locked (another process's commit) waits this long,
     # then the store is degraded and retried (storage_retry_seconds)
-    sqlite_busy_timeout_seconds: float = 10.0
+    sqlite_busy_timeout_seconds: float = 5.0
     fee_bps: int = 200  # pool fee in basis points (200 = 2 %)
     journal_fsync: str = "batch"  # batch | interval | never (see pool/ledger/journal.py)
     journal_fsync_interval_ms: int = 100

@@ -88,7 +88,7 @@ MIGRATIONS: tuple[str, ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 # Several processes commit into one store (server.processes > 1): a writer that finds the
 # database locked waits this long for the other's transaction instead of failing at once.
-BUSY_TIMEOUT_SECONDS = 10.0
+BUSY_TIMEOUT_SECONDS = 5.0
 WAL_SWITCH_ATTEMPTS = 100  # "database is locked" while another process creates the file
 
 

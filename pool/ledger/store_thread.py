@@ -96,7 +96,7 @@ class StoreThread:
         pg: PgTarget | None = None,
         *,
         pplns_max_rows: int = 2_000_000,
-        busy_timeout_seconds: float = 10.0,
+        busy_timeout_seconds: float = 5.0,
     ) -> None:
         """``convert``: a journal record -> the store's ShareRecord (runs on the thread);
         ``journal_id``: whose checkpoint the store keeps (``Store``); ``pg``: PostgreSQL

@@ -1,7 +1,7 @@
 """The ledger under a real storage fault (another connection holding SQLite's write lock):
 degraded, shares still journaled and acknowledged, a found block kept and retried, and a
 recovery by itself with every share credited once. About 15-25 s (the store waits
-ledger.sqlite_busy_timeout_seconds, 10 s, before it is degraded)."""
+ledger.sqlite_busy_timeout_seconds, 5 s, before it is degraded)."""
 
 from __future__ import annotations
 

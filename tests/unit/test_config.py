@@ -237,4 +237,4 @@ def test_port_schemes_and_pplns_keys(tmp_path: Path) -> None:
     summary = cfg.limits_summary(loaded)
     assert summary["ledger.pplns_window_factor"] == 4.0
     assert summary["ledger.pplns_max_log_shares"] == 2_000_000
-    assert summary["ledger.sqlite_busy_timeout_seconds"] == 10.0
+    assert summary["ledger.sqlite_busy_timeout_seconds"] == 5.0

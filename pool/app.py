@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import gc
 import os
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -57,7 +56,7 @@ from pool.server.bans import BansFileError, load_bans
 from pool.server.server import StratumServer
 from pool.server.shared_bans import attach_shared_bans
 from pool.shares import ShareResult
-from pool.tasks import Supervisor
+from pool.tasks import Supervisor, run_until_signalled
 from pool.webhook_subs import SubscriptionsFileError
 from pool.webhook_wiring import PoolWebhooks
 from pool.worker import WorkerRole, extranonces_for
@@ -550,20 +549,12 @@ class PoolApp:
             await self.submitter.close()  # spooled blocks still unsettled stay for the next start
         await self.tasks.stop()
         if self.webhooks is not None:
-            await self.webhooks.close()  # deliveries still queued are lost (logged)
+            await self.webhooks.close()  # deliveries still queued are kept for the next start
         if self.ledger is not None:
             await self.ledger.close()  # every journaled share committed to the store
 
     async def run_until_signalled(self) -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            await self.start()
-            await stop.wait()
-        finally:
-            await self.stop()
+        await run_until_signalled(self.start, self.stop)
 
 
 def with_overrides(

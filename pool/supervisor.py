@@ -59,6 +59,7 @@ from pool.node.managed import (
 from pool.node.rpc import BitcoinRpc, RetryPolicy
 from pool.server import tls
 from pool.server.bans import BansFileError, load_bans
+from pool.tasks import run_until_signalled
 from pool.worker_status import STATE_DIR, status_path
 
 log = structlog.get_logger("pool.supervisor")
@@ -347,15 +348,7 @@ class PoolSupervisor:
             self.node.stop_now()
 
     async def run_until_signalled(self) -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            await self.start()
-            await stop.wait()
-        finally:
-            await self.stop()
+        await run_until_signalled(self.start, self.stop)
 
 
 def run_supervisor(config: Config) -> int:

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,3 +149,18 @@ class Supervisor:
                 await runner
         for state in self.states.values():
             state.running = False
+
+
+async def run_until_signalled(
+    start: Callable[[], Awaitable[Any]], stop: Callable[[], Awaitable[Any]]
+) -> None:
+    """``start``, then wait for SIGINT or SIGTERM; ``stop`` whatever happened."""
+    signalled = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, signalled.set)
+    try:
+        await start()
+        await signalled.wait()
+    finally:
+        await stop()

@@ -7,7 +7,6 @@ a newer schema refused, a wrong password a clear error. About 30 s."""
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from pathlib import Path
 
@@ -126,28 +125,6 @@ async def test_two_instances_write_one_database_and_see_the_whole_pool(
         assert (await again.store.run(Store.totals))["shares"] == 80
     finally:
         await again.close()
-
-
-def test_two_pools_starting_at_once_migrate_once(postgres: PgServer, pg_database: str) -> None:
-    target = PgTarget(pg_database, PG_PASSWORD)
-    stores = [Store(Path("unused"), f"w{i}", target) for i in range(4)]
-    errors: list[BaseException] = []
-
-    def open_store(store: Store) -> None:
-        try:
-            store.open()
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=open_store, args=(s,)) for s in stores]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
-    assert all(s.schema_version == SCHEMA_VERSION for s in stores)
-    for s in stores:
-        s.close()
 
 
 def test_a_newer_schema_is_refused_and_a_wrong_password_is_clear(pg_database: str) -> None:

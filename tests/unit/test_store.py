@@ -489,11 +489,11 @@ def test_many_workers_of_one_address_arrive_in_any_order() -> None:
     assert agg.workers_of("addr-z") == ()
 
 
-def test_processes_sharing_a_sqlite_file_migrate_it_once(tmp_path: Path) -> None:
-    """Worker processes starting at once on one SQLite file: each migration runs once (the
-    version is read again under the write lock)."""
-    path = tmp_path / "ledger.sqlite3"
-    stores = [Store(path, f"w{i}") for i in range(4)]
+def test_writers_starting_at_once_migrate_once(make_store: MakeStore) -> None:
+    """Worker processes (or instances) starting at once on one store: each migration runs
+    once (SQLite: the version read again under the write lock; PostgreSQL: an advisory
+    lock)."""
+    stores = [make_store("ledger", f"w{i}") for i in range(4)]
     errors: list[BaseException] = []
     versions: list[int] = []
     start = threading.Barrier(len(stores))

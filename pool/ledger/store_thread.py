@@ -338,7 +338,6 @@ class StoreThread:
             return None
         count, aggregates, down = result
         self.aggregates = aggregates
-        self.recoveries += 1
         log.warning(
             "ledger_store_recovered",
             reapplied_records=count,
@@ -362,6 +361,7 @@ class StoreThread:
             self.broken = repr(exc)
             raise
         self.position = last
+        self.recoveries += 1  # before ``broken`` clears: whoever sees it clear sees this too
         self.broken = None
         down = time.time() - (self.degraded_since or time.time())
         self.degraded_since = None

@@ -83,13 +83,23 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
-async def _with_processes(
-    name: str, node: Node, cpus: Cpus, workdir: Path, src: Path, processes: int, run: Any
+async def with_processes(
+    name: str,
+    node: Node,
+    cpus: Cpus,
+    workdir: Path,
+    src: Path,
+    processes: int,
+    run: Any,
+    **pool_settings: Any,
 ) -> dict[str, Any]:
+    """A pool of ``processes`` worker processes (``pool_config(**pool_settings)``, share
+    difficulty 1 unless given), ``await run(pool, data_dir)`` once every worker started."""
     port, _api = free_ports(2)
     base = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
     data_dir = base / "data"
-    config = pool_config(node, data_dir, stratum_port=port, difficulty=1.0)
+    pool_settings.setdefault("difficulty", 1.0)
+    config = pool_config(node, data_dir, stratum_port=port, **pool_settings)
     if processes > 1:
         config["server"] = {"processes": processes}
     pool = PoolProcess(config, base, cpus.pool, src=src)
@@ -163,7 +173,7 @@ async def processes(node: Node, cpus: Cpus, workdir: Path, s: Any) -> dict[str, 
                     f"round{round_ + 1}_processes{n}",
                     runs,
                     functools.partial(
-                        _with_processes,
+                        with_processes,
                         f"processes-{label}{n}",
                         node,
                         pool_cpus,
@@ -235,7 +245,7 @@ async def processes(node: Node, cpus: Cpus, workdir: Path, s: Any) -> dict[str, 
     await _part(
         "idle_2",
         out,
-        functools.partial(_with_processes, "processes-idle", node, cpus, workdir, src, 2, idle),
+        functools.partial(with_processes, "processes-idle", node, cpus, workdir, src, 2, idle),
     )
     out["open_files_limit"] = nofile
     return out

@@ -176,6 +176,10 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         from benchmarks.processes import rows as process_rows
 
         out += process_rows(sc["processes"])
+    if "fanout_processes" in sc:  # the fan-out spread over worker processes
+        from benchmarks.fanout_processes import rows as fanout_process_rows
+
+        out += fanout_process_rows(sc["fanout_processes"])
     return out
 
 

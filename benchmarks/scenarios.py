@@ -11,6 +11,8 @@ runs the load generator against it and returns a dict for the results file.
   the installed PostgreSQL server, tests/pg_harness.py), reported beside ``accepted``.
 - ``idle``: 10 000 miners connecting at once; how many got a job; pool RSS per connection.
 - ``fanout``: new block -> clean mining.notify at every one of 1 000 and 10 000 idle miners.
+- ``fanout_processes``: the same with the pool on both cores, 1 and 2 worker processes
+  (benchmarks/fanout_processes.py).
 - ``api``: Stratum answer latency (paced submits) without and with 10 clients polling
   GET /api/workers and GET /metrics, with 20 000 workers known.
 - ``zmq``: new block -> clean mining.notify through bitcoind's ZMQ hashblock feed, the
@@ -35,13 +37,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks import fanout_processes, zmq_latency
 from benchmarks import processes as worker_processes
-from benchmarks import zmq_latency
 from benchmarks.harness import REPO, Cpus, Loadgen, Node, PoolProcess, free_ports, pool_config
 from benchmarks.harness import loadgen_spec as _spec
 from benchmarks.harness import run_loadgen as _loadgen
 
-SCENARIOS = ("submits", "accepted", "accepted_pg", "idle", "fanout", "api", "zmq", "processes")
+SCENARIOS = (
+    "submits",
+    "accepted",
+    "accepted_pg",
+    "idle",
+    "fanout",
+    "fanout_processes",
+    "api",
+    "zmq",
+    "processes",
+)
 
 
 @dataclass(frozen=True)
@@ -207,11 +219,13 @@ async def idle(node: Node, cpus: Cpus, workdir: Path, s: Settings) -> dict[str, 
     return await _with_pool("idle", node, cpus, workdir, s, run, difficulty=1.0)
 
 
-async def fanout(node: Node, cpus: Cpus, workdir: Path, s: Settings) -> dict[str, Any]:
-    """Rounds at each miner count: a quiet second, ``generatetoaddress 1`` (timed), then the
-    generator times each miner's clean notify for that block from the RPC call's return."""
+def fanout_rounds(node: Node, cpus: Cpus, s: Settings) -> Any:
+    """The fan-out measurement against a started pool (``await run(pool)``): at each miner
+    count, rounds of a quiet second, ``generatetoaddress 1`` (timed), then the generator times
+    each miner's clean notify for that block from the RPC call's return. Also used with
+    several worker processes (benchmarks/fanout_processes.py)."""
 
-    async def run(pool: PoolProcess) -> dict[str, Any]:
+    async def run(pool: PoolProcess, *_: Any) -> dict[str, Any]:
         spec = _spec("fanout", node, pool, batch=s.fanout_batch, deadline=30.0)
         gen = Loadgen(spec, cpus.loadgen)
         await gen.start()
@@ -239,9 +253,18 @@ async def fanout(node: Node, cpus: Cpus, workdir: Path, s: Settings) -> dict[str
             await gen.kill()
         return out
 
-    return await _with_pool(
-        "fanout", node, cpus, workdir, s, run, difficulty=1.0, template_refresh_seconds=110.0
-    )
+    return run
+
+
+# A new block reaches the pool through its template watcher's long-poll at once; the periodic
+# template refresh is pushed past the scenario so no refresh job lands inside a round.
+FANOUT_CONFIG: dict[str, Any] = {"difficulty": 1.0, "template_refresh_seconds": 110.0}
+
+
+async def fanout(node: Node, cpus: Cpus, workdir: Path, s: Settings) -> dict[str, Any]:
+    """New block -> clean notify at 1 000 and 10 000 idle miners, one pool process."""
+    run = fanout_rounds(node, cpus, s)
+    return await _with_pool("fanout", node, cpus, workdir, s, run, **FANOUT_CONFIG)
 
 
 def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -301,6 +324,7 @@ RUNNERS = {
     "api": api,
     "zmq": zmq_latency.zmq,
     "processes": worker_processes.processes,  # benchmarks/processes.py
+    "fanout_processes": fanout_processes.fanout_processes,  # benchmarks/fanout_processes.py
 }
 
 

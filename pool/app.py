@@ -54,7 +54,7 @@ from pool.node.zmq_feed import endpoint_from_notifications
 from pool.server.auth import Credentials
 from pool.server.bans import BansFileError, load_bans
 from pool.server.server import StratumServer
-from pool.server.shared_bans import attach_shared_bans
+from pool.server.shared_bans import SharedBans, attach_shared_bans
 from pool.shares import ShareResult
 from pool.tasks import Supervisor, run_until_signalled
 from pool.webhook_subs import SubscriptionsFileError
@@ -93,6 +93,7 @@ class PoolApp:
         self.ledger: Ledger | None = None
         self.payouts: Payouts | None = None
         self.payout_lock: PayoutLock | None = None
+        self.shared_bans: SharedBans | None = None  # with a shared store
         self._new_block = asyncio.Event()
         self._payout_lock = asyncio.Lock()
         self.chain_sim: ChainSim | None = None
@@ -276,7 +277,7 @@ class PoolApp:
         self.server = StratumServer(cfg, network, submit_block=self.submit)
         self.server.ctx.extranonces = extranonces_for(cfg, self.role.index if self.role else 0)
         self.server.use_bans(bans_path, bans)
-        await attach_shared_bans(ledger, self.server, self.tasks)  # with a shared store
+        self.shared_bans = await attach_shared_bans(ledger, self.server, self.tasks)
         self.server.ctx.best.load(*await ledger.store.run(load_best))  # best shares: kept
         self.server.share_recorder = ledger.journal_shares
         ledger.shared.stats = self._process_stats

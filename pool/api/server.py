@@ -14,7 +14,6 @@ import asyncio
 import collections
 import contextlib
 import hmac
-import ipaddress
 import json
 import os
 import time
@@ -26,16 +25,16 @@ import structlog
 from aiohttp import web
 
 from pool.api import guard, webhook_routes
+from pool.api.admin_bans import BanRoutes
 from pool.api.admin_message import send_message
+from pool.api.body import json_body
 from pool.api.collect import WorkerRanking, collect
 from pool.api.metrics import CONTENT_TYPE, render
 from pool.api.views import CACHE_SECONDS, ApiError, Views
 from pool.node.rpc import RpcError
-from pool.server.bans import save_bans
 
 if TYPE_CHECKING:
     from pool.api.source import PoolSource
-    from pool.server.server import StratumServer
     from pool.tasks import TaskState
 
 log = structlog.get_logger("pool.api")
@@ -122,9 +121,10 @@ class ApiServer:
         r.add_get("/api/payouts", self.get_payouts)
         r.add_get("/healthz", self.healthz)
         r.add_get("/metrics", self.metrics)
-        r.add_get("/api/admin/bans", self.admin(self.get_bans))
-        r.add_post("/api/admin/ban", self.admin(self.post_ban))
-        r.add_post("/api/admin/unban", self.admin(self.post_unban))
+        bans = BanRoutes(self.views, lambda: self.app.shared_bans)
+        r.add_get("/api/admin/bans", self.admin(bans.get_bans))
+        r.add_post("/api/admin/ban", self.admin(bans.post_ban))
+        r.add_post("/api/admin/unban", self.admin(bans.post_unban))
         r.add_post("/api/admin/reconnect", self.admin(self.post_reconnect))
         r.add_post("/api/admin/payout", self.admin(self.post_payout))
         r.add_post("/api/admin/message", self.admin(self.post_message))
@@ -435,90 +435,10 @@ class ApiServer:
         return {"ok": True, "height": height, "seconds": round(time.monotonic() - start, 4)}
 
     # -- admin ------------------------------------------------------------------------------------
-    def _bans(self) -> dict[str, Any]:
-        """The operator's bans (kept in bans.json) and the temporary IP bans the pool gave
-        abusers by itself (in memory, ending by themselves)."""
-        server = self.views.parts().server
-        now = time.time()
-        temporary = [
-            {
-                "ip": ban.ip,
-                "until": ban.until,
-                "seconds_left": round(max(0.0, ban.until - now), 1),
-                "ban_seconds": ban.seconds,
-                "bans": ban.bans,
-                "reason": ban.reason,
-            }
-            for ban in server.temp_bans()
-        ]
-        return {
-            "ips": sorted(server.banned_ips),
-            "workers": sorted(server.banned_workers),
-            "temporary": temporary,
-        }
-
-    async def get_bans(self, request: web.Request) -> web.Response:
-        return web.json_response(self._bans())
-
-    async def _ban_target(self, request: web.Request) -> tuple[str, str]:
-        body = await _json_body(request)
-        given = {k: body[k] for k in ("ip", "worker") if k in body}
-        unknown = set(body) - {"ip", "worker"}
-        if unknown or len(given) != 1:
-            raise ApiError(
-                400, 'the body must be {"ip": "<address>"} or {"worker": "<ADDRESS[.worker]>"}'
-            )
-        kind, value = next(iter(given.items()))
-        if not isinstance(value, str):
-            raise ApiError(400, f"{kind} must be a string")
-        if kind == "ip":
-            try:
-                return kind, str(ipaddress.ip_address(value.strip()))
-            except ValueError:
-                raise ApiError(400, f"{value!r} is not an IP address", ip=value) from None
-        return kind, self.views.check_worker(value)
-
-    async def post_ban(self, request: web.Request) -> web.Response:
-        kind, value = await self._ban_target(request)
-        server = self.views.parts().server
-        (server.banned_ips if kind == "ip" else server.banned_workers).add(value)
-        dropped = server.drop_banned()
-        log.warning("api_ban", kind=kind, value=value, dropped=dropped, peer=request.remote)
-        await self._save_bans(server, f"the ban of {kind} {value} is in force")
-        return web.json_response({"banned": {kind: value}, "dropped": dropped, **self._bans()})
-
-    async def _save_bans(self, server: StratumServer, done: str) -> None:
-        """Save the bans as they are now; saves run one at a time and each writes the state
-        at its own turn, so the file always ends with the latest list."""
-        if server.bans_path is None:
-            return
-        try:
-            async with server.bans_lock:
-                await asyncio.to_thread(save_bans, server.bans_path, server.bans_snapshot())
-        except OSError as exc:
-            log.error("bans_not_saved", path=str(server.bans_path), error=repr(exc))
-            raise ApiError(
-                500,
-                f"{done} but could not be saved to {server.bans_path} ({exc}): "
-                "it will not survive a restart",
-            ) from exc
-
-    async def post_unban(self, request: web.Request) -> web.Response:
-        kind, value = await self._ban_target(request)
-        server = self.views.parts().server
-        bans = server.banned_ips if kind == "ip" else server.banned_workers
-        lifted = kind == "ip" and server.lift_temp_ban(value)  # the pool's own temporary ban
-        if value not in bans and not lifted:
-            raise ApiError(404, f"{kind} {value} is not banned", target={kind: value})
-        bans.discard(value)
-        log.warning("api_unban", kind=kind, value=value, temporary=lifted, peer=request.remote)
-        await self._save_bans(server, f"the unban of {kind} {value} is in force")
-        return web.json_response({"unbanned": {kind: value}, **self._bans()})
-
     async def post_reconnect(self, request: web.Request) -> web.Response:
         """client.reconnect (to this same pool, after ``wait`` seconds) to every miner, then
         close the connection (miners that ignore the message reconnect too)."""
-        body = await _json_body(request)
+        body = await json_body(request)
         wait = body.get("wait", 0)
         if type(wait) is not int or not 0 <= wait <= MAX_RECONNECT_WAIT:
             raise ApiError(400, f"wait must be a whole number of seconds 0..{MAX_RECONNECT_WAIT}")
@@ -530,7 +450,7 @@ class ApiServer:
     async def post_message(self, request: web.Request) -> web.Response:
         """client.show_message to one worker's connections or all (see admin_message)."""
         limit = self.app.config.api.max_message_chars
-        body = await _json_body(request)
+        body = await json_body(request)
         return web.json_response(send_message(self.views, body, limit, request.remote))
 
     async def post_payout(self, request: web.Request) -> web.Response:
@@ -583,18 +503,3 @@ def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) 
     if not lo <= value <= hi:
         raise ApiError(400, f"{name} must be {lo}..{hi}, got {value}")
     return value
-
-
-async def _json_body(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
-    if not raw.strip():
-        return {}
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        raise ApiError(400, "the body is not JSON") from None
-    except RecursionError:
-        raise ApiError(400, "the body is nested too deeply") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "the body must be a JSON object")
-    return body

@@ -15,6 +15,7 @@ from pool.node.managed import ManagedNode
 from pool.node.rpc import BitcoinRpc
 from pool.node.submit import BlockSubmitter
 from pool.server.server import StratumServer
+from pool.server.shared_bans import SharedBans
 from pool.tasks import Supervisor
 
 
@@ -28,6 +29,7 @@ class PoolSource(Protocol):
     tasks: Supervisor  # the supervised background tasks (/healthz shows them)
     node: ManagedNode | None  # the managed bitcoind (None: an external node)
     submitter: BlockSubmitter | None  # found blocks being submitted until settled
+    shared_bans: SharedBans | None  # bans kept in step through a shared store (else None)
 
     @property
     def watcher_task(self) -> asyncio.Task[None] | None:

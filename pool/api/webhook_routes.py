@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import structlog
 from aiohttp import web
 
+from pool.api.body import json_body
 from pool.api.metrics import Metric, counter, gauge, sample
 from pool.api.views import ApiError
 from pool.bitcoin import AddressError, address_to_script
@@ -68,10 +69,8 @@ class WebhookRoutes:
         raise ApiError(403, "webhook subscriptions are off (webhooks.subscriptions = off)")
 
     async def post(self, request: web.Request) -> web.Response:
-        from pool.api.server import _json_body
-
         book = self._book()
-        body = await _json_body(request)
+        body = await json_body(request)
         if set(body) != {"address", "url"}:
             raise ApiError(400, 'the body must be {"address": "<payout address>", "url": "<URL>"}')
         address, url = body["address"], body["url"]

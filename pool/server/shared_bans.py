@@ -59,6 +59,7 @@ class SharedBans:
         self.synced: dict[str, set[str]] = {"ip": set(), "worker": set()}  # as in the table
         self.pending: list[dict[str, Any]] = []
         self.wake = asyncio.Event()
+        self.syncing = asyncio.Lock()  # one round at a time (the task's, an unban's catch-up)
         self.applied = 0  # changes made elsewhere applied here
         self.written = 0
         self.guard.on_ban = self._temp_banned
@@ -180,10 +181,16 @@ class SharedBans:
 
     async def sync(self) -> int:
         """One round: write this process's changes, apply the others'; how many applied."""
-        await self.flush()
-        if self.store.broken is not None:
-            return 0
-        return self.apply(await self._read(), time.time())
+        async with self.syncing:
+            await self.flush()
+            if self.store.broken is not None:
+                return 0
+            return self.apply(await self._read(), time.time())
+
+    async def catch_up(self) -> int:
+        """A round now, not at the next refresh (the admin API's unban of a ban made
+        elsewhere that this process has not read yet)."""
+        return await self.sync()
 
     async def run(self) -> None:
         """Write this process's changes and read the others', every ``refresh`` seconds (at

@@ -3,10 +3,18 @@ its own store thread and its own (not listening) StratumServer, synced round by 
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from pool.api.admin_bans import BanRoutes
+from pool.api.views import ApiError, Views
 from pool.bitcoin import network_for_chain
 from pool.config import Config, PoolConfig
 from pool.ledger.store import Store
@@ -33,6 +41,7 @@ class Process:
 
     async def start(self, file_bans: Bans | None = None) -> None:
         await self.store.open()
+        Path(self.server.config.pool.data_dir).mkdir(parents=True, exist_ok=True)
         self.server.use_bans(
             Path(self.server.config.pool.data_dir) / "bans.json", file_bans or Bans()
         )
@@ -90,3 +99,57 @@ async def test_operator_and_temporary_bans_reach_the_other_process(tmp_path: Pat
     assert c.server.ctx.guard.banned("10.0.0.8", time.time()) is not None
     await c.store.close()
     await b.store.close()
+
+
+@contextlib.asynccontextmanager
+async def admin(routes: BanRoutes) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+    """The unban route over real HTTP (aiohttp's test server), ApiError as its status."""
+
+    @web.middleware
+    async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
+        try:
+            return await handler(request)  # type: ignore[no-any-return]
+        except ApiError as exc:
+            return web.json_response(exc.body(), status=exc.status)
+
+    app = web.Application(middlewares=[errors])
+    app.router.add_post("/api/admin/unban", routes.post_unban)
+    async with TestClient(TestServer(app)) as client:
+        yield client
+
+
+async def test_an_unban_of_a_temporary_ban_not_read_here_yet_catches_up(tmp_path: Path) -> None:
+    """The admin API runs in one process; a temporary ban another process gave less than one
+    refresh ago is not in this process's guard yet. Its unban reads the store first and lifts
+    it everywhere (before: 404, "not banned")."""
+    a, b = Process(tmp_path, "w0"), Process(tmp_path, "w1")
+    await a.start()
+    await b.start()
+    try:
+        now = time.time()
+        for _ in range(3):
+            ban = b.server.ctx.guard.strike("10.0.0.7", now, "invalid-share flood")
+        assert ban is not None
+        await b.bans.sync()  # written to the store; a has not read it
+        assert a.server.ctx.guard.banned("10.0.0.7", time.time()) is None
+        source = SimpleNamespace(server=a.server, ledger=object(), network=a.server.network)
+        views = Views(source, cache_seconds=0)  # type: ignore[arg-type]
+
+        alone = BanRoutes(views, lambda: None)  # no shared store: nothing to catch up with
+        async with admin(alone) as client:
+            missing = await client.post("/api/admin/unban", json={"ip": "10.0.0.7"})
+            assert missing.status == 404, await missing.text()
+
+        async with admin(BanRoutes(views, lambda: a.bans)) as client:
+            answer = await client.post("/api/admin/unban", json={"ip": "10.0.0.7"})
+            assert answer.status == 200, await answer.text()
+            assert (await answer.json())["unbanned"] == {"ip": "10.0.0.7"}
+            assert a.server.ctx.guard.banned("10.0.0.7", time.time()) is None
+            await a.bans.sync()  # the lift is written...
+            await b.bans.sync()  # ...and read where the ban was given
+            assert b.server.ctx.guard.banned("10.0.0.7", time.time()) is None
+            nowhere = await client.post("/api/admin/unban", json={"ip": "10.0.0.6"})
+            assert nowhere.status == 404, await nowhere.text()  # banned nowhere: still 404
+    finally:
+        await a.store.close()
+        await b.store.close()

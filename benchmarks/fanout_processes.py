@@ -1,0 +1,104 @@
+"""The ``fanout_processes`` scenario: new block -> clean notify at 1 000 and 10 000 idle
+miners with the pool on every core, as one process and as ``server.processes = 2``.
+
+One process sends each miner's notify with one ``send()`` after the other, and on the
+loopback each send also runs the receiving side's TCP path on the sender's core: at 10 000
+miners that, not the pool's own work, is most of the time (README, "How to read it"). Two
+worker processes each send to the miners the kernel gave them (SO_REUSEPORT), at the same
+time, on both cores. The load generator stays pinned to its core (it shares that core with
+one worker then); arrivals are timed by the kernel's receive stamps, so its own reading does
+not count. Both pools are measured in the same run, on the same node, one after the other.
+
+Results under ``scenarios.fanout_processes``: per process count the ``fanout`` scenario's
+figures plus how many miners each worker held (open sockets, sampled from /proc).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from pathlib import Path
+from typing import Any
+
+from benchmarks.harness import REPO, Cpus, Node, PoolProcess
+from benchmarks.processes import _part, _sockets, _workers, with_processes
+
+
+async def fanout_processes(node: Node, cpus: Cpus, workdir: Path, s: Any) -> dict[str, Any]:
+    from benchmarks.scenarios import FANOUT_CONFIG, fanout_rounds
+
+    src = Path(s.pool_src) if s.pool_src else REPO
+    rounds = fanout_rounds(node, cpus, s)
+
+    async def run(pool: PoolProcess, data_dir: Path) -> dict[str, Any]:
+        pids = [int(w["pid"]) for w in _workers(data_dir)] or [pool.pid]
+        peak = {p: 0 for p in pids}
+
+        async def sample() -> None:
+            while True:
+                for p in pids:
+                    peak[p] = max(peak[p], _sockets(p))
+                await asyncio.sleep(0.5)
+
+        sampler = asyncio.create_task(sample())
+        try:
+            result: dict[str, Any] = await rounds(pool)
+        finally:
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
+        result["sockets_per_process"] = [peak[p] for p in pids]
+        return result
+
+    out: dict[str, Any] = {}
+    both_cores = Cpus(None, cpus.loadgen)
+    for n in (1, 2):
+        await _part(
+            f"processes{n}",
+            out,
+            functools.partial(
+                with_processes,
+                f"fanout-processes{n}",
+                node,
+                both_cores,
+                workdir,
+                src,
+                n,
+                run,
+                **FANOUT_CONFIG,
+            ),
+        )
+    return out
+
+
+def rows(sc: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The scenario's lines of the markdown table."""
+    if "failed" in sc:
+        return [("fanout_processes", f"failed: {str(sc['failed']).splitlines()[0][:300]}", "")]
+    out: list[tuple[str, str, str]] = []
+    targets = {"1000": "p99 <= 30 ms", "10000": "p99 <= 100 ms"}
+    for n in (1, 2):
+        r = sc.get(f"processes{n}", {})
+        if "error" in r:
+            out.append((f"fan-out, {n} process(es), pool on both cores", r["error"], ""))
+            continue
+        for count, v in r.items():
+            if not isinstance(v, dict) or "rounds" not in v:
+                continue
+            text = (
+                f"p50 {v['p50_ms']} ms, p99 {v['p99_ms']} ms, max {v['max_ms']} ms "
+                f"({len(v['rounds'])} blocks"
+                + (f", {v['missing']} notifies missing" if v["missing"] else "")
+                + (f"; miners per process {r['sockets_per_process']}" if n > 1 else "")
+                + ")"
+            )
+            label = f"new block -> clean notify at {int(count):,} miners".replace(",", " ")
+            out.append(
+                (
+                    f"{label}, {n} process{'es' if n > 1 else ''}, pool on both cores",
+                    text,
+                    targets.get(count, ""),
+                )
+            )
+    return out

@@ -139,11 +139,16 @@ class PoolSupervisor:
             tls.listener(index, port, cfg.pool.data_dir, cfg.stratum.host)
         resolved = self._resolve_ports(cfg)
         node_cfg, address = await self._start_node()
+        # limits.max_connections is the pool's total: each worker holds its share of it (the
+        # kernel spreads connections evenly); the per-IP limits hold in each worker
+        share = -(-cfg.limits.max_connections // len(self.slots))
         self.worker_config = dataclasses.replace(
             resolved,
             node=node_cfg,
             pool=dataclasses.replace(resolved.pool, payout_address=address),
+            limits=dataclasses.replace(resolved.limits, max_connections=share),
         )
+        log.info("limits_per_worker", max_connections=share, processes=len(self.slots))
         path = self._write_worker_config(self.worker_config)
         for slot in self.slots:
             self._watchers.append(

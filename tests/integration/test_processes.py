@@ -59,6 +59,12 @@ async def test_two_processes_share_a_port_and_credit_every_share_once(
     miners: list[Miner] = []
     try:
         assert pool.started_workers() == {"w0", "w1"}
+        # limits.max_connections (10 000) is the pool's total: each worker holds half
+        assert named(pool.log, "limits_per_worker")[-1]["max_connections"] == 5000
+        worker_limits = {
+            e["worker"]: e["max_connections"] for e in named(pool.log, "limits") if "worker" in e
+        }
+        assert worker_limits == {"w0": 5000, "w1": 5000}
         statuses = pool.workers()
         assert [w["journal_id"] for w in statuses] == ["w0", "w1"]
         assert all(w["running"] and alive(w["pid"]) for w in statuses)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import gc
 import os
 import time
@@ -321,6 +322,9 @@ class PoolApp:
             raise StartupError(str(exc)) from exc
         await hooks.start()
         server.block_listeners.append(hooks.block_settled)  # this process's own blocks
+        if self.role is not None:  # subscriptions made through the lead's API reach every worker
+            follow = functools.partial(hooks.book.follow, self.config.ledger.shared_refresh_seconds)
+            self.tasks.spawn("webhook-subscriptions", follow)
         if self.role is not None and not self.role.lead:  # workers, health: the lead's
             return
 

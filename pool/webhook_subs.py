@@ -18,10 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from pool.webhook_config import webhook_url_problem
 from pool.webhooks import ADDRESS_EVENTS, Receiver, Webhooks
 
 FILE_NAME = "webhooks.json"
+
+log = structlog.get_logger("pool.webhooks")
 
 
 class SubscriptionError(ValueError):
@@ -187,6 +191,49 @@ class SubscriptionBook:
                 ) from exc
             self.hooks.remove_receiver(f"sub:{sub.id}")
             return sub
+
+    async def reload(self) -> tuple[int, int]:
+        """Take the file as it is now (another worker process's API changed it): receivers
+        added for new subscriptions, removed for deleted ones; (added, removed). Raises
+        ``SubscriptionsFileError`` for a damaged file (nothing changes then)."""
+        async with self.lock:
+            saved = await asyncio.to_thread(load, self.path)
+            gone = [sub_id for sub_id in self.subs.by_id if sub_id not in saved]
+            new = [sub for sub_id, sub in saved.items() if sub_id not in self.subs.by_id]
+            for sub_id in gone:
+                del self.subs.by_id[sub_id]
+                self.hooks.remove_receiver(f"sub:{sub_id}")
+            for sub in new:
+                self.subs.by_id[sub.id] = sub
+                self.hooks.add_receiver(receiver_for(sub))
+            return len(new), len(gone)
+
+    def stamp(self) -> tuple[int, int, int] | None:
+        """The file's identity and change stamp (None: no file)."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    async def follow(self, interval: float) -> None:
+        """Reload whenever the file changes (checked every ``interval`` seconds): with several
+        worker processes only the lead serves the API, and every process sends the address
+        events of its own workers and payouts."""
+        seen = self.stamp()
+        while True:
+            await asyncio.sleep(interval)
+            stamp = self.stamp()
+            if stamp == seen:
+                continue
+            try:
+                added, removed = await self.reload()
+            except SubscriptionsFileError as exc:
+                log.warning("webhook_subscriptions_not_reloaded", error=str(exc))
+            else:
+                if added or removed:
+                    log.info("webhook_subscriptions_reloaded", added=added, removed=removed)
+            seen = stamp
 
 
 def receiver_for(sub: Subscription) -> Receiver:

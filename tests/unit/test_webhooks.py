@@ -8,6 +8,7 @@ Wall time: about 10 s (the slow receiver's test waits for its 1 s attempt timeou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -423,6 +424,35 @@ async def test_subscriptions_persist_atomically(tmp_path: Path) -> None:
     assert await book.unsubscribe(sub.id) == sub
     assert load_subs(path) == {} and hooks.receivers() == []
     assert await book.unsubscribe(sub.id) is None
+
+
+async def test_another_process_follows_the_subscriptions_file(tmp_path: Path) -> None:
+    """Worker processes: the lead's API writes the file; every other worker reloads it when it
+    changes, so the address events it sends reach subscriptions made after it started."""
+    path = tmp_path / "webhooks.json"
+    lead_hooks, other_hooks = (Webhooks(hooks_config(), pool_id="p") for _ in range(2))
+    lead = SubscriptionBook(lead_hooks, Subscriptions({}, max_total=9, max_per_address=9), path)
+    other = SubscriptionBook(other_hooks, Subscriptions({}, max_total=9, max_per_address=9), path)
+    follower = asyncio.create_task(other.follow(0.02))
+    try:
+        sub, _ = await lead.subscribe("A", "http://127.0.0.1:9/h", 1.0)
+        await wait_for(lambda: len(other_hooks.receivers()) == 1, 10, "the new subscription")
+        got = other_hooks.receivers()[0]
+        assert got.key == f"sub:{sub.id}" and got.secret == sub.secret.encode()
+        assert got.address == "A" and other.subs.all() == [sub]
+
+        path.write_text("{not json")  # a damaged file: logged, the subscriptions stay
+        await asyncio.sleep(0.1)
+        assert [r.key for r in other_hooks.receivers()] == [f"sub:{sub.id}"]
+
+        path.unlink()
+        await lead.unsubscribe(sub.id)  # writes the file again, without it
+        await wait_for(lambda: other_hooks.receivers() == [], 10, "the subscription gone")
+        assert other.subs.all() == [] and not follower.done()
+    finally:
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
 
 
 async def test_a_failed_save_keeps_nothing(tmp_path: Path) -> None:

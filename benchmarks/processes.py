@@ -259,7 +259,9 @@ def _merge_idle(parts: list[dict[str, Any]]) -> dict[str, Any]:
     for key in ("connections", "got_in", "still_connected_after_settle", "lost"):
         merged[key] = sum(int(p.get(key) or 0) for p in parts)
     last = [p.get("seconds_until_last_in") for p in parts]
-    merged["seconds_until_last_in"] = None if None in last else max(last)
+    merged["seconds_until_last_in"] = (
+        None if None in last else max(float(t) for t in last if t is not None)
+    )
     merged["all_in"] = all(p.get("all_in") for p in parts)
     merged["load_generators"] = parts
     return merged

@@ -225,7 +225,7 @@ def fanout_rounds(node: Node, cpus: Cpus, s: Settings) -> Any:
     each miner's clean notify for that block from the RPC call's return. Also used with
     several worker processes (benchmarks/fanout_processes.py)."""
 
-    async def run(pool: PoolProcess, *_: Any) -> dict[str, Any]:
+    async def run(pool: PoolProcess, *_args: Any) -> dict[str, Any]:
         spec = _spec("fanout", node, pool, batch=s.fanout_batch, deadline=30.0)
         gen = Loadgen(spec, cpus.loadgen)
         await gen.start()
@@ -235,7 +235,7 @@ def fanout_rounds(node: Node, cpus: Cpus, s: Settings) -> Any:
                 await gen.send(cmd="grow", to=count)
                 grown = await gen.until("grown", timeout=600)
                 grown.pop("event")
-                rounds = []
+                rounds: list[dict[str, Any]] = []
                 for _ in range(s.fanout_rounds):
                     await asyncio.sleep(1.0)
                     t_call = time.monotonic()

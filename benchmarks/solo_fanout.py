@@ -18,7 +18,7 @@ import time
 
 from pool.bitcoin import REGTEST, difficulty_to_target
 from pool.bitcoin.address import encode_segwit
-from pool.jobs import JobTable, Template, build_job
+from pool.jobs import Job, JobTable, Template, build_job
 from pool.server.context import PoolContext
 from pool.server.core import CoreSettings, PoolConnection
 from pool.server.core_types import notify_event
@@ -40,7 +40,7 @@ def run_case(n: int, addresses: int | None) -> float:
     ctx = PoolContext(network=REGTEST, jobs=table, extranonce1_size=4, now=NOW)
     template = Template.from_rpc(gbt())
 
-    def new_job() -> object:
+    def new_job() -> Job:
         job = build_job(
             template,
             CONFIG,
@@ -74,11 +74,11 @@ def run_case(n: int, addresses: int | None) -> float:
     best = float("inf")
     for _ in range(5):
         job = new_job()
-        event = notify_event(job, job.job_id, True)  # type: ignore[arg-type]
+        event = notify_event(job, job.job_id, True)
         notify = (event, encode_notification(event))
         started = time.perf_counter()
         for core in cores:
-            core.broadcast_job(job, notify, NOW)  # type: ignore[arg-type]
+            core.broadcast_job(job, notify, NOW)
         best = min(best, time.perf_counter() - started)
     return best
 

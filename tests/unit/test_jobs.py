@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import pytest
 
@@ -12,7 +13,7 @@ from pool.miner import stratum_prevhash_to_internal
 
 # Mainnet block 125552 (the Bitcoin wiki's "Block hashing algorithm" example), as bitcoind
 # prints its fields: a real header to check the Stratum encoding against.
-B125552 = {
+B125552: dict[str, Any] = {
     "version": 1,
     "prev": "00000000000008a3a41b85b8b29ad444def299fee21793cd8b9e567eab02cd81",
     "merkle": "2b12fcf1b09288fcaff797d71e950e71ae42b91e8bdb2304758dfcffc2b620e3",
@@ -39,7 +40,7 @@ def test_stratum_prevhash_of_a_real_block_rebuilds_its_header() -> None:
     assert hash_to_display(block_hash(header)) == B125552["hash"]
 
 
-def gbt(height: int = 5, txs: list[dict] | None = None) -> dict:
+def gbt(height: int = 5, txs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     return {
         "version": 0x20000000,
         "previousblockhash": "11" * 32,

@@ -35,13 +35,13 @@ def no_records(_: dict[str, Any]) -> Any:
 class Process:
     def __init__(self, tmp_path: Path, name: str) -> None:
         config = Config(pool=PoolConfig(data_dir=str(tmp_path / name)))
+        (tmp_path / name).mkdir(parents=True, exist_ok=True)
         self.server = StratumServer(config, network_for_chain("regtest"), submit_block=no_blocks)
         self.store = StoreThread(tmp_path / "ledger.sqlite3", no_records, name)
         self.bans = SharedBans(self.store, self.server, 0.1, f"process {name}")
 
     async def start(self, file_bans: Bans | None = None) -> None:
         await self.store.open()
-        Path(self.server.config.pool.data_dir).mkdir(parents=True, exist_ok=True)
         self.server.use_bans(
             Path(self.server.config.pool.data_dir) / "bans.json", file_bans or Bans()
         )

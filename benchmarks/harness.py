@@ -47,15 +47,18 @@ def choose_cpus() -> Cpus:
     return Cpus(cpus[0], cpus[1])
 
 
-def child_setup(cpu: int | None) -> Callable[[], None]:
-    """For ``preexec_fn``: what ``taskset -c CPU`` and ``prlimit --nofile=HARD`` do, in the
-    child just before it runs the program (so the pid measured is the program's)."""
+def child_setup(cpu: int | None, nice: int = 0) -> Callable[[], None]:
+    """For ``preexec_fn``: what ``taskset -c CPU``, ``prlimit --nofile=HARD`` and ``nice -n
+    NICE`` do, in the child just before it runs the program (so the pid measured is the
+    program's)."""
 
     def setup() -> None:
         _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         if cpu is not None:
             os.sched_setaffinity(0, {cpu})
+        if nice:
+            os.nice(nice)
 
     return setup
 
@@ -369,11 +372,12 @@ class LoadgenError(RuntimeError):
 
 class Loadgen:
     """``python -m benchmarks.loadgen SPEC`` pinned to ``cpu``: JSON events on its stdout,
-    JSON commands on its stdin."""
+    JSON commands on its stdin. ``nice``: its scheduling niceness (0: as the runner's)."""
 
-    def __init__(self, spec: dict[str, Any], cpu: int | None) -> None:
+    def __init__(self, spec: dict[str, Any], cpu: int | None, nice: int = 0) -> None:
         self.spec = spec
         self.cpu = cpu
+        self.nice = nice
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
@@ -389,7 +393,7 @@ class Loadgen:
             cwd=REPO,
             env=env,
             limit=1 << 24,
-            preexec_fn=child_setup(self.cpu),
+            preexec_fn=child_setup(self.cpu, self.nice),
         )
 
     async def event(self, timeout: float) -> dict[str, Any]:

@@ -219,7 +219,7 @@ async def idle(node: Node, cpus: Cpus, workdir: Path, s: Settings) -> dict[str, 
     return await _with_pool("idle", node, cpus, workdir, s, run, difficulty=1.0)
 
 
-def fanout_rounds(node: Node, cpus: Cpus, s: Settings) -> Any:
+def fanout_rounds(node: Node, cpus: Cpus, s: Settings, loadgen_nice: int = 0) -> Any:
     """The fan-out measurement against a started pool (``await run(pool)``): at each miner
     count, rounds of a quiet second, ``generatetoaddress 1`` (timed), then the generator times
     each miner's clean notify for that block from the RPC call's return. Also used with
@@ -227,7 +227,7 @@ def fanout_rounds(node: Node, cpus: Cpus, s: Settings) -> Any:
 
     async def run(pool: PoolProcess, *_args: Any) -> dict[str, Any]:
         spec = _spec("fanout", node, pool, batch=s.fanout_batch, deadline=30.0)
-        gen = Loadgen(spec, cpus.loadgen)
+        gen = Loadgen(spec, cpus.loadgen, nice=loadgen_nice)
         await gen.start()
         out: dict[str, Any] = {}
         try:

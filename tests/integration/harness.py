@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks.harness import toml_text
 from pool.app import PoolApp
 from pool.bitcoin import difficulty_to_target, sha256d
 from pool.config import (
@@ -67,6 +68,53 @@ def pool_config(
         # so disk latency does not queue them. The ledger's own tests use the batch default.
         ledger=LedgerConfig(journal_fsync="interval", journal_fsync_interval_ms=50),
     )
+
+
+def pool_toml(
+    data_dir: Path,
+    port: int,
+    *,
+    node: ManagedNode | None = None,
+    payout: str | None = None,
+    start_difficulty: float = 5e-6,
+    extra: dict[str, dict[str, Any]] | None = None,
+) -> str:
+    """The config file of a pool run as a process of its own (``stratum-pool run``) by the
+    slow tests: an external ``node`` (cookie auth) or, without one, a managed regtest
+    bitcoind; one Stratum port; quick vardiff; no API; JSON logs. ``extra``: sections merged
+    over these (a key set to None is left out)."""
+    if node is None:
+        node_keys: dict[str, Any] = {"mode": "managed"}
+    else:
+        node_keys = {
+            "mode": "external",
+            "rpc_url": node.rpc_url,
+            "cookie_file": str(node.cookie_file),
+        }
+    config: dict[str, dict[str, Any]] = {
+        "node": node_keys | {"poll_interval_seconds": 0.5},
+        "pool": {"data_dir": str(data_dir)}
+        | ({} if payout is None else {"payout_address": payout}),
+        "stratum": {"host": "127.0.0.1", "ports": [stratum_port(port, start_difficulty)]},
+        "vardiff": {"target_interval_seconds": 0.3, "retarget_seconds": 5.0},
+        "api": {"enabled": False},
+        "logging": {"format": "json"},
+    }
+    for section, keys in (extra or {}).items():
+        merged = config.get(section, {}) | keys
+        config[section] = {k: v for k, v in merged.items() if v is not None}
+    return toml_text(config)
+
+
+def stratum_port(port: int, start_difficulty: float, **keys: Any) -> dict[str, Any]:
+    """One ``[[stratum.ports]]`` table of ``pool_toml``, vardiff between 1e-8 and 1e6."""
+    return {
+        "port": port,
+        **keys,
+        "start_difficulty": start_difficulty,
+        "min_difficulty": 1e-8,
+        "max_difficulty": 1e6,
+    }
 
 
 ShareId = tuple[str, str, str, str]  # extranonce1+2, job id as sent, ntime, nonce (hex)

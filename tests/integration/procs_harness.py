@@ -20,7 +20,15 @@ from typing import Any
 from pool.ledger.journal_read import read_records
 from pool.ledger.store import Store
 from pool.worker_status import read_status
-from tests.integration.harness import RawClient, ShareId, journal_identity, solve, wait_for
+from tests.integration.harness import (
+    RawClient,
+    ShareId,
+    journal_identity,
+    pool_toml,
+    solve,
+    stratum_port,
+    wait_for,
+)
 from tests.reliability.node_harness import named
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,59 +45,24 @@ def write_config(
     dsn: str = "",
 ) -> Path:
     """A managed regtest bitcoind, one Stratum port (0: the supervisor picks one for all the
-    workers), fixed share difficulty. No simulated chain (the tests that use one add it),
-    so every share is also a regtest block."""
-    path.write_text(
-        f"""
-[node]
-mode = "managed"
-poll_interval_seconds = 0.5
-
-[pool]
-data_dir = "{data_dir}"
-instance_id = {instance_id}
-
-[server]
-processes = {processes}
-worker_restart_backoff_seconds = 0.5
-worker_restart_backoff_max_seconds = 2.0
-
-[stratum]
-host = "127.0.0.1"
-
-[[stratum.ports]]
-port = 0
-start_difficulty = 0.000001
-min_difficulty = 0.00000001
-max_difficulty = 1000000.0
-
-{TLS_PORT if tls else ""}
-[vardiff]
-enabled = false
-
-[api]
-enabled = {"true" if api else "false"}
-port = 0
-
-[logging]
-format = "json"
-
-[ledger]
-payout_interval_seconds = 0
-{f'backend = "postgresql"{chr(10)}dsn = "{dsn}"' if dsn else ""}
-"""
-    )
+    workers; a TLS port too with ``tls``), fixed share difficulty. No simulated chain (the
+    tests that use one add it), so every share is also a regtest block."""
+    ports = [stratum_port(0, 1e-6)] + ([stratum_port(0, 1e-6, tls=True)] if tls else [])
+    extra: dict[str, dict[str, Any]] = {
+        "pool": {"instance_id": instance_id},
+        "server": {
+            "processes": processes,
+            "worker_restart_backoff_seconds": 0.5,
+            "worker_restart_backoff_max_seconds": 2.0,
+        },
+        "stratum": {"ports": ports},
+        "vardiff": {"enabled": False},
+        "api": {"enabled": api, "port": 0},
+        "ledger": {"payout_interval_seconds": 0}
+        | ({"backend": "postgresql", "dsn": dsn} if dsn else {}),
+    }
+    path.write_text(pool_toml(data_dir, 0, extra=extra))
     return path
-
-
-TLS_PORT = """
-[[stratum.ports]]
-port = 0
-tls = true
-start_difficulty = 0.000001
-min_difficulty = 0.00000001
-max_difficulty = 1000000.0
-"""
 
 
 async def tls_extranonce1(port: int) -> bytes:

@@ -32,6 +32,7 @@ from pool.node.managed import ManagedNode, free_port
 from tests.integration.harness import (
     journal_identity,
     own_node,
+    pool_toml,
     told_accepted,
     wait_for,
     wallet_address,
@@ -53,47 +54,11 @@ async def crash_node(
 def write_config(
     path: Path, node: ManagedNode, data_dir: Path, payout: str, port: int, **ledger: Any
 ) -> Path:
-    ledger_lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in ledger.items())
-    path.write_text(
-        f"""
-[node]
-mode = "external"
-rpc_url = "{node.rpc_url}"
-cookie_file = "{node.cookie_file}"
-poll_interval_seconds = 0.5
-
-[pool]
-payout_address = "{payout}"
-data_dir = "{data_dir}"
-
-[stratum]
-host = "127.0.0.1"
-
-[[stratum.ports]]
-port = {port}
-start_difficulty = 0.000005
-min_difficulty = 0.00000001
-max_difficulty = 1000000.0
-
-[vardiff]
-target_interval_seconds = 0.3
-retarget_seconds = 5.0
-
-[api]
-enabled = false
-
-[logging]
-format = "json"
-
-[chain.simulation]
-enabled = true
-initial_difficulty = 0.001
-
-[ledger]
-fee_bps = 100
-{ledger_lines}
-"""
-    )
+    extra = {
+        "chain.simulation": {"enabled": True, "initial_difficulty": 0.001},
+        "ledger": {"fee_bps": 100, **ledger},
+    }
+    path.write_text(pool_toml(data_dir, port, node=node, payout=payout, extra=extra))
     return path
 
 

@@ -35,6 +35,7 @@ from pool.node.managed import ManagedNode, free_port
 from tests.integration.harness import (
     journal_identity,
     own_node,
+    pool_toml,
     told_accepted,
     wait_for,
     wallet_address,
@@ -65,55 +66,24 @@ def write_config(
     dsn: str,
     instance_id: int,
 ) -> Path:
-    path.write_text(
-        f"""
-[node]
-mode = "external"
-rpc_url = "{node.rpc_url}"
-cookie_file = "{node.cookie_file}"
-poll_interval_seconds = 0.5
-
-[pool]
-payout_address = "{payout}"
-data_dir = "{data_dir}"
-instance_id = {instance_id}
-
-[stratum]
-host = "127.0.0.1"
-
-[[stratum.ports]]
-port = {port}
-start_difficulty = 0.000005
-min_difficulty = 0.00000001
-max_difficulty = 1000000.0
-
-[vardiff]
-target_interval_seconds = 0.3
-retarget_seconds = 5.0
-
-[api]
-port = {api_port}
-
-[logging]
-format = "json"
-
-[chain.simulation]
-enabled = true
-initial_difficulty = 0.0002
-
-[ledger]
-backend = "postgresql"
-dsn = "{dsn}"
-fee_bps = 100
-payout_interval_seconds = 4.0
-payout_threshold_sat = 1000
-payout_fee_rate_sat_vb = 2.0
-block_check_seconds = 1.0
-shared_refresh_seconds = 0.5
-heartbeat_seconds = 0.5
-payout_lock_retry_seconds = 0.5
-"""
-    )
+    extra: dict[str, dict[str, Any]] = {
+        "pool": {"instance_id": instance_id},
+        "api": {"enabled": None, "port": api_port},
+        "chain.simulation": {"enabled": True, "initial_difficulty": 0.0002},
+        "ledger": {
+            "backend": "postgresql",
+            "dsn": dsn,
+            "fee_bps": 100,
+            "payout_interval_seconds": 4.0,
+            "payout_threshold_sat": 1000,
+            "payout_fee_rate_sat_vb": 2.0,
+            "block_check_seconds": 1.0,
+            "shared_refresh_seconds": 0.5,
+            "heartbeat_seconds": 0.5,
+            "payout_lock_retry_seconds": 0.5,
+        },
+    }
+    path.write_text(pool_toml(data_dir, port, node=node, payout=payout, extra=extra))
     return path
 
 

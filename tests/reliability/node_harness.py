@@ -12,7 +12,7 @@ from typing import Any
 
 from pool.node.lifecycle import PIDFILE
 from pool.node.rpc import BitcoinRpc
-from tests.integration.harness import RawClient, solve
+from tests.integration.harness import RawClient, pool_toml, solve
 
 
 def write_managed_config(
@@ -25,44 +25,12 @@ def write_managed_config(
 ) -> Path:
     """A pool with its managed regtest bitcoind in ``data_dir`` (simulated network difficulty
     ``sim_difficulty``: a block every ``sim_difficulty * 2**32`` hashes)."""
-    node_lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in (node or {}).items())
-    path.write_text(
-        f"""
-[node]
-mode = "managed"
-poll_interval_seconds = 0.5
-{node_lines}
-
-[pool]
-data_dir = "{data_dir}"
-
-[stratum]
-host = "127.0.0.1"
-
-[[stratum.ports]]
-port = {port}
-start_difficulty = 0.000001
-min_difficulty = 0.00000001
-max_difficulty = 1000000.0
-
-[vardiff]
-target_interval_seconds = 0.3
-retarget_seconds = 5.0
-
-[api]
-enabled = false
-
-[logging]
-format = "json"
-
-[chain.simulation]
-enabled = true
-initial_difficulty = {sim_difficulty}
-
-[ledger]
-payout_interval_seconds = 0
-"""
-    )
+    extra: dict[str, dict[str, Any]] = {
+        "node": node or {},
+        "chain.simulation": {"enabled": True, "initial_difficulty": sim_difficulty},
+        "ledger": {"payout_interval_seconds": 0},
+    }
+    path.write_text(pool_toml(data_dir, port, start_difficulty=1e-6, extra=extra))
     return path
 
 

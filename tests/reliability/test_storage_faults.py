@@ -41,7 +41,13 @@ from pool.ledger.journal_read import read_records
 from pool.ledger.store import Store
 from pool.node.binaries import Binaries
 from pool.node.managed import ManagedNode, free_port
-from tests.integration.harness import journal_identity, own_node, told_accepted, wallet_address
+from tests.integration.harness import (
+    journal_identity,
+    own_node,
+    pool_toml,
+    told_accepted,
+    wallet_address,
+)
 from tests.integration.test_ledger_crash import PoolProcess, start_miner
 
 pytestmark = pytest.mark.integration
@@ -107,54 +113,24 @@ def run_pool(config: Path) -> subprocess.CompletedProcess[str]:
 
 def write_config(path: Path, node: ManagedNode, data_dir: Path, payout: str, port: int) -> int:
     api_port = free_port()
-    path.write_text(
-        f"""
-[node]
-mode = "external"
-rpc_url = "{node.rpc_url}"
-cookie_file = "{node.cookie_file}"
-poll_interval_seconds = 0.5
-
-[pool]
-payout_address = "{payout}"
-data_dir = "{data_dir}"
-pool_tag = "{TAG}"
-
-[stratum]
-host = "127.0.0.1"
-
-[[stratum.ports]]
-port = {port}
-start_difficulty = 0.000005
-min_difficulty = 0.00000001
-max_difficulty = 1000000.0
-
-[vardiff]
-target_interval_seconds = 0.3
-retarget_seconds = 5.0
-
-[api]
-enabled = true
-host = "127.0.0.1"
-port = {api_port}
-
-[logging]
-format = "json"
-
-[chain.simulation]
-enabled = true
-initial_difficulty = 0.00005
-retarget_interval = 100000
-
-[ledger]
-fee_bps = 100
-payout_interval_seconds = 0
-journal_segment_bytes = 65536
-storage_retry_seconds = 0.2
-storage_retry_max_seconds = 2.0
-block_check_seconds = 2.0
-"""
-    )
+    extra: dict[str, dict[str, Any]] = {
+        "pool": {"pool_tag": TAG},
+        "api": {"enabled": True, "host": "127.0.0.1", "port": api_port},
+        "chain.simulation": {
+            "enabled": True,
+            "initial_difficulty": 0.00005,
+            "retarget_interval": 100000,
+        },
+        "ledger": {
+            "fee_bps": 100,
+            "payout_interval_seconds": 0,
+            "journal_segment_bytes": 65536,
+            "storage_retry_seconds": 0.2,
+            "storage_retry_max_seconds": 2.0,
+            "block_check_seconds": 2.0,
+        },
+    }
+    path.write_text(pool_toml(data_dir, port, node=node, payout=payout, extra=extra))
     return api_port
 
 

@@ -19,7 +19,7 @@ paged over a directory of known worker names that is rebuilt at most every ``cac
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -31,6 +31,16 @@ from pool.api.amounts import (
     sat_money,
     sat_to_btc,
     units_to_sat,
+)
+from pool.api.live_merge import (
+    address_rates,
+    has_address,
+    is_known,
+    is_online,
+    live_fields,
+    live_names,
+    rates,
+    window_name,
 )
 from pool.api.solo_view import SoloView
 from pool.bitcoin import (
@@ -52,8 +62,8 @@ from pool.ledger.pps import (
 )
 from pool.ledger.shared import processes_view
 from pool.ledger.store import Balance, Store
+from pool.ledger.store_live import LiveSnapshot
 from pool.server.auth import AuthError, parse_credentials
-from pool.stats import WorkerStats
 
 if TYPE_CHECKING:
     from pool.api.source import PoolSource
@@ -69,9 +79,9 @@ __all__ = [  # the amount helpers, re-exported (they lived here)
     "sat_money",
     "sat_to_btc",
     "units_to_sat",
+    "window_name",
 ]
 
-WINDOW_NAMES = {60: "1m", 300: "5m", 3600: "1h"}
 MINUTE = 60
 MIN_PARTIAL_SECONDS = 5.0  # a minute bucket seen for less than this has no hashrate (too noisy)
 SECONDS_PER_DAY = 86_400
@@ -106,19 +116,16 @@ class ChainSimView(Protocol):
     def mainnet_equivalent(self, difficulty: float | None = None) -> float: ...
 
 
-def window_name(seconds: int) -> str:
-    return WINDOW_NAMES.get(seconds, f"{seconds}s")
-
-
-def rates(meter: HashrateMeter | None, windows: Sequence[int], now: float) -> dict[str, float]:
-    return {window_name(w): meter.hashrate(w, now) if meter else 0.0 for w in windows}
-
-
 @dataclass(frozen=True)
 class Parts:
     server: StratumServer
     ledger: Ledger
     network: Network
+
+    @property
+    def live(self) -> LiveSnapshot:
+        """The other processes' live workers (empty with one process)."""
+        return self.ledger.shared.live
 
 
 @dataclass
@@ -313,6 +320,7 @@ class Views:
             len(stats.workers),
             book.worker_count,  # a count: copying 20 000 names per request was the cost
             len(p.server.sessions),
+            p.live.version,
         )
         mono = time.monotonic()
         d = self._directory
@@ -320,12 +328,11 @@ class Views:
             age = mono - d.built
             if 0.0 <= age < self.cache_seconds and (d.key == key or age < self.cache_seconds / 4):
                 return d
-        known = ledger.workers.keys()
-        live_only = sorted((stats.workers.keys() | set(book.workers())) - known)
+        live, online = live_names(p.server, p.live)  # every process's
+        live_only = sorted(live - ledger.workers.keys())
         names = ledger.names() + live_only
         if live_only:
             names.sort()  # two sorted runs: merged in linear time
-        online = sum(1 for w in stats.workers.values() if w.connections > 0)
         self._directory = Directory(names, live_only, online, key, mono)
         return self._directory
 
@@ -358,12 +365,7 @@ class Views:
         name = self.check_worker(name)
         ledger = p.ledger.aggregates
         stored = ledger.workers.get(name)
-        known = (
-            name in p.server.stats.workers
-            or p.server.hashrate.worker(name) is not None
-            or stored is not None
-        )
-        if not known:
+        if stored is None and not is_known(p.server, p.live, name):
             raise ApiError(404, f"unknown worker: {name}", worker=name)
         return self._worker(p, name, now, stored, ledger.balances.get(_address_of(name)))
 
@@ -375,27 +377,16 @@ class Views:
         stored: WorkerTotals | None,
         balance: Balance | None,
     ) -> dict[str, Any]:
-        stats: WorkerStats | None = p.server.stats.workers.get(name)
-        meter = p.server.hashrate.worker(name)
         address, _, short = name.partition(".")
-        last = [t for t in (stats and stats.last_share, stored and stored.last_share) if t]
-        rejected = dict(stats.rejected) if stats else {}
-        hashrate = rates(meter, p.server.hashrate.windows, now)
+        live = live_fields(p.server, p.live, name, now)  # merged over every process
+        live_last = live.pop("live_last_share")
+        last = [t for t in (live_last, stored and stored.last_share) if t]
+        hashrate = live["hashrate"]
         return {
             "name": name,
             "address": address,
             "worker": short,
-            "online": bool(stats and stats.connections > 0),
-            "connections": stats.connections if stats else 0,
-            "hashrate": hashrate,
-            "difficulty": stats.difficulty if stats and stats.difficulty else None,
-            "shares": {
-                "accepted": stats.accepted if stats else 0,
-                "rejected": rejected,
-                "rejected_total": sum(rejected.values()),
-                "accepted_difficulty": stats.accepted_work if stats else 0.0,
-            },
-            "blocks": stats.blocks if stats else 0,
+            **live,  # online, connections, hashrate, difficulty, shares, blocks
             "last_share": max(last) if last else None,
             "ledger": {
                 "shares": stored.shares if stored else 0,
@@ -418,11 +409,15 @@ class Views:
         address = self.check_address(address)
         names = self.address_workers(p, address)
         balance = p.ledger.aggregates.balances.get(address)
-        meter = p.server.hashrate.address(address)
         payouts = await p.ledger.store.run(Store.payouts, address=address, limit=100)
-        if not names and balance is None and meter is None and not payouts:
+        if (
+            not names
+            and balance is None
+            and not has_address(p.server, p.live, address)
+            and not payouts
+        ):
             raise ApiError(404, f"unknown address: {address} (no shares from it)", address=address)
-        hashrate = rates(meter, p.server.hashrate.windows, now)
+        hashrate = address_rates(p.server, p.live, address, now)  # every process's
         per_day = self.per_day_units(hashrate.get("1h", 0.0), p)
         page = names[offset : offset + limit]
         return {
@@ -432,9 +427,7 @@ class Views:
             **balance_view(balance),
             "estimate_per_day": money("value", per_day) if per_day is not None else None,
             "workers_total": len(names),
-            "workers_online": sum(
-                1 for n in names if (w := p.server.stats.workers.get(n)) and w.connections > 0
-            ),
+            "workers_online": sum(1 for n in names if is_online(p.server, p.live, n)),
             "workers_offset": offset,
             **self.solo.address_fields(p.server, address, hashrate),  # best_share, solo
             "payouts": [

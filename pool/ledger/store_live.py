@@ -229,6 +229,7 @@ class LiveReader:
         self.me = (instance_id, process)
         self._cache: dict[tuple[int, str], tuple[tuple[int, float], list[LiveWorker]]] = {}
         self.reads = 0  # processes whose rows were (re-)read
+        self._read_once = False
 
     def read(self, store: Store, now: float, stale_seconds: float) -> list[LiveWorker] | None:
         """Every other up process's rows; None when nothing changed since the last read."""
@@ -255,8 +256,8 @@ class LiveReader:
                 changed = True
             cache[key] = held
             out.extend(held[1])
-        changed = changed or cache.keys() != self._cache.keys()
-        self._cache = cache
+        changed = changed or cache.keys() != self._cache.keys() or not self._read_once
+        self._cache, self._read_once = cache, True
         return out if changed else None
 
 

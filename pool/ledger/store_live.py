@@ -223,12 +223,16 @@ class LivePublisher:
 
 class LiveReader:
     """The live rows of every OTHER process that is up (used on the store's thread only).
-    Each process's rows are cached and re-read only when they changed."""
+    Each process's rows are cached: when its rows' count or newest ``updated_at`` moved, only
+    the rows written after the newest one held are read (every publish writes its changed
+    rows with one ``updated_at``, later than the previous one's); when rows were deleted as
+    well (the count does not add up), all of that process's rows are read again."""
 
     def __init__(self, instance_id: int, process: str) -> None:
         self.me = (instance_id, process)
-        self._cache: dict[tuple[int, str], tuple[tuple[int, float], list[LiveWorker]]] = {}
-        self.reads = 0  # processes whose rows were (re-)read
+        self._cache: dict[tuple[int, str], _Held] = {}
+        self.reads = 0  # processes whose rows were read in full
+        self.updates = 0  # processes whose newer rows were read
         self._read_once = False
 
     def read(self, store: Store, now: float, stale_seconds: float) -> list[LiveWorker] | None:
@@ -241,24 +245,52 @@ class LiveReader:
             if key != self.me:
                 seen[key] = (int(r[2]), float(r[3]), float(r[4]))
         out: list[LiveWorker] = []
-        cache: dict[tuple[int, str], tuple[tuple[int, float], list[LiveWorker]]] = {}
+        cache: dict[tuple[int, str], _Held] = {}
         for key, (count, newest, started_at) in seen.items():
-            mark = (count, newest)
             held = self._cache.get(key)
-            if held is None or held[0] != mark:
-                rows = db.execute(
-                    f"SELECT {_COLUMNS} FROM live_workers WHERE instance_id = ? AND process = ? "
-                    "AND updated_at >= ?",
-                    (*key, started_at),
-                ).fetchall()
-                held = (mark, [LiveWorker.of_row(row) for row in rows])
-                self.reads += 1
+            if held is None or held.started_at != started_at:
+                held = _Held(started_at)
+            if (held.count, held.newest) != (count, newest):
                 changed = True
+                if held.rows and held.newest > 0:  # only what was written since
+                    self.updates += 1
+                    rows = dict(held.rows)
+                    rows.update(self._rows(db, key, held.newest, strictly=True))
+                    if len(rows) == count:
+                        held.rows = rows
+                    else:  # rows were deleted too: read them all
+                        held.rows = {}
+                if not held.rows:
+                    self.reads += 1
+                    held.rows = dict(self._rows(db, key, started_at, strictly=False))
+                held.count, held.newest = count, newest
             cache[key] = held
-            out.extend(held[1])
+            out.extend(held.rows.values())
         changed = changed or cache.keys() != self._cache.keys() or not self._read_once
         self._cache, self._read_once = cache, True
         return out if changed else None
+
+    @staticmethod
+    def _rows(
+        db: Any, key: tuple[int, str], since: float, *, strictly: bool
+    ) -> Iterable[tuple[str, LiveWorker]]:
+        sql = (
+            f"SELECT {_COLUMNS} FROM live_workers WHERE instance_id = ? AND process = ? "
+            f"AND updated_at {'>' if strictly else '>='} ?"
+        )
+        for row in db.execute(sql, (*key, since)).fetchall():
+            worker = LiveWorker.of_row(row)
+            yield worker.name, worker
+
+
+@dataclass
+class _Held:
+    """One process's rows as last read, and the count and newest ``updated_at`` they had."""
+
+    started_at: float
+    count: int = -1
+    newest: float = 0.0
+    rows: dict[str, LiveWorker] = field(default_factory=dict)
 
 
 def merge_rows(rows: Iterable[LiveWorker]) -> dict[str, LiveWorker]:

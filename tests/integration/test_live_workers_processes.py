@@ -3,7 +3,8 @@
 worker process submitting shares. The lead's API (worker process 0) shows the miner connected
 only to worker process 1 online, with its connection and a hashrate, in /api/workers/<name>,
 the worker list, the address view and /api/pool; once that miner disconnects it shows
-offline within a few refreshes. Wall time: about 20 to 40 s."""
+offline within a few refreshes, and the lead's webhooks monitor (a real receiver on loopback)
+sends worker_offline for it. Wall time: about 10 to 40 s."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.integration.harness import wait_for
 from tests.integration.procs_harness import (
     Miner,
     SupervisedPool,
@@ -21,10 +23,12 @@ from tests.integration.procs_harness import (
     process_of,
     write_config,
 )
+from tests.unit.test_webhooks import HookReceiver
 
 pytestmark = pytest.mark.integration
 
 ADDRESS = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"
+OFFLINE_SECONDS = 2.0  # webhooks.worker_offline_seconds
 
 
 async def get(port: int, path: str) -> dict[str, Any]:
@@ -50,14 +54,18 @@ async def until(check: Any, what: str, state: dict[str, Any], timeout: float = 6
 async def test_lead_api_shows_workers_of_every_process(tmp_path: Path) -> None:
     data_dir = tmp_path / "pool"
     config = write_config(tmp_path / "pool.toml", data_dir)
+    receiver = await HookReceiver().start()
     with config.open("a") as f:  # ([ledger] is the file's last table)
         f.write(
             "heartbeat_seconds = 1.0\nshared_refresh_seconds = 0.2\nlive_workers_seconds = 0.3\n"
+            f"\n[webhooks]\nenabled = true\nworker_offline_seconds = {OFFLINE_SECONDS}\n"
+            f'check_seconds = 0.5\n\n[[webhooks.urls]]\nurl = "{receiver.url}"\n'
+            'events = ["worker_offline", "worker_back"]\n'
         )
     pool = SupervisedPool(config, data_dir, tmp_path / "pool.log")
-    await pool.start()
     miners: list[Miner] = []
     try:
+        await pool.start()
         assert pool.api_port
         miners = await miners_on_every_process(pool.port, f"{ADDRESS}.lv-", per_process=1)
         lead = next(m for m in miners if process_of(m.extranonce1) == 0)
@@ -106,7 +114,21 @@ async def test_lead_api_shows_workers_of_every_process(tmp_path: Path) -> None:
         still = await get(pool.api_port, f"/api/workers/{lead.worker}")
         assert still["online"] and still["connections"] == 1
         assert lead.error is None
+
+        # the lead's webhooks monitor saw the other process's worker go quiet
+        def offline_events() -> list[dict[str, Any]]:
+            return [h.json["data"] for h in receiver.hits if h.json["event"] == "worker_offline"]
+
+        await wait_for(
+            lambda: any(d["worker"] == other.worker for d in offline_events()),
+            30,
+            "worker_offline for the miner of worker process 1",
+            offline_events,
+        )
+        event = next(d for d in offline_events() if d["worker"] == other.worker)
+        assert event["address"] == ADDRESS and event["seconds_since_share"] >= OFFLINE_SECONDS
     finally:
+        await receiver.stop()
         for miner in miners:
             await miner.stop()
         try:

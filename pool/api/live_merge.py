@@ -148,6 +148,19 @@ def address_rates(
     return out
 
 
+def others_rate(
+    snapshot: LiveSnapshot, window: int, *, worker: str | None = None, address: str | None = None
+) -> float:
+    """The other processes' hashrate over ``window`` of one worker or of an address's workers."""
+    names = [worker] if worker is not None else snapshot.by_address.get(address or "", [])
+    total = 0.0
+    for name in names:
+        remote = snapshot.workers.get(name)
+        if remote is not None:
+            total += dict(remote.hashrate).get(window, 0.0)
+    return total
+
+
 def has_address(server: StratumServer, snapshot: LiveSnapshot, address: str) -> bool:
     return server.hashrate.address(address) is not None or address in snapshot.by_address
 

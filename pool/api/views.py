@@ -39,6 +39,7 @@ from pool.api.live_merge import (
     is_online,
     live_fields,
     live_names,
+    others_rate,
     rates,
     window_name,
 )
@@ -509,16 +510,17 @@ class Views:
         store = p.ledger.store
         meter: HashrateMeter | None
         rows: list[dict[str, Any]]
+        others = 0.0  # the other processes' live rate of this worker or address
         if worker is not None:
             worker = self.check_worker(worker)
             rows = await store.run(Store.minutes, since, worker=worker)
             meter = p.server.hashrate.worker(worker)
-            samples = ()
+            others, samples = others_rate(p.live, MINUTE, worker=worker), ()
         elif address is not None:
             address = self.check_address(address)
             rows = await store.run(Store.address_minutes, since, address)
             meter = p.server.hashrate.address(address)
-            samples = ()
+            others, samples = others_rate(p.live, MINUTE, address=address), ()
         else:
             rows = p.ledger.aggregates.pool_minutes(since)
             meter = p.server.hashrate.pool
@@ -527,7 +529,10 @@ class Views:
             "time": now,
             "minutes": minutes,
             "points": minute_points(rows, now, started),
-            "live": {"time": now, "hashrate": meter.hashrate(60, now) if meter else 0.0},
+            "live": {
+                "time": now,
+                "hashrate": (meter.hashrate(MINUTE, now) if meter else 0.0) + others,
+            },
             "samples": [{"time": t, "hashrate": h} for t, h in samples if t >= since * MINUTE],
         }
 

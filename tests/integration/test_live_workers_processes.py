@@ -101,6 +101,8 @@ async def test_lead_api_shows_workers_of_every_process(tmp_path: Path) -> None:
         assert address["hashrate"]["1m"] > 0
         pool_view = await get(pool.api_port, "/api/pool")
         assert pool_view["workers"] == 2, pool_view["workers"]
+        history = await get(pool.api_port, f"/api/pool/history?worker={other.worker}")
+        assert history["live"]["hashrate"] > 0, history["live"]
 
         await other.stop()
         miners.remove(other)

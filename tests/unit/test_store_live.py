@@ -21,6 +21,7 @@ from pool.api.live_merge import (
     live_names,
     local_rows,
     merged_stats,
+    others_rate,
 )
 from pool.config import ConfigError, limits_summary, load
 from pool.hashrate import HASHES_PER_DIFF1, HashrateBook
@@ -290,6 +291,10 @@ def test_live_fields_merge_this_process_with_the_others() -> None:
     assert names == {"addr.x", "addr.y"} and online == 2
     rates = address_rates(server, snap, "addr", now)
     assert rates["1m"] == pytest.approx(mine + 5e9 + 7e9, rel=0.01)
+    assert others_rate(snap, 60, worker="addr.x") == 5e9
+    assert others_rate(snap, 60, address="addr") == 12e9
+    assert others_rate(snap, 300, address="addr") == 1e9
+    assert others_rate(EMPTY_SNAPSHOT, 60, address="addr") == 0.0
     # the local side: what this process publishes
     local_only = {r.name: r for r in local_rows(server, now)}
     assert local_only["addr.x"].connections == 1 and local_only["addr.x"].accepted == 3

@@ -35,16 +35,19 @@ LIVE_MIGRATION = """
         address TEXT NOT NULL,
         connections INTEGER NOT NULL DEFAULT 0,
         difficulty REAL NOT NULL DEFAULT 0,
-        hashrate TEXT NOT NULL DEFAULT '{}',
+        hashrate TEXT NOT NULL DEFAULT '[]',
         accepted INTEGER NOT NULL DEFAULT 0,
         accepted_work REAL NOT NULL DEFAULT 0,
-        rejected TEXT NOT NULL DEFAULT '{}',
+        rejected TEXT NOT NULL DEFAULT '[]',
         blocks INTEGER NOT NULL DEFAULT 0,
         last_share REAL,
         updated_at REAL NOT NULL,
         PRIMARY KEY (instance_id, process, worker)
     )
 """
+
+READ_PAGE = 2000  # live rows read per statement
+WRITE_STEP = 1000  # live rows written per executemany
 
 _UPSERT = """
     INSERT INTO live_workers (instance_id, process, worker, address, connections, difficulty,
@@ -96,10 +99,10 @@ class LiveWorker:
             self.address,
             self.connections,
             self.difficulty,
-            json.dumps({str(w): h for w, h in self.hashrate}),
+            json.dumps(self.hashrate),  # [[window, H/s], ...]
             self.accepted,
             self.accepted_work,
-            json.dumps(dict(self.rejected)),
+            json.dumps(self.rejected),  # [[reason, count], ...]
             self.blocks,
             self.last_share,
             now,
@@ -107,27 +110,30 @@ class LiveWorker:
 
     @classmethod
     def of_row(cls, row: Any) -> LiveWorker:
-        try:
-            rates = tuple(sorted((int(w), float(h)) for w, h in json.loads(row[4]).items()))
-        except (ValueError, AttributeError, TypeError):
-            rates = ()
-        try:
-            rejected = tuple(sorted((str(k), int(v)) for k, v in json.loads(row[7]).items()))
-        except (ValueError, AttributeError, TypeError):
-            rejected = ()
         return cls(
-            name=str(row[0]),
-            address=str(row[1]),
-            connections=int(row[2]),
-            difficulty=float(row[3]),
-            hashrate=rates,
-            accepted=int(row[5]),
-            accepted_work=float(row[6]),
-            rejected=rejected,
-            blocks=int(row[8]),
-            last_share=None if row[9] is None else float(row[9]),
-            updated_at=float(row[10]),
+            str(row[0]),
+            str(row[1]),
+            int(row[2]),
+            float(row[3]),
+            _pairs(row[4]),
+            int(row[5]),
+            float(row[6]),
+            _pairs(row[7]),
+            int(row[8]),
+            None if row[9] is None else float(row[9]),
+            float(row[10]),
         )
+
+
+def _pairs(raw: str) -> tuple[Any, ...]:
+    """A JSON list of pairs (as ``params`` writes them) as a tuple of tuples; () when it is
+    not one (the column's default, a damaged row)."""
+    if raw == "[]":
+        return ()
+    try:
+        return tuple(tuple(pair) for pair in json.loads(raw) if len(pair) == 2)
+    except (ValueError, TypeError):
+        return ()
 
 
 @dataclass(frozen=True)
@@ -178,12 +184,16 @@ class LivePublisher:
         try:
             if full:
                 db.execute("DELETE FROM live_workers WHERE instance_id = ? AND process = ?", key)
-            elif gone:
+            # in steps of WRITE_STEP rows: no single call holds the interpreter for all of them
+            for i in range(0, 0 if full else len(gone), WRITE_STEP):
                 db.executemany(
                     "DELETE FROM live_workers WHERE instance_id = ? AND process = ? AND worker = ?",
-                    [(*key, name) for name in gone],
+                    [(*key, name) for name in gone[i : i + WRITE_STEP]],
                 )
-            db.executemany(_UPSERT, [row.params(*key, now) for row in changed])
+            for i in range(0, len(changed), WRITE_STEP):
+                db.executemany(
+                    _UPSERT, [row.params(*key, now) for row in changed[i : i + WRITE_STEP]]
+                )
             if now - self.last_prune >= self.prune_seconds / 2:
                 self.pruned += self._prune(store, now)
                 self.last_prune = now
@@ -274,13 +284,22 @@ class LiveReader:
     def _rows(
         db: Any, key: tuple[int, str], since: float, *, strictly: bool
     ) -> Iterable[tuple[str, LiveWorker]]:
+        """In pages of ``READ_PAGE`` rows (by name): no statement holds the thread (and the
+        interpreter) for all 20 000 rows of a process at once."""
         sql = (
             f"SELECT {_COLUMNS} FROM live_workers WHERE instance_id = ? AND process = ? "
-            f"AND updated_at {'>' if strictly else '>='} ?"
+            f"AND updated_at {'>' if strictly else '>='} ? AND worker > ? "
+            "ORDER BY worker LIMIT ?"
         )
-        for row in db.execute(sql, (*key, since)).fetchall():
-            worker = LiveWorker.of_row(row)
-            yield worker.name, worker
+        after = ""
+        while True:
+            page = db.execute(sql, (*key, since, after, READ_PAGE)).fetchall()
+            for row in page:
+                worker = LiveWorker.of_row(row)
+                yield worker.name, worker
+            if len(page) < READ_PAGE:
+                return
+            after = str(page[-1][0])
 
 
 @dataclass

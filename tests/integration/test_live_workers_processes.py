@@ -4,7 +4,8 @@ worker process submitting shares. The lead's API (worker process 0) shows the mi
 only to worker process 1 online, with its connection and a hashrate, in /api/workers/<name>,
 the worker list, the address view and /api/pool; once that miner disconnects it shows
 offline within a few refreshes, and the lead's webhooks monitor (a real receiver on loopback)
-sends worker_offline for it. Wall time: about 10 to 40 s."""
+sends worker_offline for it. On both backends (the processes' one SQLite file, a PostgreSQL).
+Wall time: about 10 to 40 s per backend."""
 
 from __future__ import annotations
 
@@ -51,9 +52,15 @@ async def until(check: Any, what: str, state: dict[str, Any], timeout: float = 6
         await asyncio.sleep(0.2)
 
 
-async def test_lead_api_shows_workers_of_every_process(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_lead_api_shows_workers_of_every_process(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    # PostgreSQL: a real server from the test harness (tests/pg_harness.py), skipped with its
+    # reason where it cannot be installed
+    dsn = request.getfixturevalue("pg_database") if backend == "postgresql" else ""
     data_dir = tmp_path / "pool"
-    config = write_config(tmp_path / "pool.toml", data_dir)
+    config = write_config(tmp_path / "pool.toml", data_dir, dsn=dsn)
     receiver = await HookReceiver().start()
     with config.open("a") as f:  # ([ledger] is the file's last table)
         f.write(

@@ -566,6 +566,7 @@ class PoolApp:
         if self.webhooks is not None:
             await self.webhooks.close()  # deliveries still queued are kept for the next start
         if self.ledger is not None:
+            await self.ledger.shared.forget_live()  # its live workers: gone from the store
             await self.ledger.close()  # every journaled share committed to the store
 
     async def run_until_signalled(self) -> None:

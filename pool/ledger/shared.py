@@ -210,6 +210,16 @@ class SharedLedger:
                     log.warning("live_workers_publish_failed", error=repr(exc))
             await asyncio.sleep(self.config.live_workers_seconds)
 
+    async def forget_live(self) -> None:
+        """A clean stop (after the miners left and the tasks stopped): this process's live
+        rows are deleted at once, not left to its heartbeat going stale."""
+        if self.last_publish is None:
+            return  # never published (one process, no shared store): nothing to delete
+        try:
+            await self.store.shared_write(self.publisher.forget)
+        except Exception as exc:  # its heartbeat goes stale: readers ignore the rows then
+            log.warning("live_workers_forget_failed", error=repr(exc))
+
     async def publish_live(self) -> Published | None:
         """Collect this process's live workers (on the loop, ``LIVE_CHUNK`` at a time) and
         write what changed (on the store's thread). None when there is nothing to collect or

@@ -149,3 +149,7 @@ async def test_20000_live_workers_publish_without_stalling_the_loop(
     )
     for tick in (first_tick, read_tick, again_tick):
         assert tick.longest < MAX_STALL_SECONDS
+    # a clean stop deletes them at once (the heartbeat is still fresh)
+    await w1.forget_live()
+    await w0.refresh_live(time.time())
+    assert w0.live.workers == {}

@@ -14,6 +14,8 @@ Cost: every answer is bounded. Ledger numbers come from the ledger's in-memory t
 worker's or address's history) are bounded and run on the store's thread. Worker lists are
 paged over a directory of known worker names that is rebuilt at most every ``cache_seconds``
 (sooner, but at most every quarter of that, while workers or connections come and go).
+Live worker state is the whole pool's: this process's merged with the other processes'
+(``pool.api.live_merge``, from a snapshot the store's thread refreshes).
 """
 
 from __future__ import annotations

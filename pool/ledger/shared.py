@@ -191,6 +191,8 @@ class SharedLedger:
 
     async def refresh_live(self, now: float) -> None:
         """The other processes' live workers, read and merged on the store's thread."""
+        if self.store.broken is not None:
+            return  # degraded: the last snapshot stands until the store recovers
         stale, version = self.stale_seconds, self.live.version + 1
 
         def read(store: Any) -> LiveSnapshot | None:

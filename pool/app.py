@@ -14,6 +14,7 @@ import functools
 import gc
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,6 +22,7 @@ from urllib.parse import urlsplit
 import structlog
 
 from pool import preflight
+from pool.api.live_merge import local_rows, merged_stats
 from pool.api.server import ApiServer
 from pool.bitcoin import (
     AddressError,
@@ -41,6 +43,7 @@ from pool.ledger.ledger import Ledger, LedgerError
 from pool.ledger.payout_lock import PayoutLock
 from pool.ledger.payouts import Payouts, RoundResult
 from pool.ledger.store_best import load_best
+from pool.ledger.store_live import EMPTY_SNAPSHOT
 from pool.node.managed import (
     ManagedNode,
     ensure_wallet,
@@ -57,6 +60,7 @@ from pool.server.bans import BansFileError, load_bans
 from pool.server.server import StratumServer
 from pool.server.shared_bans import SharedBans, attach_shared_bans
 from pool.shares import ShareResult
+from pool.stats import WorkerStats
 from pool.tasks import Supervisor, run_until_signalled
 from pool.webhook_subs import SubscriptionsFileError
 from pool.webhook_wiring import PoolWebhooks
@@ -282,6 +286,10 @@ class PoolApp:
         self.server.ctx.best.load(*await ledger.store.run(load_best))  # best shares: kept
         self.server.share_recorder = ledger.journal_shares
         ledger.shared.stats = self._process_stats
+        if ledger.is_shared:  # live workers published, the others' read where the API runs
+            server = self.server
+            ledger.shared.live_rows = lambda now: local_rows(server, now)
+            ledger.shared.read_live = self.role is None or self.role.lead
         self.server.block_listeners.append(self._block_settled)
         if cfg.webhooks.enabled:
             await self._start_webhooks(self.server)
@@ -334,7 +342,13 @@ class PoolApp:
             reasons: list[str] = (await checker.health_report())["reasons"]
             return reasons
 
-        self.tasks.spawn("webhooks-monitor", hooks.monitor(lambda: server.stats.workers, health))
+        shared = self.ledger.shared if self.ledger is not None else None
+
+        def workers() -> Mapping[str, WorkerStats]:  # every process's (merged)
+            live = shared.live if shared is not None else EMPTY_SNAPSHOT
+            return merged_stats(server.stats.workers, live)
+
+        self.tasks.spawn("webhooks-monitor", hooks.monitor(workers, health))
 
     async def _reconcile_blocks(self, ledger: Ledger, rpc: BitcoinRpc) -> None:
         """The pool's blocks on the chain that the store is missing are recorded (a crash
@@ -556,6 +570,7 @@ class PoolApp:
         if self.webhooks is not None:
             await self.webhooks.close()  # deliveries still queued are kept for the next start
         if self.ledger is not None:
+            await self.ledger.shared.forget_live()  # its live workers: gone from the store
             await self.ledger.close()  # every journaled share committed to the store
 
     async def run_until_signalled(self) -> None:

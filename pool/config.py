@@ -225,6 +225,7 @@ class LedgerConfig:
     password_env: str = "POOL_PG_PASSWORD"  # postgresql: the password's environment variable
     shared_refresh_seconds: float = 2.0  # several writers: pool-wide totals reloaded this often
     heartbeat_seconds: float = 5.0  # several writers: each process's row written this often
+    live_workers_seconds: float = 5.0  # several writers: each process's live workers published
     payout_lock_retry_seconds: float = 5.0  # processes not running payouts retry the lock
 
 
@@ -534,6 +535,7 @@ def limits_summary(config: Config) -> dict[str, Any]:
         "ledger.reconcile_blocks": config.ledger.reconcile_blocks,
         "ledger.shared_refresh_seconds": config.ledger.shared_refresh_seconds,
         "ledger.heartbeat_seconds": config.ledger.heartbeat_seconds,
+        "ledger.live_workers_seconds": config.ledger.live_workers_seconds,
         "ledger.payout_lock_retry_seconds": config.ledger.payout_lock_retry_seconds,
         "ledger.pplns_window_factor": config.ledger.pplns_window_factor,
         "ledger.pplns_max_log_shares": config.ledger.pplns_max_log_shares,

@@ -92,6 +92,7 @@ def validate_ledger_backend(config: Config, fail: Callable[[str, str], None]) ->
     for name, least in (
         ("shared_refresh_seconds", 0.1),
         ("heartbeat_seconds", 0.5),
+        ("live_workers_seconds", 0.1),
         ("payout_lock_retry_seconds", 0.1),
     ):
         value = getattr(ledger, name)

@@ -14,12 +14,14 @@ Cost: every answer is bounded. Ledger numbers come from the ledger's in-memory t
 worker's or address's history) are bounded and run on the store's thread. Worker lists are
 paged over a directory of known worker names that is rebuilt at most every ``cache_seconds``
 (sooner, but at most every quarter of that, while workers or connections come and go).
+Live worker state is the whole pool's: this process's merged with the other processes'
+(``pool.api.live_merge``, from a snapshot the store's thread refreshes).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -31,6 +33,17 @@ from pool.api.amounts import (
     sat_money,
     sat_to_btc,
     units_to_sat,
+)
+from pool.api.live_merge import (
+    address_rates,
+    has_address,
+    is_known,
+    is_online,
+    live_fields,
+    live_names,
+    others_rate,
+    rates,
+    window_name,
 )
 from pool.api.solo_view import SoloView
 from pool.bitcoin import (
@@ -52,8 +65,8 @@ from pool.ledger.pps import (
 )
 from pool.ledger.shared import processes_view
 from pool.ledger.store import Balance, Store
+from pool.ledger.store_live import LiveSnapshot
 from pool.server.auth import AuthError, parse_credentials
-from pool.stats import WorkerStats
 
 if TYPE_CHECKING:
     from pool.api.source import PoolSource
@@ -69,9 +82,9 @@ __all__ = [  # the amount helpers, re-exported (they lived here)
     "sat_money",
     "sat_to_btc",
     "units_to_sat",
+    "window_name",
 ]
 
-WINDOW_NAMES = {60: "1m", 300: "5m", 3600: "1h"}
 MINUTE = 60
 MIN_PARTIAL_SECONDS = 5.0  # a minute bucket seen for less than this has no hashrate (too noisy)
 SECONDS_PER_DAY = 86_400
@@ -106,19 +119,16 @@ class ChainSimView(Protocol):
     def mainnet_equivalent(self, difficulty: float | None = None) -> float: ...
 
 
-def window_name(seconds: int) -> str:
-    return WINDOW_NAMES.get(seconds, f"{seconds}s")
-
-
-def rates(meter: HashrateMeter | None, windows: Sequence[int], now: float) -> dict[str, float]:
-    return {window_name(w): meter.hashrate(w, now) if meter else 0.0 for w in windows}
-
-
 @dataclass(frozen=True)
 class Parts:
     server: StratumServer
     ledger: Ledger
     network: Network
+
+    @property
+    def live(self) -> LiveSnapshot:
+        """The other processes' live workers (empty with one process)."""
+        return self.ledger.shared.live
 
 
 @dataclass
@@ -313,6 +323,7 @@ class Views:
             len(stats.workers),
             book.worker_count,  # a count: copying 20 000 names per request was the cost
             len(p.server.sessions),
+            p.live.version,
         )
         mono = time.monotonic()
         d = self._directory
@@ -320,12 +331,11 @@ class Views:
             age = mono - d.built
             if 0.0 <= age < self.cache_seconds and (d.key == key or age < self.cache_seconds / 4):
                 return d
-        known = ledger.workers.keys()
-        live_only = sorted((stats.workers.keys() | set(book.workers())) - known)
+        live, online = live_names(p.server, p.live)  # every process's
+        live_only = sorted(live - ledger.workers.keys())
         names = ledger.names() + live_only
         if live_only:
             names.sort()  # two sorted runs: merged in linear time
-        online = sum(1 for w in stats.workers.values() if w.connections > 0)
         self._directory = Directory(names, live_only, online, key, mono)
         return self._directory
 
@@ -358,12 +368,7 @@ class Views:
         name = self.check_worker(name)
         ledger = p.ledger.aggregates
         stored = ledger.workers.get(name)
-        known = (
-            name in p.server.stats.workers
-            or p.server.hashrate.worker(name) is not None
-            or stored is not None
-        )
-        if not known:
+        if stored is None and not is_known(p.server, p.live, name):
             raise ApiError(404, f"unknown worker: {name}", worker=name)
         return self._worker(p, name, now, stored, ledger.balances.get(_address_of(name)))
 
@@ -375,27 +380,16 @@ class Views:
         stored: WorkerTotals | None,
         balance: Balance | None,
     ) -> dict[str, Any]:
-        stats: WorkerStats | None = p.server.stats.workers.get(name)
-        meter = p.server.hashrate.worker(name)
         address, _, short = name.partition(".")
-        last = [t for t in (stats and stats.last_share, stored and stored.last_share) if t]
-        rejected = dict(stats.rejected) if stats else {}
-        hashrate = rates(meter, p.server.hashrate.windows, now)
+        live = live_fields(p.server, p.live, name, now)  # merged over every process
+        live_last = live.pop("live_last_share")
+        last = [t for t in (live_last, stored and stored.last_share) if t]
+        hashrate = live["hashrate"]
         return {
             "name": name,
             "address": address,
             "worker": short,
-            "online": bool(stats and stats.connections > 0),
-            "connections": stats.connections if stats else 0,
-            "hashrate": hashrate,
-            "difficulty": stats.difficulty if stats and stats.difficulty else None,
-            "shares": {
-                "accepted": stats.accepted if stats else 0,
-                "rejected": rejected,
-                "rejected_total": sum(rejected.values()),
-                "accepted_difficulty": stats.accepted_work if stats else 0.0,
-            },
-            "blocks": stats.blocks if stats else 0,
+            **live,  # online, connections, hashrate, difficulty, shares, blocks
             "last_share": max(last) if last else None,
             "ledger": {
                 "shares": stored.shares if stored else 0,
@@ -418,11 +412,15 @@ class Views:
         address = self.check_address(address)
         names = self.address_workers(p, address)
         balance = p.ledger.aggregates.balances.get(address)
-        meter = p.server.hashrate.address(address)
         payouts = await p.ledger.store.run(Store.payouts, address=address, limit=100)
-        if not names and balance is None and meter is None and not payouts:
+        if (
+            not names
+            and balance is None
+            and not has_address(p.server, p.live, address)
+            and not payouts
+        ):
             raise ApiError(404, f"unknown address: {address} (no shares from it)", address=address)
-        hashrate = rates(meter, p.server.hashrate.windows, now)
+        hashrate = address_rates(p.server, p.live, address, now)  # every process's
         per_day = self.per_day_units(hashrate.get("1h", 0.0), p)
         page = names[offset : offset + limit]
         return {
@@ -432,9 +430,7 @@ class Views:
             **balance_view(balance),
             "estimate_per_day": money("value", per_day) if per_day is not None else None,
             "workers_total": len(names),
-            "workers_online": sum(
-                1 for n in names if (w := p.server.stats.workers.get(n)) and w.connections > 0
-            ),
+            "workers_online": sum(1 for n in names if is_online(p.server, p.live, n)),
             "workers_offset": offset,
             **self.solo.address_fields(p.server, address, hashrate),  # best_share, solo
             "payouts": [
@@ -516,16 +512,17 @@ class Views:
         store = p.ledger.store
         meter: HashrateMeter | None
         rows: list[dict[str, Any]]
+        others = 0.0  # the other processes' live rate of this worker or address
         if worker is not None:
             worker = self.check_worker(worker)
             rows = await store.run(Store.minutes, since, worker=worker)
             meter = p.server.hashrate.worker(worker)
-            samples = ()
+            others, samples = others_rate(p.live, MINUTE, worker=worker), ()
         elif address is not None:
             address = self.check_address(address)
             rows = await store.run(Store.address_minutes, since, address)
             meter = p.server.hashrate.address(address)
-            samples = ()
+            others, samples = others_rate(p.live, MINUTE, address=address), ()
         else:
             rows = p.ledger.aggregates.pool_minutes(since)
             meter = p.server.hashrate.pool
@@ -534,7 +531,10 @@ class Views:
             "time": now,
             "minutes": minutes,
             "points": minute_points(rows, now, started),
-            "live": {"time": now, "hashrate": meter.hashrate(60, now) if meter else 0.0},
+            "live": {
+                "time": now,
+                "hashrate": (meter.hashrate(MINUTE, now) if meter else 0.0) + others,
+            },
             "samples": [{"time": t, "hashrate": h} for t, h in samples if t >= since * MINUTE],
         }
 

@@ -5,6 +5,11 @@ store's thread, never on the loop), and every process writes a heartbeat row
 (``pool_processes``) every ``ledger.heartbeat_seconds`` for the whole-pool views.
 
 A process whose heartbeat is older than ``STALE_HEARTBEATS`` intervals shows as down.
+
+Live workers (``pool.ledger.store_live``): every ``ledger.live_workers_seconds`` each process
+publishes the workers it serves (collected on the loop in chunks of ``LIVE_CHUNK``, written on
+the store's thread, only what changed); the process serving the API (``read_live``) reads the
+others' rows at every refresh into ``live``, a snapshot the API merges with its own workers.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +26,22 @@ import structlog
 
 from pool.config import LedgerConfig
 from pool.ledger.aggregates import ShareRecord
+from pool.ledger.store_live import (
+    EMPTY_SNAPSHOT,
+    LivePublisher,
+    LiveReader,
+    LiveSnapshot,
+    LiveWorker,
+    Published,
+    snapshot_of,
+)
 from pool.ledger.store_thread import StoreThread
 
 log = structlog.get_logger("pool.ledger")
 
 STALE_HEARTBEATS = 3  # heartbeats missed before a process shows as down
+LIVE_PRUNE_STALE = 10  # a process down this many staleness limits loses its live rows
+LIVE_CHUNK = 500  # live workers collected per step on the loop (then it yields)
 
 
 def store_for(
@@ -87,6 +103,15 @@ class SharedLedger:
         self.started_at = time.time()
         self.stats: Callable[[], dict[str, Any]] | None = None  # set by the app
         self.payout_runner: Callable[[], bool] = lambda: False  # set by the app
+        # live workers: this process's (``live_rows(now)``, set by the app), the others'
+        self.live_rows: Callable[[float], Iterable[LiveWorker]] | None = None
+        self.read_live = False  # the app: this process serves the API or the webhooks monitor
+        self.live: LiveSnapshot = EMPTY_SNAPSHOT
+        self.publisher = LivePublisher(
+            instance_id, self.process, LIVE_PRUNE_STALE * self.stale_seconds
+        )
+        self.reader = LiveReader(instance_id, self.process)
+        self.last_publish: Published | None = None
 
     @property
     def stale_seconds(self) -> float:
@@ -139,7 +164,11 @@ class SharedLedger:
         return out
 
     async def run(self) -> None:
-        """Heartbeat and reload, forever (a failing store is retried by the ledger)."""
+        """Heartbeat, reload and live workers, forever (a failing store is retried by the
+        ledger)."""
+        await asyncio.gather(self._refresh_loop(), self._live_loop())
+
+    async def _refresh_loop(self) -> None:
         last_beat = 0.0
         while True:
             now = time.time()
@@ -153,7 +182,64 @@ class SharedLedger:
                 await self.store.refresh_shared(time.time())
             except Exception as exc:
                 log.warning("shared_refresh_failed", error=repr(exc))
+            if self.read_live:
+                try:
+                    await self.refresh_live(time.time())
+                except Exception as exc:
+                    log.warning("live_workers_read_failed", error=repr(exc))
             await asyncio.sleep(self.config.shared_refresh_seconds)
+
+    async def refresh_live(self, now: float) -> None:
+        """The other processes' live workers, read and merged on the store's thread."""
+        if self.store.broken is not None:
+            return  # degraded: the last snapshot stands until the store recovers
+        stale, version = self.stale_seconds, self.live.version + 1
+
+        def read(store: Any) -> LiveSnapshot | None:
+            rows = self.reader.read(store, now, stale)
+            return None if rows is None else snapshot_of(rows, version)
+
+        snapshot = await self.store.run(read)
+        if snapshot is not None:
+            self.live = snapshot
+
+    async def _live_loop(self) -> None:
+        while True:
+            if self.live_rows is not None:
+                try:
+                    await self.publish_live()
+                except Exception as exc:
+                    log.warning("live_workers_publish_failed", error=repr(exc))
+            await asyncio.sleep(self.config.live_workers_seconds)
+
+    async def forget_live(self) -> None:
+        """A clean stop (after the miners left and the tasks stopped): this process's live
+        rows are deleted at once, not left to its heartbeat going stale."""
+        if self.last_publish is None:
+            return  # never published (one process, no shared store): nothing to delete
+        try:
+            await self.store.shared_write(self.publisher.forget)
+        except Exception as exc:  # its heartbeat goes stale: readers ignore the rows then
+            log.warning("live_workers_forget_failed", error=repr(exc))
+
+    async def publish_live(self) -> Published | None:
+        """Collect this process's live workers (on the loop, ``LIVE_CHUNK`` at a time) and
+        write what changed (on the store's thread). None when there is nothing to collect or
+        the store is degraded."""
+        if self.live_rows is None:
+            return None
+        rows: list[LiveWorker] = []
+        for row in self.live_rows(time.time()):
+            rows.append(row)
+            if len(rows) % LIVE_CHUNK == 0:
+                await asyncio.sleep(0)  # 20 000 workers' hashrates: never one long stall
+        now = time.time()
+        result = await self.store.shared_write(
+            lambda store: self.publisher.publish(store, rows, now)
+        )
+        if result is not None:
+            self.last_publish = result
+        return result
 
 
 def processes_view(ledger: Any, now: float) -> dict[str, Any]:

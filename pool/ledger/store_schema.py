@@ -6,6 +6,7 @@ from __future__ import annotations
 from pool.ledger.store_bans import BANS_MIGRATION
 from pool.ledger.store_best import MIGRATION as BEST_SHARES_MIGRATION
 from pool.ledger.store_chain_sim import CHAIN_SIM_MIGRATION
+from pool.ledger.store_live import LIVE_MIGRATION
 from pool.ledger.store_pplns import MIGRATION as PPLNS_MIGRATION
 from pool.ledger.store_processes import PROCESSES_MIGRATION
 
@@ -84,6 +85,8 @@ MIGRATIONS: tuple[str, ...] = (
     BANS_MIGRATION,
     # 7: the simulated chain's state shared by every process/instance (store_chain_sim.py)
     CHAIN_SIM_MIGRATION,
+    # 8: every process's live workers, for the whole-pool API views (pool/ledger/store_live.py)
+    LIVE_MIGRATION,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # Several processes commit into one store (server.processes > 1): a writer that finds the

@@ -387,6 +387,13 @@ class StoreThread:
 
         return await self._write(load, after) is not None
 
+    async def shared_write(self, fn: Callable[[Store], T]) -> T | None:
+        """``fn(store)``: a write of the whole-pool rows (live workers) on the thread; not
+        while degraded (None then); a storage error degrades the store like any write."""
+        if self.broken is not None:
+            return None
+        return await self._write(fn, lambda _: None)
+
     async def heartbeat(self, row: dict[str, Any]) -> None:
         """Write this process's ``pool_processes`` row (not while degraded)."""
         if self.broken is None:

@@ -139,6 +139,14 @@ def main(argv: list[str] | None = None) -> int:
         default="asyncio",
         help="the pool's stratum.event_loop (uvloop: the 'fast' extra)",
     )
+    parser.add_argument(
+        "--fanout-loadgen-nice",
+        type=int,
+        default=0,
+        metavar="N",
+        help="fanout_processes: run the load generator at niceness N (19: it yields the CPU "
+        "it shares with a pool worker; arrivals are kernel-stamped either way)",
+    )
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = sorted(set(names) - set(ALL))
@@ -149,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         if not (args.pool_src / "pool" / "__main__.py").exists():
             parser.error(f"--pool-src {args.pool_src}: no pool/__main__.py there")
         settings = dataclasses.replace(settings, pool_src=str(args.pool_src.resolve()))
+    if args.fanout_loadgen_nice:
+        settings = dataclasses.replace(settings, fanout_loadgen_nice=args.fanout_loadgen_nice)
     if args.event_loop != settings.event_loop:
         settings = dataclasses.replace(settings, event_loop=args.event_loop)
     results: dict[str, Any] = {

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,11 @@ async def fanout_processes(node: Node, cpus: Cpus, workdir: Path, s: Any) -> dic
     from benchmarks.scenarios import FANOUT_CONFIG, fanout_rounds
 
     src = Path(s.pool_src) if s.pool_src else REPO
-    rounds = fanout_rounds(node, cpus, s)
 
-    async def run(pool: PoolProcess, data_dir: Path) -> dict[str, Any]:
+    async def run(pool: PoolProcess, data_dir: Path, processes: int) -> dict[str, Any]:
+        rounds = fanout_rounds(
+            node, cpus, s, loadgen_nice=s.fanout_loadgen_nice, processes=processes
+        )
         pids = [int(w["pid"]) for w in _workers(data_dir)] or [pool.pid]
         peak = {p: 0 for p in pids}
 
@@ -49,11 +52,12 @@ async def fanout_processes(node: Node, cpus: Cpus, workdir: Path, s: Any) -> dic
             with contextlib.suppress(asyncio.CancelledError):
                 await sampler
         result["sockets_per_process"] = [peak[p] for p in pids]
+        result["gc_full_passes_logged"] = _logged_gc_passes(pool.log_path)
         return result
 
     out: dict[str, Any] = {}
     both_cores = Cpus(None, cpus.loadgen)
-    for n in (1, 2):
+    for n in s.fanout_process_counts:
         await _part(
             f"processes{n}",
             out,
@@ -65,10 +69,25 @@ async def fanout_processes(node: Node, cpus: Cpus, workdir: Path, s: Any) -> dic
                 workdir,
                 src,
                 n,
-                run,
+                functools.partial(run, processes=n),
                 **FANOUT_CONFIG,
             ),
         )
+    return out
+
+
+def _logged_gc_passes(log_path: Path) -> list[float]:
+    """The pool's ``gc_full_pass`` warnings (full collector passes of 20 ms or more: each
+    stalls that process's loop, a fan-out included), in seconds."""
+    try:
+        text = log_path.read_text(errors="replace")
+    except OSError:
+        return []
+    out = []
+    for line in text.splitlines():
+        if '"gc_full_pass"' in line:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                out.append(float(json.loads(line)["seconds"]))
     return out
 
 

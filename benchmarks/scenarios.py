@@ -78,6 +78,8 @@ class Settings:
     zmq_rounds: int = 10  # ...and blocks per way (zmq, longpoll, both)
     pool_src: str = ""  # run the pool from this source tree (default: this checkout)
     event_loop: str = "asyncio"  # the pool's stratum.event_loop (asyncio | uvloop)
+    fanout_loadgen_nice: int = 0  # fanout_processes: the load generator's niceness
+    fanout_process_counts: tuple[int, ...] = (1, 2)  # fanout_processes: pools measured
 
     @classmethod
     def quick(cls) -> Settings:
@@ -219,14 +221,16 @@ async def idle(node: Node, cpus: Cpus, workdir: Path, s: Settings) -> dict[str, 
     return await _with_pool("idle", node, cpus, workdir, s, run, difficulty=1.0)
 
 
-def fanout_rounds(node: Node, cpus: Cpus, s: Settings, loadgen_nice: int = 0) -> Any:
+def fanout_rounds(
+    node: Node, cpus: Cpus, s: Settings, loadgen_nice: int = 0, processes: int = 1
+) -> Any:
     """The fan-out measurement against a started pool (``await run(pool)``): at each miner
     count, rounds of a quiet second, ``generatetoaddress 1`` (timed), then the generator times
     each miner's clean notify for that block from the RPC call's return. Also used with
     several worker processes (benchmarks/fanout_processes.py)."""
 
     async def run(pool: PoolProcess, *_args: Any) -> dict[str, Any]:
-        spec = _spec("fanout", node, pool, batch=s.fanout_batch, deadline=30.0)
+        spec = _spec("fanout", node, pool, batch=s.fanout_batch, deadline=30.0, processes=processes)
         gen = Loadgen(spec, cpus.loadgen, nice=loadgen_nice)
         await gen.start()
         out: dict[str, Any] = {}

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import gc
 import os
 import time
 from collections.abc import Mapping
@@ -21,7 +20,7 @@ from urllib.parse import urlsplit
 
 import structlog
 
-from pool import preflight
+from pool import gc_watch, preflight
 from pool.api.live_merge import local_rows, merged_stats
 from pool.api.server import ApiServer
 from pool.bitcoin import (
@@ -311,10 +310,8 @@ class PoolApp:
             self.api = ApiServer(self)
             await self.api.start()
         # Everything made so far lives as long as the pool (modules, config, node, ledger):
-        # out of the garbage collector's full passes, which walk every tracked object and so
-        # stall the loop longer the more there are.
-        gc.collect()
-        gc.freeze()
+        # out of the garbage collector's full passes, which are timed from now on.
+        gc_watch.settle()
         log.info(
             "pool_started",
             chain=network.name,

@@ -38,6 +38,7 @@ class Miner(asyncio.Protocol):
         self.failure: str | None = None
         self.t_start = now()
         self.t_ready: float | None = None
+        self.extranonce1 = ""
         self.extranonce2_size = 4
         self.job_id = ""
         self.ntime = ""
@@ -97,6 +98,7 @@ class Miner(asyncio.Protocol):
                 if msg.get("error") or not isinstance(msg.get("result"), list):
                     self.failure = f"subscribe refused: {line[:200]!r}"
                 else:
+                    self.extranonce1 = str(msg["result"][1])
                     self.extranonce2_size = int(msg["result"][2])
             elif isinstance(mid, int) and mid >= FIRST_AUTHORIZE_ID:
                 if msg.get("result") is True:

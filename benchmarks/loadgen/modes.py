@@ -162,7 +162,7 @@ async def mode_fanout(gen: Generator, spec: Spec, commands: asyncio.StreamReader
                     m.notifies.clear()  # earlier jobs (the handshake's, refreshes) do not count
             emit("grown", connected=len(live), **_conn_report(gen))
         elif cmd["cmd"] == "block":
-            rounds.append(await fanout_round(gen, cmd, spec["deadline"]))
+            rounds.append(await fanout_round(gen, cmd, spec["deadline"], spec.get("processes", 1)))
             emit("round", **rounds[-1])
         else:
             break
@@ -170,7 +170,16 @@ async def mode_fanout(gen: Generator, spec: Spec, commands: asyncio.StreamReader
     return {"rounds": rounds}
 
 
-async def fanout_round(gen: Generator, cmd: dict[str, Any], deadline_s: float) -> dict[str, Any]:
+def process_of(extranonce1: str, processes: int) -> int:
+    """The worker process that gave ``extranonce1`` (pool/server/extranonce.py: after the
+    instance's byte, the worker index in the top bits of the next byte)."""
+    bits = (processes - 1).bit_length()
+    return int(extranonce1[2:4] or "0", 16) >> (8 - bits) if bits else 0
+
+
+async def fanout_round(
+    gen: Generator, cmd: dict[str, Any], deadline_s: float, processes: int = 1
+) -> dict[str, Any]:
     """Time every live miner's clean notify for the block ``cmd["hash"]``: by the kernel's
     receive stamp from ``cmd["t_wall"]`` (the headline figure), and by when this process read
     it from ``cmd["t"]`` (monotonic; includes the generator's own queueing). While waiting only
@@ -197,6 +206,7 @@ async def fanout_round(gen: Generator, cmd: dict[str, Any], deadline_s: float) -
             break
         await asyncio.sleep(0.1)
     stamped: list[float] = []
+    by_process: dict[int, list[float]] = {}
     seen: list[float] = []
     not_clean = unstamped = 0
     for m in miners:
@@ -209,6 +219,7 @@ async def fanout_round(gen: Generator, cmd: dict[str, Any], deadline_s: float) -
                 unstamped += 1
             else:
                 stamped.append(got[1] - cmd["t_wall"])
+                by_process.setdefault(process_of(m.extranonce1, processes), []).append(stamped[-1])
         m.notifies.clear()
     return {
         "miners": len(miners),
@@ -218,6 +229,7 @@ async def fanout_round(gen: Generator, cmd: dict[str, Any], deadline_s: float) -
         "without_kernel_stamp": unstamped,
         "rpc_seconds": round(cmd["t"] - cmd["t_call"], 4),
         "latency_ms": percentiles(stamped),
+        "latency_ms_by_process": {str(p): percentiles(v) for p, v in sorted(by_process.items())},
         "first_ms": round(min(stamped) * 1000, 3) if stamped else None,
         "read_by_loadgen_ms": percentiles(seen),
         "loadgen_cpu_seconds": round(time.process_time() - process0, 3),

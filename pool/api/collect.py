@@ -18,6 +18,7 @@ from pool.api.metrics import Metric, counter, gauge, sample
 from pool.api.views import Views, window_name
 from pool.api.webhook_routes import webhook_metrics
 from pool.bitcoin import target_to_difficulty
+from pool.gc_watch import gc_metrics
 from pool.ledger.journal_read import DAMAGE_TOTAL
 from pool.ledger.ledger import Ledger
 from pool.ledger.pps import UNITS_PER_SAT
@@ -218,6 +219,7 @@ def collect(
     out += _new_block_metrics(app)
     out += webhook_metrics(getattr(app, "webhooks", None), PREFIX)
     out += process_metrics(app, PREFIX)  # several worker processes: their restarts
+    out += gc_metrics(PREFIX)  # the collector's pauses (they stall the loop)
     tasks = getattr(app, "tasks", None)
     if tasks is not None and tasks.states:
         out.append(

@@ -520,8 +520,10 @@ class PoolConnection:
         return data + conn.notify(event, encoded=line)
 
     def _remember(self, job_id: str, job: Job, difficulty: float, clean: bool) -> None:
-        if clean:  # the old dicts are kept (not copied) to tell stale shares from bad ones
-            self.retired, self.sent, self.sent_difficulty = self.sent, {}, {}
+        if clean:  # sent jobs retire (stale, not bad); dicts reused: no garbage per block
+            self.retired, self.sent = self.sent, self.retired
+            self.sent.clear()
+            self.sent_difficulty.clear()
         sent, difficulties = self.sent, self.sent_difficulty
         sent[job_id] = job
         difficulties[job_id] = difficulty

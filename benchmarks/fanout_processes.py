@@ -70,6 +70,7 @@ async def fanout_processes(node: Node, cpus: Cpus, workdir: Path, s: Any) -> dic
                 src,
                 n,
                 functools.partial(run, processes=n),
+                pin_workers=True,  # worker i on CPU i (server.pin_workers)
                 **FANOUT_CONFIG,
             ),
         )

@@ -91,6 +91,7 @@ async def with_processes(
     src: Path,
     processes: int,
     run: Any,
+    pin_workers: bool = False,
     **pool_settings: Any,
 ) -> dict[str, Any]:
     """A pool of ``processes`` worker processes (``pool_config(**pool_settings)``, share
@@ -101,7 +102,7 @@ async def with_processes(
     pool_settings.setdefault("difficulty", 1.0)
     config = pool_config(node, data_dir, stratum_port=port, **pool_settings)
     if processes > 1:
-        config["server"] = {"processes": processes}
+        config["server"] = {"processes": processes, "pin_workers": pin_workers}
     pool = PoolProcess(config, base, cpus.pool, src=src)
     await pool.start()
     try:

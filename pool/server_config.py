@@ -24,6 +24,9 @@ class ServerConfig:
     worker_restart_backoff_seconds: float = 1.0  # a dead worker's first restart delay (doubles)
     worker_restart_backoff_max_seconds: float = 30.0  # ...up to this
     worker_stop_timeout_seconds: float = 60.0  # a draining worker is killed after this
+    # worker i runs on CPU i (mod the CPUs the pool may use): a new block's fan-out then runs
+    # on every core at once, never two workers on one core while another idles
+    pin_workers: bool = False
 
 
 def validate_server(config: Config, fail: Callable[[str, str], None]) -> None:
@@ -72,4 +75,5 @@ def server_limits(config: Config) -> dict[str, Any]:
         "server.worker_restart_backoff_seconds": server.worker_restart_backoff_seconds,
         "server.worker_restart_backoff_max_seconds": server.worker_restart_backoff_max_seconds,
         "server.worker_stop_timeout_seconds": server.worker_stop_timeout_seconds,
+        "server.pin_workers": server.pin_workers,
     }

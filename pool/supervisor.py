@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import signal
@@ -253,13 +254,22 @@ class PoolSupervisor:
             "--index",
             str(slot.index),
             stdin=asyncio.subprocess.DEVNULL,
-            preexec_fn=die_with_parent,
+            preexec_fn=functools.partial(_worker_setup, cpu := self._cpu_of(slot.index)),
         )
         slot.proc = proc
         slot.started = time.time()
-        log.info("worker_started", worker=slot.journal_id, pid=proc.pid, restarts=slot.restarts)
+        log.info(
+            "worker_started", worker=slot.journal_id, pid=proc.pid, restarts=slot.restarts, cpu=cpu
+        )
         self._write_status()
         return proc
+
+    def _cpu_of(self, index: int) -> int | None:
+        """Worker ``index``'s CPU with ``server.pin_workers`` (None: the kernel places it)."""
+        if not self.config.server.pin_workers:
+            return None
+        cpus = sorted(os.sched_getaffinity(0))
+        return cpus[index % len(cpus)]
 
     async def _watch(self, slot: WorkerSlot, config_path: Path) -> None:
         """Start the worker; whenever it exits while the pool runs, start it again (backoff)."""
@@ -354,6 +364,13 @@ class PoolSupervisor:
 
     async def run_until_signalled(self) -> None:
         await run_until_signalled(self.start, self.stop)
+
+
+def _worker_setup(cpu: int | None) -> None:
+    """In the worker between fork and exec: die with the supervisor; its CPU when pinned."""
+    die_with_parent()
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
 
 
 def run_supervisor(config: Config) -> int:

@@ -43,6 +43,7 @@ def write_config(
     api: bool = True,
     tls: bool = False,
     dsn: str = "",
+    pin: bool = False,
 ) -> Path:
     """A managed regtest bitcoind, one Stratum port (0: the supervisor picks one for all the
     workers; a TLS port too with ``tls``), fixed share difficulty. No simulated chain (the
@@ -54,6 +55,7 @@ def write_config(
             "processes": processes,
             "worker_restart_backoff_seconds": 0.5,
             "worker_restart_backoff_max_seconds": 2.0,
+            "pin_workers": pin,
         },
         "stratum": {"ports": ports},
         "vardiff": {"enabled": False},

@@ -14,6 +14,7 @@ Wall time: about 1 to 2 minutes.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -53,7 +54,10 @@ async def test_two_processes_share_a_port_and_credit_every_share_once(
     # reason where it cannot be installed
     dsn = request.getfixturevalue("pg_database") if backend == "postgresql" else ""
     data_dir = tmp_path / "pool"
-    config = write_config(tmp_path / "pool.toml", data_dir, instance_id=INSTANCE, tls=True, dsn=dsn)
+    pin = backend == "sqlite"  # server.pin_workers: worker i on CPU i
+    config = write_config(
+        tmp_path / "pool.toml", data_dir, instance_id=INSTANCE, tls=True, dsn=dsn, pin=pin
+    )
     pool = SupervisedPool(config, data_dir, tmp_path / "pool.log")
     await pool.start()
     miners: list[Miner] = []
@@ -68,6 +72,10 @@ async def test_two_processes_share_a_port_and_credit_every_share_once(
         statuses = pool.workers()
         assert [w["journal_id"] for w in statuses] == ["w0", "w1"]
         assert all(w["running"] and alive(w["pid"]) for w in statuses)
+        cpus = sorted(os.sched_getaffinity(0))
+        for i, w in enumerate(statuses):
+            want = {cpus[i % len(cpus)]} if pin else set(cpus)
+            assert os.sched_getaffinity(w["pid"]) == want, (i, w)
         miners = await miners_on_every_process(pool.port, f"{ADDRESSES[0]}.", per_process=2)
         miners[-1].worker = f"{ADDRESSES[1]}.m-last"  # a second address (same connection)
         await _authorize(miners[-1])

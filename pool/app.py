@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import structlog
 
 from pool import gc_watch, preflight
-from pool.api.live_merge import local_rows, merged_stats
+from pool.api.live_merge import MonitorView, local_rows
 from pool.api.server import ApiServer
 from pool.bitcoin import (
     AddressError,
@@ -42,7 +42,6 @@ from pool.ledger.ledger import Ledger, LedgerError
 from pool.ledger.payout_lock import PayoutLock
 from pool.ledger.payouts import Payouts, RoundResult
 from pool.ledger.store_best import load_best
-from pool.ledger.store_live import EMPTY_SNAPSHOT
 from pool.node.managed import (
     ManagedNode,
     ensure_wallet,
@@ -340,10 +339,12 @@ class PoolApp:
             return reasons
 
         shared = self.ledger.shared if self.ledger is not None else None
+        view = MonitorView(2 * self.config.webhooks.worker_offline_seconds)
 
         def workers() -> Mapping[str, WorkerStats]:  # every process's (merged)
-            live = shared.live if shared is not None else EMPTY_SNAPSHOT
-            return merged_stats(server.stats.workers, live)
+            if shared is None:
+                return server.stats.workers
+            return view(server.stats.workers, shared.live, shared.live_stale, time.time())
 
         self.tasks.spawn("webhooks-monitor", hooks.monitor(workers, health))
 

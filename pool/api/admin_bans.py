@@ -111,8 +111,8 @@ class BanRoutes:
         shared = self.shared()
         if value not in bans and not lifted and shared is not None:
             # made elsewhere and not read here yet? (a store that fails: answered as before)
-            with contextlib.suppress(Exception):
-                await shared.catch_up()
+            with contextlib.suppress(Exception):  # a hung store: answered within a bound
+                await asyncio.wait_for(shared.catch_up(), 2 * shared.refresh + 5)
             lifted = kind == "ip" and server.lift_temp_ban(value)
         if value not in bans and not lifted:
             raise ApiError(404, f"{kind} {value} is not banned", target={kind: value})

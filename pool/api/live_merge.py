@@ -195,3 +195,45 @@ def merged_stats(
             last_share=max(lasts) if lasts else None,
         )
     return out
+
+
+class MonitorView:
+    """The workers the webhooks monitor watches (``pool.webhooks.WorkerWatch``: offline when
+    the last share is ``offline_seconds`` old). ``merged_stats``, and two cases it misses:
+
+    * a worker held only by another process that stopped (its rows leave the snapshot when
+      its heartbeat goes stale) is kept, with no connection, until ``keep_seconds`` after its
+      last share, so its worker_offline still fires;
+    * while the snapshot is stale (this process's store degraded), the other processes'
+      workers are left out rather than shown with frozen last shares (which would send a
+      worker_offline for every one of them, still mining, then a worker_back each).
+    """
+
+    def __init__(self, keep_seconds: float) -> None:
+        self.keep_seconds = keep_seconds
+        self.remote: dict[str, WorkerStats] = {}  # the last view's workers only others held
+        self.gone: dict[str, WorkerStats] = {}  # those whose process stopped
+
+    def __call__(
+        self,
+        local: Mapping[str, WorkerStats],
+        snapshot: LiveSnapshot,
+        stale: bool,
+        now: float,
+    ) -> Mapping[str, WorkerStats]:
+        if stale:
+            return local
+        merged = merged_stats(local, snapshot)
+        for name, stats in self.remote.items():
+            if name not in merged:
+                self.gone[name] = dataclasses.replace(stats, connections=0)
+        self.remote = {n: w for n, w in merged.items() if n not in local}
+        for name in [n for n in self.gone if n in merged]:
+            del self.gone[name]  # back on some process
+        for name in [n for n, w in self.gone.items() if _older(w, now, self.keep_seconds)]:
+            del self.gone[name]
+        return {**self.gone, **merged} if self.gone else merged
+
+
+def _older(stats: WorkerStats, now: float, seconds: float) -> bool:
+    return stats.last_share is None or now - stats.last_share > seconds

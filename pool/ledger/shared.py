@@ -107,6 +107,7 @@ class SharedLedger:
         self.live_rows: Callable[[float], Iterable[LiveWorker]] | None = None
         self.read_live = False  # the app: this process serves the API or the webhooks monitor
         self.live: LiveSnapshot = EMPTY_SNAPSHOT
+        self.live_stale = False  # the last read failed: ``live`` is older than a refresh
         self.publisher = LivePublisher(
             instance_id, self.process, LIVE_PRUNE_STALE * self.stale_seconds
         )
@@ -190,18 +191,22 @@ class SharedLedger:
             await asyncio.sleep(self.config.shared_refresh_seconds)
 
     async def refresh_live(self, now: float) -> None:
-        """The other processes' live workers, read and merged on the store's thread."""
+        """The other processes' live workers, read and merged on the store's thread. While
+        the store is degraded (or a read fails) the last snapshot stands, marked stale."""
         if self.store.broken is not None:
-            return  # degraded: the last snapshot stands until the store recovers
+            self.live_stale = True  # its last shares would look frozen
+            return
         stale, version = self.stale_seconds, self.live.version + 1
 
         def read(store: Any) -> LiveSnapshot | None:
             rows = self.reader.read(store, now, stale)
             return None if rows is None else snapshot_of(rows, version)
 
+        self.live_stale = True
         snapshot = await self.store.run(read)
         if snapshot is not None:
             self.live = snapshot
+            self.live_stale = False
 
     async def _live_loop(self) -> None:
         while True:
@@ -215,8 +220,8 @@ class SharedLedger:
     async def forget_live(self) -> None:
         """A clean stop (after the miners left and the tasks stopped): this process's live
         rows are deleted at once, not left to its heartbeat going stale."""
-        if self.last_publish is None:
-            return  # never published (one process, no shared store): nothing to delete
+        if self.live_rows is None:
+            return  # never publishes (one process, no shared store): nothing to delete
         try:
             await self.store.shared_write(self.publisher.forget)
         except Exception as exc:  # its heartbeat goes stale: readers ignore the rows then

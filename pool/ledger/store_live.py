@@ -17,6 +17,7 @@ when their count or newest ``updated_at`` changed (every publish moves ``updated
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Iterable
@@ -48,6 +49,7 @@ LIVE_MIGRATION = """
 
 READ_PAGE = 2000  # live rows read per statement
 WRITE_STEP = 1000  # live rows written per executemany
+HASHRATE_TOLERANCE = 0.02  # a worker whose rates moved less is not written again
 
 _UPSERT = """
     INSERT INTO live_workers (instance_id, process, worker, address, connections, difficulty,
@@ -175,9 +177,14 @@ class LivePublisher:
             ).fetchone()[0]
             full = int(held) != len(self.sent)
         sent = {} if full else self.sent
-        changed = sorted(
-            (row for name, row in current.items() if sent.get(name) != row), key=lambda r: r.name
-        )
+        written = {name: sent[name] for name in current if name in sent}  # the table after
+        changed = []
+        for name, row in current.items():
+            old = sent.get(name)
+            if old is None or not _close(old, row):
+                changed.append(row)
+                written[name] = row
+        changed.sort(key=lambda r: r.name)
         gone = sorted(name for name in sent if name not in current)
         self.full = True  # until this commit is known to have succeeded
         store._begin_own()
@@ -201,7 +208,7 @@ class LivePublisher:
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        self.sent, self.full, self.last_at = current, False, now
+        self.sent, self.full, self.last_at = written, False, now
         return Published(len(changed), len(gone), full, time.perf_counter() - started)
 
     def _prune(self, store: Store, now: float) -> int:
@@ -229,6 +236,19 @@ class LivePublisher:
             db.execute("ROLLBACK")
             raise
         self.sent, self.full = {}, True
+
+
+def _close(old: LiveWorker, new: LiveWorker) -> bool:
+    """Nothing to write: the same row, its hashrates within ``HASHRATE_TOLERANCE`` of the
+    ones written (an idle worker's rates decay a little at every publish)."""
+    if dataclasses.replace(old, hashrate=new.hashrate) != new:
+        return False
+    if [w for w, _ in old.hashrate] != [w for w, _ in new.hashrate]:
+        return False
+    return all(
+        abs(a - b) <= HASHRATE_TOLERANCE * max(abs(a), abs(b))
+        for (_, a), (_, b) in zip(old.hashrate, new.hashrate, strict=True)
+    )
 
 
 class LiveReader:

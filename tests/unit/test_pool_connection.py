@@ -161,6 +161,27 @@ def test_clean_job_makes_old_ids_stale() -> None:
     assert shares == 1
 
 
+def test_clean_jobs_in_a_row_retire_only_the_jobs_of_the_last_block() -> None:
+    """The connection's job dicts are reused at each clean job (not made anew): a job sent
+    before the last clean one is stale (normal work on the previous block, not counted as
+    abuse); one from before the clean job before that is a bad share like any other."""
+    core, ctx, job0 = setup()
+    handshake(core)
+    jobs = [job0]
+    for _ in range(3):
+        jobs.append(make_job(ctx.jobs, clean=True))
+        core.on_job(jobs[-1], NOW)
+        items, _ = core.receive_data(submit(jobs[-2].job_id, 1, id=5), NOW)
+        assert messages(items)[0]["error"][0] == Reject.STALE.code
+        assert core.bad == 0.0  # the previous block's job: not abuse
+    items, _ = core.receive_data(submit(jobs[-3].job_id, 1, id=6), NOW)
+    assert messages(items)[0]["error"][0] == Reject.STALE.code
+    assert core.bad == 1.0  # two blocks old: counted
+    _, shares = core.receive_data(submit(jobs[-1].job_id, 1, id=7), NOW)
+    assert shares == 1
+    assert list(core.sent) == [jobs[-1].job_id] and list(core.retired) == [jobs[-2].job_id]
+
+
 def test_share_is_judged_at_the_difficulty_of_its_job() -> None:
     core, ctx, job = setup(difficulty=1e-12)
     handshake(core)

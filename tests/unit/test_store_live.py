@@ -14,6 +14,7 @@ from typing import Any, cast
 import pytest
 
 from pool.api.live_merge import (
+    MonitorView,
     address_rates,
     is_known,
     is_online,
@@ -28,6 +29,7 @@ from pool.hashrate import HASHES_PER_DIFF1, HashrateBook
 from pool.ledger.store import Store
 from pool.ledger.store_live import (
     EMPTY_SNAPSHOT,
+    HASHRATE_TOLERANCE,
     LivePublisher,
     LiveReader,
     LiveWorker,
@@ -319,6 +321,52 @@ def test_webhook_monitor_sees_workers_of_other_processes() -> None:
     assert merged["addr.x"].last_share == 20.0 and merged["addr.x"].connections == 2
     assert mine.last_share == 10.0 and mine.connections == 1
     assert merged_stats(local, EMPTY_SNAPSHOT) is local  # one process: no copy, no cost
+
+
+def test_monitor_keeps_a_stopped_process_workers_until_offline_and_skips_a_stale_view() -> None:
+    """MonitorView: a worker only another process held, whose process stopped (its rows left
+    the snapshot), still gets its worker_offline; while the snapshot is stale (this
+    process's store degraded) the others' workers are left out, not reported offline."""
+    view = MonitorView(keep_seconds=120.0)
+    watch = WorkerWatch(offline_seconds=60.0, started=0.0)
+    local: dict[str, WorkerStats] = {}
+    there = snapshot_of([LiveWorker("addr.y", "addr", connections=1, last_share=100.0)], 1)
+    assert watch.check(view(local, there, False, 110.0), 110.0) == []
+    # the process holding addr.y stops: its rows leave the snapshot
+    seen = view(local, EMPTY_SNAPSHOT, False, 130.0)
+    assert seen["addr.y"].connections == 0 and seen["addr.y"].last_share == 100.0
+    assert watch.check(seen, 130.0) == []
+    events = watch.check(view(local, EMPTY_SNAPSHOT, False, 161.0), 161.0)
+    assert [(e, d["worker"]) for e, d, _ in events] == [("worker_offline", "addr.y")]
+    assert "addr.y" not in view(local, EMPTY_SNAPSHOT, False, 221.0)  # kept 120 s, then gone
+    # a stale snapshot (frozen last shares): the others' workers are not watched meanwhile
+    watch2 = WorkerWatch(offline_seconds=60.0, started=0.0)
+    frozen = snapshot_of([LiveWorker("addr.z", "addr", connections=1, last_share=300.0)], 2)
+    assert watch2.check(view(local, frozen, False, 310.0), 310.0) == []
+    assert watch2.check(view(local, frozen, True, 400.0), 400.0) == []  # would be "offline"
+    assert view(local, frozen, True, 400.0) is local
+    assert "addr.z" in view(local, frozen, False, 401.0)  # readable again: watched again
+
+
+def test_an_idle_worker_decaying_hashrate_is_not_rewritten_every_publish(
+    make_store: MakeStore,  # noqa: F811
+) -> None:
+    """Rates that moved less than HASHRATE_TOLERANCE since the row was written are not
+    written again (an idle worker's rates decay a little at every publish); a bigger move
+    is, and the comparison is with what the table holds, so small moves cannot add up."""
+    b = opened(make_store, "w1")
+    beat(b, "w1", 100.0)
+    pub = LivePublisher(0, "w1", PRUNE)
+    rate = 1e9
+    assert pub.publish(b, [worker("a.x", hashrate=((3600, rate),))], 100.0).written == 1
+    small = rate * (1 - HASHRATE_TOLERANCE / 2)
+    assert pub.publish(b, [worker("a.x", hashrate=((3600, small),))], 105.0).written == 0
+    smaller = rate * (1 - HASHRATE_TOLERANCE * 1.5)  # two small moves: over it in all
+    assert pub.publish(b, [worker("a.x", hashrate=((3600, smaller),))], 110.0).written == 1
+    held = b.conn.execute("SELECT hashrate FROM live_workers").fetchone()[0]
+    assert str(smaller)[:6] in str(held)
+    assert pub.publish(b, [worker("a.x", hashrate=((3600, 0.0),))], 115.0).written == 1
+    assert pub.publish(b, [worker("a.x", hashrate=((3600, 0.0),), accepted=1)], 120.0).written == 1
 
 
 # -- the config key -------------------------------------------------------------------------------

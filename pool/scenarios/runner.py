@@ -34,6 +34,7 @@ from pool.chain_sim import Retarget
 from pool.ledger.pps import UNITS_PER_SAT
 from pool.node.managed import ManagedNode, prepare_regtest_wallet
 from pool.node.submit import BlockSubmission
+from pool.scenarios import fees
 from pool.scenarios.html import render_html
 from pool.scenarios.miners import MinerProcess, miner_command, share_difficulty
 from pool.scenarios.report import (
@@ -104,12 +105,14 @@ class ScenarioRun:
         self._history_seen = 0
         self._target = 0
         self.rec: Recording | None = None
+        self.fees: fees.FeeTraffic | None = None
 
     # -- set-up ---------------------------------------------------------------------------------
     async def _start(self) -> None:
-        self.node = node = ManagedNode(self.out / "bitcoind")
+        self.node = node = ManagedNode(self.out / "bitcoind", extra_args=fees.NODE_ARGS)
         rpc = await node.start()
         payout = await prepare_regtest_wallet(node, POOL_WALLET)
+        self.fees = fees.FeeTraffic(rpc, POOL_WALLET, self.spec.run.fee_share)
         await node.ensure_wallet(MINERS_WALLET)
         for m in self.spec.miners:
             self.addresses[m.name] = await rpc.call(
@@ -252,6 +255,8 @@ class ScenarioRun:
         if submission is None:
             return
         try:
+            if submission.accepted and self.fees is not None:
+                self.fees.on_block(submission.height)
             self._record_block(result, creds, now, submission)
             self._sync_changes()
             self._check_triggers()
@@ -475,6 +480,8 @@ class ScenarioRun:
     async def _shutdown(self) -> None:
         with contextlib.suppress(Exception):
             await self._stop_miners()
+        if self.fees is not None:
+            await self.fees.close()
         for proc in self.miners.values():  # anything still there after an error
             proc.kill()
         if self.app is not None:
@@ -500,6 +507,10 @@ class ScenarioRun:
                 fee_bps=self.spec.run.fee_bps,
                 settings=self.compare,
             )
+        if self.fees is not None:
+            report["fee_traffic"] = self.fees.summary()
+            if isinstance(report.get("schemes"), dict):
+                report["schemes"]["fee_traffic"] = report["fee_traffic"]
         json_path = self.out / "report.json"
         html_path = self.out / "report.html"
         json_path.write_text(json.dumps(report, indent=1) + "\n")

@@ -178,10 +178,19 @@ def schemes_html(section: Mapping[str, Any] | None, duration: float) -> str:
         f"deviation over {settings['resamples']} resampled runs of the same shares (seed "
         f"{settings['seed']}).</p>"
     )
+    fees = section.get("fee_traffic") or {}
     if all(m["fpps"]["units"] == m["pps"]["units"] for m in section["miners"]):
         intro += (
             '<p class="muted">FPPS equals PPS here: the templates of the run carried no '
-            "transaction fees (a regtest chain without transactions).</p>"
+            "transaction fees (a regtest chain without transactions; a scenario's "
+            "<code>[run] fee_share</code> adds them).</p>"
+        )
+    elif fees.get("transactions"):
+        intro += (
+            f'<p class="muted">Transaction fees: one wallet transaction per block paying '
+            f"{fees['fee_share'] * 100:g} % of the subsidy ({fees['transactions']} sent, "
+            f"<code>[run] fee_share</code>); FPPS pays them from the templates, PPS does "
+            "not.</p>"
         )
     ruin = section.get("ruin")
     ruin_text = ""

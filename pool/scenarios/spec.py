@@ -17,7 +17,8 @@ are replaced whole. Unknown keys and wrong types are errors that name the key.
                     set_difficulty | scale
     [run]           share_interval_seconds (0.1), sample_seconds (1), progress_seconds (5),
                     hashrate_window_seconds (10), max_seconds (600), fee_bps (200),
-                    miner_command ("": the bundled miner)
+                    miner_command ("": the bundled miner), fee_share (0: transaction fees
+                    in each block as a share of its subsidy, 0..0.1, pool/scenarios/fees.py)
     [end]           at_seconds | after_blocks | after_retargets, tail_seconds (0)
     [[miners]]      name, hashrate (H/s), count (1: name; N: name-1 .. name-N), start (true),
                     machine_class, command (an external miner, e.g. cpuminer)
@@ -50,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from pool.economics import BUILTIN_CLASSES
+from pool.scenarios.fees import MAX_FEE_SHARE
 from pool.scenarios.tomltable import ScenarioError, Table, merge
 
 __all__ = [
@@ -146,6 +148,7 @@ class RunSpec:
     max_seconds: float = 600.0
     fee_bps: int = 200
     miner_command: str = ""
+    fee_share: float = 0.0  # transaction fees in each block, as a share of its subsidy
 
 
 @dataclass(frozen=True)
@@ -283,7 +286,12 @@ def _run(t: Table) -> RunSpec:
         max_seconds=t.number("max_seconds", 600.0, positive=True),
         fee_bps=t.integer("fee_bps", 200),
         miner_command=t.text("miner_command"),
+        fee_share=t.number("fee_share", 0.0),
     )
+    if spec.fee_share > MAX_FEE_SHARE:
+        raise t.fail(
+            "fee_share", f"must be 0..{MAX_FEE_SHARE:g} of the subsidy, got {spec.fee_share}"
+        )
     if spec.fee_bps > 10_000:
         raise t.fail("fee_bps", f"must be 0..10000 basis points, got {spec.fee_bps}")
     if spec.miner_command:

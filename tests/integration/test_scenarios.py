@@ -42,6 +42,7 @@ from typing import Any
 
 import pytest
 
+from pool.bitcoin import REGTEST
 from pool.scenarios.html import PLOTS
 from pool.scenarios.schemes_html import SCHEME_PLOTS
 
@@ -299,6 +300,17 @@ def test_feb_2026_compares_the_schemes_on_the_same_run(feb_2026: Run) -> None:
     assert pplns + schemes["pool"]["pplns"]["result"]["units"] == rewards
     assert schemes["pool"]["pps"]["rewards_units"] == rewards
     assert schemes["totals"]["pplns_blocks_without_share"] == 0
+    # FPPS: the templates carried the fee transaction of each block ([run] fee_share of the
+    # subsidy, pool/scenarios/fees.py), so every miner's FPPS is about that share above PPS
+    traffic = report["fee_traffic"]
+    assert traffic["fee_share"] == 0.0064 and traffic["transactions"] > 0
+    assert traffic["failed"] == 0
+    rewards_by_height = store_rows(feb_2026.out, "SELECT height, reward_sat FROM blocks")
+    with_fees = [h for h, r in rewards_by_height if r > REGTEST.block_subsidy(h)]
+    assert len(with_fees) >= len(rewards_by_height) // 2, "most blocks carry the fee transaction"
+    for m in miners.values():
+        ratio = m["fpps"]["units"] / m["pps"]["units"] - 1
+        assert 0.5 * traffic["fee_share"] < ratio < 1.5 * traffic["fee_share"], m
     # spread: none under PPS/FPPS, some under PPLNS and SOLO for every miner who worked
     for m in miners.values():
         assert m["pps"]["spread_btc"] == m["fpps"]["spread_btc"] == 0.0

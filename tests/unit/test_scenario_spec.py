@@ -63,6 +63,8 @@ def test_hashrate_exit_shape() -> None:
 
 
 def test_feb_2026_calibration() -> None:
+    assert load("feb-2026").run.fee_share == load("feb-2026", quick=True).run.fee_share == 0.0064
+    assert parse_text(MINIMAL).run.fee_share == 0.0  # no fee transactions unless asked
     for variant, n, m in ((load("feb-2026"), 240, 142), (load("feb-2026", quick=True), 120, 68)):
         chain = variant.chain
         assert chain.retarget_interval == n
@@ -134,6 +136,8 @@ def test_groups_and_commands() -> None:
         (("after_retargets = 2", "after_retargets = 2\nat_seconds = 3"), "end needs exactly"),
         (('name = "a"', 'name = "a b"'), "miners[0].name"),
         (("[[miners]]", "[run]\nfee_bps = 20000\n[[miners]]"), "run.fee_bps"),
+        (("[[miners]]", "[run]\nfee_share = 0.5\n[[miners]]"), "run.fee_share"),
+        (("[[miners]]", "[run]\nfee_share = -0.01\n[[miners]]"), "run.fee_share"),
         (("[[miners]]", '[run]\nminer_command = "x {nope}"\n[[miners]]'), "run.miner_command"),
         (("target_spacing_seconds = 1.0", "target_spacing_seconds = 0.01"), "dead_time_seconds"),
     ],

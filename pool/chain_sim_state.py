@@ -51,9 +51,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("pool.app")
 
-CAS_ATTEMPTS = 100  # compare-and-set retries before a write is left for the next round
-MAX_PENDING_BLOCKS = 10_000  # blocks kept for the store while it fails (oldest dropped)
-
 
 class ChainSimStateError(RuntimeError):
     """The saved state cannot be used; the message names the file and what to do."""
@@ -155,12 +152,14 @@ def advance_shared(
     now: float,
     events: list[SimEvent],
     by: str,
+    attempts: int = 100,
 ) -> tuple[int, dict[str, Any], list[Retarget]]:
     """On the store's thread: apply ``blocks`` (``on_block`` in order) and the time events due
     by ``now`` to the row's latest state, written by compare-and-set (re-read and re-applied
     on a conflict). Returns ``(version, state, changes this call made)``; nothing is written
-    when nothing changed. RuntimeError when there is no row, or after CAS_ATTEMPTS conflicts."""
-    for _ in range(CAS_ATTEMPTS):
+    when nothing changed. RuntimeError when there is no row, or after ``attempts`` conflicts
+    (``chain.simulation.shared_write_attempts``)."""
+    for _ in range(attempts):
         row = store.chain_sim_row()
         if row is None:
             raise RuntimeError("the store has no chain_sim row (deleted while the pool ran?)")
@@ -176,7 +175,7 @@ def advance_shared(
             return version, before, []
         if store.chain_sim_put(version, json.dumps(after), now, by):
             return version + 1, after, changes
-    raise RuntimeError(f"chain_sim: {CAS_ATTEMPTS} write conflicts in a row")
+    raise RuntimeError(f"chain_sim: {attempts} write conflicts in a row")
 
 
 def _seed_shared(store: Store, state: str, now: float, by: str) -> tuple[int, str]:
@@ -290,7 +289,7 @@ class SharedChainSim:
         """A block this process found was accepted: counted in the store (or kept pending, and
         applied locally, while the store fails); the changes this process wrote."""
         self.pending.append((height, found_at))
-        if len(self.pending) > MAX_PENDING_BLOCKS:
+        if len(self.pending) > self.sim.shared_max_pending_blocks:
             del self.pending[0]
         # A new target goes out at once on the current template too: the new tip's template
         # may already be there (long-poll, ZMQ), and a poke would not publish it again.
@@ -313,7 +312,12 @@ class SharedChainSim:
             blocks, self.dirty = list(self.pending), False
             try:
                 version, state, changes = await self.store.run(
-                    advance_shared, blocks, now, self.events, self.by
+                    advance_shared,
+                    blocks,
+                    now,
+                    self.events,
+                    self.by,
+                    self.sim.shared_write_attempts,
                 )
             except BaseException:
                 self.dirty = True

@@ -183,6 +183,10 @@ class SimulationConfig:
     clamp_factor: float = 4.0
     mainnet_difficulty: float = 0.0  # >0: reports scale difficulties so the start reads as this
     events: tuple[SimEventConfig, ...] = ()
+    # shared through the store (several processes): compare-and-set tries per write, and the
+    # blocks found kept (oldest dropped) while the store fails
+    shared_write_attempts: int = 100
+    shared_max_pending_blocks: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -500,6 +504,9 @@ def validate(config: Config, where: str) -> None:
         fail("chain.simulation.clamp_factor", "must be at least 1")
     if sim.mainnet_difficulty < 0:
         fail("chain.simulation.mainnet_difficulty", "must not be negative (0: off)")
+    for name in ("shared_write_attempts", "shared_max_pending_blocks"):
+        if not 1 <= getattr(sim, name) <= 10_000_000:
+            fail(f"chain.simulation.{name}", "must be 1..10000000")
     for i, event in enumerate(sim.events):
         key = f"chain.simulation.events[{i}]"
         if (event.at_height >= 0) == (event.at_seconds >= 0):
@@ -518,6 +525,10 @@ def limits_summary(config: Config) -> dict[str, Any]:
     return dataclasses.asdict(config.limits) | {
         "stratum.max_ntime_ahead_seconds": config.stratum.max_ntime_ahead_seconds,
         "pool.max_jobs": config.pool.max_jobs,
+        "chain.simulation.shared_write_attempts": config.chain.simulation.shared_write_attempts,
+        "chain.simulation.shared_max_pending_blocks": (
+            config.chain.simulation.shared_max_pending_blocks
+        ),
         "stratum.ports.solo_fee_bps": [p.solo_fee_bps for p in config.stratum.ports],
         **server_limits(config),
         "node.rpc_max_concurrency": config.node.rpc_max_concurrency,

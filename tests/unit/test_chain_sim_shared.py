@@ -99,11 +99,12 @@ def test_write_conflict_is_reapplied_on_the_latest_state(
     _seed_shared(a, json.dumps(fresh().to_state()), START, "0/w0")
     real_put = b.chain_sim_put
     calls: list[int] = []
+    race = [(101, START + 10)]  # the block a writes first
 
     def racing_put(expected: int, state: str, now: float, by: str) -> bool:
         calls.append(expected)
         if len(calls) == 1:  # a writes its block between b's read and b's write
-            advance_shared(a, [(101, START + 10)], START + 10, [], "0/w0")
+            advance_shared(a, race, race[0][1], [], "0/w0")
         return real_put(expected, state, now, by)
 
     monkeypatch.setattr(b, "chain_sim_put", racing_put)
@@ -111,6 +112,12 @@ def test_write_conflict_is_reapplied_on_the_latest_state(
     assert calls == [1, 2]  # the first write lost (version 1 was gone), the retry won
     assert version == 3 and state["blocks_seen"] == 2 and state["last_height"] == 102
     assert state["period_blocks"] == [[101, START + 10], [102, START + 12]]
+    # chain.simulation.shared_write_attempts = 1: the lost write is not tried again here
+    calls.clear()  # (racing_put still in place: a writes again between b's read and write)
+    race[0] = (103, START + 14)
+    with pytest.raises(RuntimeError, match="1 write conflicts in a row"):
+        advance_shared(b, [(104, START + 16)], START + 16, [], "0/w1", 1)
+    assert calls == [3]
     a.close()
     b.close()
 
@@ -244,6 +251,22 @@ async def test_block_found_while_the_store_fails_is_applied_locally_then_written
         assert row is not None and json.loads(row[1])["blocks_seen"] == 2
     finally:
         await back.close()
+
+
+async def test_blocks_kept_while_the_store_fails_are_bounded(
+    make_thread: MakeThread, tmp_path: Path
+) -> None:
+    """chain.simulation.shared_max_pending_blocks: the oldest found block is dropped."""
+    store = make_thread("w0")
+    await store.open()
+    sim = dataclasses.replace(SIM, retarget_interval=100, shared_max_pending_blocks=2)
+    a = await SharedChainSim.open(store, sim, tmp_path / "absent.json", 0.1, "0/w0")
+    t0 = a.chain.start_time
+    await store.close()  # the store is gone: blocks wait for it
+    for height in (101, 102, 103):
+        await a.on_block(height, t0 + height - 100)
+    assert a.pending == [(102, t0 + 2), (103, t0 + 3)]
+    assert a.chain.blocks_seen == 3  # applied here all the same
 
 
 async def test_unusable_row_or_file_is_a_clear_error(

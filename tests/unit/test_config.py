@@ -113,6 +113,14 @@ def test_environment_overrides(tmp_path: Path) -> None:
         ("[ledger]\nreconcile_blocks = 100001\n", "ledger.reconcile_blocks"),
         ("[chain.simulation]\ninitial_difficulty = 1e-12\n", "chain.simulation.initial_difficulty"),
         (
+            "[chain.simulation]\nshared_write_attempts = 0\n",
+            "chain.simulation.shared_write_attempts",
+        ),
+        (
+            "[chain.simulation]\nshared_max_pending_blocks = 0\n",
+            "chain.simulation.shared_max_pending_blocks",
+        ),
+        (
             "[chain.simulation]\nretarget_interval = 1\ntarget_spacing_seconds = 0.0001\n",
             "chain.simulation.target_spacing_seconds",
         ),

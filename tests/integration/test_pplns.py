@@ -169,11 +169,18 @@ async def test_pplns_credits_equal_an_independent_calculation_with_an_orphan(
         assert app.ledger is not None
         return Counter(str(b.get("scheme")) for b in app.ledger.aggregates.blocks.values())
 
+    def newest_is_pplns() -> bool:
+        # the block to orphan must still be pending when it is invalidated: a block with
+        # block_maturity (3) confirmations is confirmed for good by the pool's own checks
+        assert app.ledger is not None
+        found = app.ledger.aggregates.blocks.values()
+        return bool(found) and max(found, key=lambda b: int(b["height"]))["scheme"] == "pplns"
+
     try:
         await wait_for(
-            lambda: found_by()["pplns"] >= 3 and found_by()["solo"] >= 1,
+            lambda: found_by()["pplns"] >= 3 and found_by()["solo"] >= 1 and newest_is_pplns(),
             300,
-            "3 pplns blocks and a solo one",
+            "3 pplns blocks and a solo one, the newest a pplns one",
             found_by,
         )
     finally:
@@ -191,6 +198,9 @@ async def test_pplns_credits_equal_an_independent_calculation_with_an_orphan(
     pplns_blocks = [b for b in blocks if b["scheme"] == "pplns"]
     # orphan the newest pplns block for real (and whatever the pool found after it)
     orphan = pplns_blocks[0]
+    await ledger.check_blocks(rpc)  # (the chain does not move now: nothing is mined)
+    pending = {b["hash"] for b in await ledger.store.run(Store.blocks, ("pending",))}
+    assert orphan["hash"] in pending, "the block to orphan was confirmed already"
     await rpc.call("invalidateblock", orphan["hash"])
     sink = await wallet_address(schemes_node, "miners")
     await rpc.call("generatetoaddress", MATURITY + 2, sink)
@@ -227,7 +237,7 @@ async def test_pplns_credits_equal_an_independent_calculation_with_an_orphan(
         if record["scheme"] in ("pplns", "solo"):
             assert (record["credit"], record["fee"]) == (0, 0), record
 
-    print("DEBUG", status, dict(expected), {h: dict(s) for h, s in splits.items()}, schemes)
+    print("pplns run: statuses", status, "expected", dict(expected), "schemes", schemes)
 
     async def check(app: Any) -> None:
         got = await balances(app)

@@ -121,8 +121,18 @@ def test_port_in_use_refused_before_bitcoind(tmp_path: Path, held_port: int, whi
         assert_one_line_naming(result, key)
         assert f"127.0.0.1:{held_port}" in result.stderr and "in use" in result.stderr
     assert cli("config", "check", "--static", str(path)).returncode == 0  # the file is fine
-    # the command-line port options are checked the same way
-    result = cli("run", "--data-dir", str(tmp_path / "data"), f"--{which}-port", str(held_port))
+    # the command-line port options are checked the same way (the other port: any free one,
+    # not the shipped default another program on this machine may hold)
+    other = "api" if which == "stratum" else "stratum"
+    result = cli(
+        "run",
+        "--data-dir",
+        str(tmp_path / "data"),
+        f"--{which}-port",
+        str(held_port),
+        f"--{other}-port",
+        "0",
+    )
     assert_one_line_naming(result, key)
     assert not (tmp_path / "data" / "bitcoind").exists() and bitcoind_using(tmp_path) == []
 

@@ -150,73 +150,76 @@ async def test_pplns_credits_equal_an_independent_calculation_with_an_orphan(
     solo_addr = await wallet_address(schemes_node, "miners")
     config = schemes_config(schemes_node, tmp_path, payout)
     app = await start_pool(config)
-    assert app.server is not None and app.ledger is not None
-    ports = app.server.bound_ports
-    assert [p["scheme"] for p in app.server.port_list] == ["pplns", "pps", "solo"]
-    rigs = [
-        (ports[0], f"{pplns_addr[0]}.a", 30_000.0),
-        (ports[0], f"{pplns_addr[1]}.b", 60_000.0),
-        (ports[1], f"{pps_addr}.p", 30_000.0),
-        (ports[2], f"{solo_addr}.s", 30_000.0),
-    ]
-    miners = [
-        Miner(MinerOptions(host="127.0.0.1", port=p, user=u, duration=300.0, hashrate=h))
-        for p, u, h in rigs
-    ]
-    tasks = [asyncio.create_task(m.run()) for m in miners]
-
-    def found_by() -> Counter[str]:
-        assert app.ledger is not None
-        return Counter(str(b.get("scheme")) for b in app.ledger.aggregates.blocks.values())
-
-    def newest_is_pplns() -> bool:
-        # the block to orphan must still be pending when it is invalidated: a block with
-        # block_maturity (3) confirmations is confirmed for good by the pool's own checks
-        assert app.ledger is not None
-        found = app.ledger.aggregates.blocks.values()
-        return bool(found) and max(found, key=lambda b: int(b["height"]))["scheme"] == "pplns"
-
     try:
+        assert app.server is not None and app.ledger is not None
+        ports = app.server.bound_ports
+        assert [p["scheme"] for p in app.server.port_list] == ["pplns", "pps", "solo"]
+        rigs = [
+            (ports[0], f"{pplns_addr[0]}.a", 30_000.0),
+            (ports[0], f"{pplns_addr[1]}.b", 60_000.0),
+            (ports[1], f"{pps_addr}.p", 30_000.0),
+            (ports[2], f"{solo_addr}.s", 30_000.0),
+        ]
+        miners = [
+            Miner(MinerOptions(host="127.0.0.1", port=p, user=u, duration=300.0, hashrate=h))
+            for p, u, h in rigs
+        ]
+        tasks = [asyncio.create_task(m.run()) for m in miners]
+
+        def found_by() -> Counter[str]:
+            assert app.ledger is not None
+            return Counter(str(b.get("scheme")) for b in app.ledger.aggregates.blocks.values())
+
+        def newest_is_pplns() -> bool:
+            # the block to orphan must still be pending when it is invalidated: a block with
+            # block_maturity (3) confirmations is confirmed for good by the pool's own checks
+            assert app.ledger is not None
+            found = app.ledger.aggregates.blocks.values()
+            return bool(found) and max(found, key=lambda b: int(b["height"]))["scheme"] == "pplns"
+
+        try:
+            await wait_for(
+                lambda: found_by()["pplns"] >= 3 and found_by()["solo"] >= 1 and newest_is_pplns(),
+                300,
+                "3 pplns blocks and a solo one, the newest a pplns one",
+                found_by,
+            )
+        finally:
+            for m in miners:
+                m.stopping.set()
+            await asyncio.gather(*tasks)
+        ledger = app.ledger
+        await ledger.commit()
         await wait_for(
-            lambda: found_by()["pplns"] >= 3 and found_by()["solo"] >= 1 and newest_is_pplns(),
-            300,
-            "3 pplns blocks and a solo one, the newest a pplns one",
-            found_by,
+            lambda: len(app.server.stats.blocks) >= len(ledger.aggregates.blocks),  # type: ignore[union-attr]
+            30,
+            "every block submission answered",
         )
-    finally:
-        for m in miners:
-            m.stopping.set()
-        await asyncio.gather(*tasks)
-    ledger = app.ledger
-    await ledger.commit()
-    await wait_for(
-        lambda: len(app.server.stats.blocks) >= len(ledger.aggregates.blocks),  # type: ignore[union-attr]
-        30,
-        "every block submission answered",
-    )
-    blocks = await ledger.store.run(Store.blocks)  # newest first
-    pplns_blocks = [b for b in blocks if b["scheme"] == "pplns"]
-    # orphan the newest pplns block for real (and whatever the pool found after it)
-    orphan = pplns_blocks[0]
-    await ledger.check_blocks(rpc)  # (the chain does not move now: nothing is mined)
-    pending = {b["hash"] for b in await ledger.store.run(Store.blocks, ("pending",))}
-    assert orphan["hash"] in pending, "the block to orphan was confirmed already"
-    await rpc.call("invalidateblock", orphan["hash"])
-    sink = await wallet_address(schemes_node, "miners")
-    await rpc.call("generatetoaddress", MATURITY + 2, sink)
-    status = await settle(app, rpc, len(blocks))
-    assert app.api is not None  # the blocks list says which scheme found each block
-    listed = app.api.views.blocks(100)["blocks"]
-    assert {b["hash"]: b["scheme"] for b in listed} == {b["hash"]: b["scheme"] for b in blocks}
-    assert {"pplns", "solo"} <= {b["scheme"] for b in listed}
-    assert status[orphan["hash"]] == "orphaned"
-    confirmed_pplns = [b for b in pplns_blocks if status[b["hash"]] == "confirmed"]
-    assert confirmed_pplns, status  # at least one credited, one orphaned
-    snapshots = {b["hash"]: await ledger.pplns_split(b["hash"]) for b in pplns_blocks}
-    assert (
-        await ledger.pplns_split(next(b for b in blocks if b["scheme"] == "solo")["hash"]) is None
-    )
-    await ledger.commit()
+        blocks = await ledger.store.run(Store.blocks)  # newest first
+        pplns_blocks = [b for b in blocks if b["scheme"] == "pplns"]
+        # orphan the newest pplns block for real (and whatever the pool found after it)
+        orphan = pplns_blocks[0]
+        await ledger.check_blocks(rpc)  # (the chain does not move now: nothing is mined)
+        pending = {b["hash"] for b in await ledger.store.run(Store.blocks, ("pending",))}
+        assert orphan["hash"] in pending, "the block to orphan was confirmed already"
+        await rpc.call("invalidateblock", orphan["hash"])
+        sink = await wallet_address(schemes_node, "miners")
+        await rpc.call("generatetoaddress", MATURITY + 2, sink)
+        status = await settle(app, rpc, len(blocks))
+        assert app.api is not None  # the blocks list says which scheme found each block
+        listed = app.api.views.blocks(100)["blocks"]
+        assert {b["hash"]: b["scheme"] for b in listed} == {b["hash"]: b["scheme"] for b in blocks}
+        assert {"pplns", "solo"} <= {b["scheme"] for b in listed}
+        assert status[orphan["hash"]] == "orphaned"
+        confirmed_pplns = [b for b in pplns_blocks if status[b["hash"]] == "confirmed"]
+        assert confirmed_pplns, status  # at least one credited, one orphaned
+        snapshots = {b["hash"]: await ledger.pplns_split(b["hash"]) for b in pplns_blocks}
+        solo_block = next(b for b in blocks if b["scheme"] == "solo")
+        assert await ledger.pplns_split(solo_block["hash"]) is None
+        await ledger.commit()
+    except BaseException:  # a failed check: the pool stops all the same
+        await app.stop()
+        raise
     await app.stop()
 
     journal = [r for _, r in read_records(tmp_path / "ledger" / "journal")]

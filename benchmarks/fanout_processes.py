@@ -24,6 +24,7 @@ from typing import Any
 
 from benchmarks.harness import REPO, Cpus, Node, PoolProcess
 from benchmarks.processes import _part, _sockets, _workers, with_processes
+from benchmarks.report import fanout_row
 
 
 async def fanout_processes(node: Node, cpus: Cpus, workdir: Path, s: Any) -> dict[str, Any]:
@@ -97,28 +98,14 @@ def rows(sc: dict[str, Any]) -> list[tuple[str, str, str]]:
     if "failed" in sc:
         return [("fanout_processes", f"failed: {str(sc['failed']).splitlines()[0][:300]}", "")]
     out: list[tuple[str, str, str]] = []
-    targets = {"1000": "p99 <= 30 ms", "10000": "p99 <= 100 ms"}
     for n in (1, 2):
         r = sc.get(f"processes{n}", {})
         if "error" in r:
             out.append((f"fan-out, {n} process(es), pool on both cores", r["error"], ""))
             continue
+        label = f", {n} process{'es' if n > 1 else ''}, pool on both cores"
+        note = f"; miners per process {r.get('sockets_per_process')}" if n > 1 else ""
         for count, v in r.items():
-            if not isinstance(v, dict) or "rounds" not in v:
-                continue
-            text = (
-                f"p50 {v['p50_ms']} ms, p99 {v['p99_ms']} ms, max {v['max_ms']} ms "
-                f"({len(v['rounds'])} blocks"
-                + (f", {v['missing']} notifies missing" if v["missing"] else "")
-                + (f"; miners per process {r['sockets_per_process']}" if n > 1 else "")
-                + ")"
-            )
-            label = f"new block -> clean notify at {int(count):,} miners".replace(",", " ")
-            out.append(
-                (
-                    f"{label}, {n} process{'es' if n > 1 else ''}, pool on both cores",
-                    text,
-                    targets.get(count, ""),
-                )
-            )
+            if isinstance(v, dict) and "rounds" in v:
+                out.append(fanout_row(count, v, label, note))
     return out

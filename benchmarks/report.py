@@ -18,6 +18,24 @@ def _ms(value: Any) -> str:
     return "-" if value is None else f"{value:.1f} ms"
 
 
+FANOUT_TARGETS = {"1000": "p99 <= 30 ms", "10000": "p99 <= 100 ms"}
+
+
+def fanout_row(
+    count: str, v: dict[str, Any], label: str = "", note: str = ""
+) -> tuple[str, str, str]:
+    """One fan-out line: ``count`` miners, ``v`` the rounds' summary (scenarios.summarize)."""
+    text = (
+        f"p50 {_ms(v['p50_ms'])}, p99 {_ms(v['p99_ms'])}, max {_ms(v['max_ms'])} "
+        f"({len(v['rounds'])} blocks"
+        + (f", {v['missing']} notifies missing" if v["missing"] else "")
+        + note
+        + ")"
+    )
+    what = f"new block -> clean notify at {_n(int(count))} miners{label}"
+    return what, text, FANOUT_TARGETS.get(count, "")
+
+
 def _pct(share: Any) -> str:
     return "-" if share is None else f"{share * 100:.0f} %"
 
@@ -113,24 +131,9 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                 )
             )
     if "fanout" in sc:
-        r = sc["fanout"]
-        targets = {"1000": "p99 <= 30 ms", "10000": "p99 <= 100 ms"}
-        for count, v in r.items():
-            if not isinstance(v, dict) or "rounds" not in v:
-                continue
-            text = (
-                f"p50 {_ms(v['p50_ms'])}, p99 {_ms(v['p99_ms'])}, max {_ms(v['max_ms'])} "
-                f"({len(v['rounds'])} blocks"
-                + (f", {v['missing']} notifies missing" if v["missing"] else "")
-                + ")"
-            )
-            out.append(
-                (
-                    f"new block -> clean notify at {_n(int(count))} miners",
-                    text,
-                    targets.get(count, ""),
-                )
-            )
+        for count, v in sc["fanout"].items():
+            if isinstance(v, dict) and "rounds" in v:
+                out.append(fanout_row(count, v))
         if failed("fanout"):
             out.append(("new block -> clean notify", str(failed("fanout")), "p99 <= 100 ms"))
     if "api" in sc:

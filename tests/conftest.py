@@ -26,8 +26,15 @@ def bitcoind_binaries() -> Binaries:
 async def regtest_node(
     bitcoind_binaries: Binaries, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[ManagedNode]:
-    """A regtest bitcoind with the pool wallet loaded and 101 blocks mined (rewards mature)."""
-    node = ManagedNode(tmp_path_factory.mktemp("bitcoind"), binaries=bitcoind_binaries)
+    """A regtest bitcoind with the pool wallet loaded and 101 blocks mined (rewards mature).
+    Every pool a test starts and stops on it leaves its getblocktemplate long-poll waiting in
+    bitcoind until the next block (pool/node/managed.py, RPC_THREADS): the session's node
+    serves dozens of pools between blocks, so it gets more RPC threads than a pool's node."""
+    node = ManagedNode(
+        tmp_path_factory.mktemp("bitcoind"),
+        binaries=bitcoind_binaries,
+        extra_args=("-rpcthreads=128",),  # the last -rpcthreads on the command line wins
+    )
     await node.start()
     try:
         await prepare_regtest_wallet(node, POOL_WALLET)

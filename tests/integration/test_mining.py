@@ -24,7 +24,8 @@ async def test_two_miners_sixty_seconds_every_share_and_block_accepted(
     regtest_node: ManagedNode, tmp_path: Path
 ) -> None:
     """Two bundled miners for 60 s. The simulated network difficulty makes about one share in
-    20 a block: many blocks, and shares keep flowing between them."""
+    5 a block: many blocks (two in-process miners send ~50 shares a minute on a busy machine:
+    at one in 20, none in 10 % of runs), and shares keep flowing between them."""
     rpc = regtest_node.rpc
     assert rpc is not None
     address = await wallet_address(regtest_node)
@@ -41,7 +42,7 @@ async def test_two_miners_sixty_seconds_every_share_and_block_accepted(
             ),
         ),
         chain=ChainConfig(
-            simulation=SimulationConfig(enabled=True, initial_difficulty=share_diff * 20)
+            simulation=SimulationConfig(enabled=True, initial_difficulty=share_diff * 5)
         ),
     )
     height_before = await rpc.call("getblockcount")

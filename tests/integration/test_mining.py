@@ -8,6 +8,7 @@ import json
 import math
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,8 @@ async def test_two_miners_sixty_seconds_every_share_and_block_accepted(
 ) -> None:
     """Two bundled miners for 60 s. The simulated network difficulty makes about one share in
     5 a block: many blocks (two in-process miners send ~50 shares a minute on a busy machine:
-    at one in 20, none in 10 % of runs), and shares keep flowing between them."""
+    at one in 20, none in 10 % of runs), and shares keep flowing between them; the two miners
+    sometimes solve the same height (a race every pool has)."""
     rpc = regtest_node.rpc
     assert rpc is not None
     address = await wallet_address(regtest_node)
@@ -79,11 +81,20 @@ async def test_two_miners_sixty_seconds_every_share_and_block_accepted(
     assert stats.accepted == total_accepted
     found = [b for b in stats.blocks]
     assert found, "no block found in 60 s"
-    assert all(b.status == "accepted" for b in found), found
-    assert await rpc.call("getblockcount") - height_before == len(found)
+    # Both miners may solve the same height before the clean job reaches the second: bitcoind
+    # keeps the first and holds the other as a valid side block ("inconclusive"), a real race
+    # of any pool. Every height the pool solved is on the chain exactly once.
+    heights = Counter(b.height for b in found)
+    on_chain = [b for b in found if b.status == "accepted"]
+    assert sorted(b.height for b in on_chain) == sorted(heights), found
+    assert all(b.status in ("accepted", "inconclusive", "stale") for b in found), found
+    assert await rpc.call("getblockcount") - height_before == len(heights)
     for block in found:
+        if block.status == "stale":  # the race lost before bitcoind kept it as a side block
+            continue
         info = await rpc.call("getblock", block.hash)
         assert info["height"] == block.height
+        assert (info["confirmations"] >= 1) == (block.status == "accepted"), (block, info)
 
 
 async def test_throttled_miner_hashrate_within_four_standard_errors(

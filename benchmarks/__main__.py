@@ -96,7 +96,7 @@ async def run_scenarios(
         print("warning: fewer than 2 CPUs: pool and load generator are not pinned", flush=True)
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     need = max(settings.idle_connections, *settings.fanout_counts) + 200
-    if hard < need and ({"idle", "fanout", "fanout_processes"} & set(names)):
+    if hard < need and ({"idle", "fanout", "fanout_processes", "send_floor"} & set(names)):
         print(f"warning: open-files hard limit {hard} < {need}: connections will fail", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         async with regtest_node(Path(tmp) / "bitcoind") as node:

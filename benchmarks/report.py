@@ -183,6 +183,10 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         from benchmarks.fanout_processes import rows as fanout_process_rows
 
         out += fanout_process_rows(sc["fanout_processes"])
+    if "send_floor" in sc:  # what the machine allows any fan-out (benchmarks/send_floor.py)
+        from benchmarks.send_floor import rows as send_floor_rows
+
+        out += send_floor_rows(sc["send_floor"])
     return out
 
 

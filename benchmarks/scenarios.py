@@ -13,6 +13,8 @@ runs the load generator against it and returns a dict for the results file.
 - ``fanout``: new block -> clean mining.notify at every one of 1 000 and 10 000 idle miners.
 - ``fanout_processes``: the same with the pool on both cores, 1 and 2 worker processes
   (benchmarks/fanout_processes.py).
+- ``send_floor``: no pool: a bare loop of one send per connection, the same pinning: the
+  machine's floor under the fan-out figures (benchmarks/send_floor.py).
 - ``api``: Stratum answer latency (paced submits) without and with 10 clients polling
   GET /api/workers and GET /metrics, with 20 000 workers known.
 - ``zmq``: new block -> clean mining.notify through bitcoind's ZMQ hashblock feed, the
@@ -37,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks import fanout_processes, zmq_latency
+from benchmarks import fanout_processes, send_floor, zmq_latency
 from benchmarks import processes as worker_processes
 from benchmarks.harness import REPO, Cpus, Loadgen, Node, PoolProcess, free_ports, pool_config
 from benchmarks.harness import loadgen_spec as _spec
@@ -50,6 +52,7 @@ SCENARIOS = (
     "idle",
     "fanout",
     "fanout_processes",
+    "send_floor",
     "api",
     "zmq",
     "processes",
@@ -329,6 +332,7 @@ RUNNERS = {
     "zmq": zmq_latency.zmq,
     "processes": worker_processes.processes,  # benchmarks/processes.py
     "fanout_processes": fanout_processes.fanout_processes,  # benchmarks/fanout_processes.py
+    "send_floor": send_floor.send_floor,  # benchmarks/send_floor.py
 }
 
 

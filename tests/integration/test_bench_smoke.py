@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import send_floor
 from benchmarks.harness import Node, choose_cpus
 from benchmarks.scenarios import Settings, submits
 from pool.node.managed import ManagedNode
@@ -31,3 +32,18 @@ async def test_submits_flood_is_counted_exactly(regtest_node: ManagedNode, tmp_p
     assert run["accepted_total"] == 0
     assert run["answer_sample"].get("error 23", 0) > 0, run["answer_sample"]
     assert set(run["answer_sample"]) <= {"error 22", "error 23"}, run["reject_examples"]
+
+
+async def test_send_floor_times_every_round_and_every_line_arrives() -> None:
+    """``send_floor`` (the machine's fan-out floor): one and two sender processes, each round
+    timed, and the receiver got every byte of every line sent."""
+    cpus = choose_cpus()
+    for processes in (1, 2):
+        result = await send_floor.measure(60, processes, 2, cpus, receiver_nice=0)
+        assert result["processes"] == processes
+        assert len(result["loop_ms"]) == 2 and all(ms > 0 for ms in result["loop_ms"])
+        assert result["short_sends"] == 0
+        assert result["bytes_received"] == 60 * 2 * len(send_floor.NOTIFY_LINE)
+        assert result["all_received"] is True
+    ((what, text, _target),) = send_floor.rows({"60/processes2": result})
+    assert "60 sends, 2 processes" in what and "2 rounds" in text

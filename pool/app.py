@@ -298,6 +298,7 @@ class PoolApp:
             poll_interval=cfg.node.poll_interval_seconds,
             longpoll=cfg.node.longpoll,
             longpoll_timeout=cfg.node.longpoll_timeout_seconds,
+            block_wait=cfg.node.block_wait_seconds,
             zmq_endpoint=self.zmq_endpoint,
             zmq_heartbeat=cfg.node.zmq_heartbeat_seconds,
         )

@@ -57,8 +57,12 @@ class NodeConfig:
     template_refresh_seconds: float = 30.0
     poll_interval_seconds: float = 1.0
     longpoll: bool = True
-    # A quiet long-poll is asked again after this. Long: bitcoind keeps serving one its client
-    # gave up on (an RPC thread each) until the next block or mempool change.
+    # The long-poll: waitfornewblock, ended by bitcoind itself after block_wait_seconds and
+    # asked again (a wait whose pool stopped frees its RPC thread by then). On a node without
+    # it, the getblocktemplate long-poll, asked again after longpoll_timeout_seconds. Long:
+    # bitcoind keeps serving one its client gave up on (an RPC thread each) until the next
+    # block or mempool change.
+    block_wait_seconds: float = 60.0
     longpoll_timeout_seconds: float = 3600.0
     restart_backoff_seconds: float = 1.0  # managed node died: first restart delay (doubles)
     restart_backoff_max_seconds: float = 30.0  # ...up to this
@@ -536,6 +540,7 @@ def limits_summary(config: Config) -> dict[str, Any]:
         "node.restart_backoff_max_seconds": config.node.restart_backoff_max_seconds,
         "node.submit_retry_max_seconds": config.node.submit_retry_max_seconds,
         "node.longpoll_timeout_seconds": config.node.longpoll_timeout_seconds,
+        "node.block_wait_seconds": config.node.block_wait_seconds,
         "node.resubmit_recent_blocks": config.node.resubmit_recent_blocks,
         "node.zmq_heartbeat_seconds": config.node.zmq_heartbeat_seconds,
         "ledger.payout_max_recipients": config.ledger.payout_max_recipients,

@@ -157,6 +157,8 @@ def validate_node(config: Config, fail: Callable[[str, str], None]) -> None:
         value = getattr(node, name)
         if not (math.isfinite(value) and value > 0):
             fail(f"node.{name}", "must be a positive number of seconds")
+    if not (math.isfinite(node.block_wait_seconds) and 0.1 <= node.block_wait_seconds <= 3600):
+        fail("node.block_wait_seconds", "must be 0.1..3600 seconds")
     if not node.restart_backoff_max_seconds >= node.restart_backoff_seconds:
         fail("node.restart_backoff_max_seconds", "must be at least node.restart_backoff_seconds")
     if not 0 <= node.resubmit_recent_blocks <= 1000:

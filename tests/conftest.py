@@ -27,9 +27,10 @@ async def regtest_node(
     bitcoind_binaries: Binaries, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[ManagedNode]:
     """A regtest bitcoind with the pool wallet loaded and 101 blocks mined (rewards mature).
-    Every pool a test starts and stops on it leaves its getblocktemplate long-poll waiting in
-    bitcoind until the next block (pool/node/managed.py, RPC_THREADS): the session's node
-    serves dozens of pools between blocks, so it gets more RPC threads than a pool's node."""
+    Every pool a test stops on it leaves its wait for blocks in bitcoind for up to
+    ``node.block_wait_seconds`` (60 s: bitcoind ends it; some tests hold getblocktemplate
+    long-polls, which wait until the next block): the session's node serves dozens of pools
+    a minute, so it gets more RPC threads than a pool's node (pool/node/managed.py)."""
     node = ManagedNode(
         tmp_path_factory.mktemp("bitcoind"),
         binaries=bitcoind_binaries,

@@ -1,5 +1,12 @@
-"""The new-block watcher: bitcoind's ZMQ hashblock feed (when configured), with the
-getblocktemplate long-poll and a periodic best-block poll kept as fallbacks.
+"""The new-block watcher: bitcoind's ZMQ hashblock feed (when configured), with a wait
+inside bitcoind (the "long-poll") and a periodic best-block poll kept as fallbacks.
+
+The long-poll is ``waitfornewblock`` with a timeout bitcoind enforces itself
+(``block_wait``): a wait whose pool has gone (stopped, crashed) frees its bitcoind RPC thread
+by then. The getblocktemplate long-poll, used only on a node without ``waitfornewblock``,
+has no such end: bitcoind serves it until the next block or mempool change even after its
+client left, so a pool restarted many times on a quiet chain would use up the node's RPC
+threads with it.
 
 It calls ``on_template(template, new_block)`` whenever there is something to send to miners:
 ``new_block=True`` as soon as the previous block changed (miners must drop their work), and
@@ -21,11 +28,15 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from pool.jobs import Template, TemplateError
-from pool.node.rpc import BitcoinRpc, RpcError, RpcTimeout
+from pool.node.rpc import BitcoinRpc, RpcError, RpcRefused, RpcTimeout
 from pool.node.zmq_feed import HashBlockFeed
 
 log = structlog.get_logger("pool.node.templates")
 ZMQ_RETRY_SECONDS = 5.0  # a failed ZMQ feed is started again after this
+# waitfornewblock's own timeout ends a quiet wait: the client allows this much more
+BLOCK_WAIT_GRACE_SECONDS = 30.0
+RPC_METHOD_NOT_FOUND = -32601
+RPC_MISC_ERROR = -1  # what a node without waitfornewblock's current_tip says to two arguments
 
 GBT_RULES = {"rules": ["segwit"]}
 
@@ -47,6 +58,7 @@ class TemplateWatcher:
         poll_interval: float = 1.0,
         longpoll: bool = True,
         longpoll_timeout: float = 3600.0,
+        block_wait: float = 60.0,
         zmq_endpoint: str = "",
         zmq_heartbeat: float = 10.0,
     ) -> None:
@@ -56,11 +68,14 @@ class TemplateWatcher:
         self.poll_interval = poll_interval
         self.longpoll = longpoll
         self.longpoll_timeout = longpoll_timeout
+        self.block_wait = block_wait
+        self.wait_method = "waitfornewblock"  # or "getblocktemplate" (a node without it)
+        self._current_tip_arg = True  # waitfornewblock takes current_tip (Bitcoin Core 30)
         self.current: Template | None = None
         self._wake = asyncio.Event()
         self._wake_source = "refresh"  # the first source that woke the watcher since its update
         self._best_hash: str | None = None
-        self.longpoll_timeouts = 0  # long-polls that ended quietly (no change within the timeout)
+        self.longpoll_timeouts = 0  # waits that ended quietly (no new block within the timeout)
         self.new_blocks = dict.fromkeys(SOURCES, 0)  # new blocks, by the source that announced
         self.zmq = (
             HashBlockFeed(zmq_endpoint, self._zmq_block, zmq_heartbeat) if zmq_endpoint else None
@@ -154,6 +169,68 @@ class TemplateWatcher:
                 self.poke("poll")
 
     async def _longpoll_loop(self) -> None:
+        """Waits inside bitcoind for the next block: ``waitfornewblock`` ended by bitcoind
+        after ``block_wait`` (and asked again), or, on a node without it, the
+        getblocktemplate long-poll."""
+        if await self._wait_loop():
+            return
+        self.wait_method = "getblocktemplate"
+        log.warning(
+            "waitfornewblock_unavailable",
+            fallback="getblocktemplate long-poll",
+            note="a wait whose pool stopped keeps one bitcoind RPC thread until the next block",
+        )
+        await self._gbt_longpoll_loop()
+
+    async def _wait_loop(self) -> bool:
+        """``waitfornewblock`` until cancelled; False at once if the node does not have it.
+        Passing the tip the pool mines on (``current_tip``) also catches a block that came
+        between two waits."""
+        announced: str | None = None  # the tip the last wait poked for
+        while True:
+            tip = self._best_hash
+            params: list[object] = [max(1, round(self.block_wait * 1000))]
+            if self._current_tip_arg and tip is not None:
+                params.append(tip)
+            try:
+                result = await self.rpc.call(
+                    "waitfornewblock",
+                    *params,
+                    retry=False,
+                    timeout=self.block_wait + BLOCK_WAIT_GRACE_SECONDS,
+                    quiet_timeout=True,
+                )
+            except RpcTimeout:
+                self.longpoll_timeouts += 1
+                continue
+            except RpcRefused as exc:
+                if exc.code == RPC_METHOD_NOT_FOUND:
+                    return False
+                if exc.code == RPC_MISC_ERROR and len(params) > 1:
+                    self._current_tip_arg = False  # an older node: one argument only
+                    continue
+                await asyncio.sleep(self.poll_interval)
+                continue
+            except RpcError:
+                await asyncio.sleep(self.poll_interval)
+                continue
+            block_hash = result.get("hash") if isinstance(result, dict) else None
+            if not isinstance(block_hash, str):
+                await asyncio.sleep(self.poll_interval)
+                continue
+            if block_hash == tip:  # bitcoind's timeout: no new block
+                self.longpoll_timeouts += 1
+                continue
+            if block_hash == self._best_hash:  # another source announced it first
+                continue
+            if block_hash == announced:
+                # announced already and the template still says otherwise (a template fetch
+                # failing, say): not a busy loop of waits that return at once
+                await asyncio.sleep(self.poll_interval)
+            announced = block_hash
+            self.poke("longpoll")
+
+    async def _gbt_longpoll_loop(self) -> None:
         """getblocktemplate with ``longpollid`` returns when the template changes. On a quiet
         chain it may not return within ``longpoll_timeout``: that is normal (not logged, not
         counted as an RPC error) and the same long-poll is simply asked again."""

@@ -8,7 +8,7 @@ import dataclasses
 import json
 import struct
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +177,18 @@ async def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}; saw {seen()!r}")
         await asyncio.sleep(0.05)
+
+
+async def until(
+    check: Callable[[], Awaitable[bool]], what: str, state: object, timeout: float = 60
+) -> None:
+    """``check`` (an async predicate: an HTTP or RPC call) polled until true; ``state`` (what
+    the checks saw, filled in by them) goes into the failure message."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}; saw {state!r}")
+        await asyncio.sleep(0.2)
 
 
 class RawClient:

@@ -8,7 +8,6 @@ headline figures are the pool-wide ones. Wall time: about 30 to 60 s."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import pytest
 from pool.bitcoin import REGTEST
 from pool.config import LedgerConfig
 from pool.ledger.ledger import Ledger
+from tests.integration.harness import until
 from tests.integration.procs_harness import (
     Miner,
     SupervisedPool,
@@ -78,7 +78,7 @@ async def test_processes_table_shows_every_process(tmp_path: Path) -> None:
                 and state["pool_wide"]["hashrate"] > 0  # the heartbeat's stats are filled in
             )
 
-        await until(seen, "three processes, the workers up with a miner each", state)
+        await until(seen, "three processes, the workers up with a miner each", state, 120)
         await extra.close()
         extra = None
 
@@ -87,7 +87,7 @@ async def test_processes_table_shows_every_process(tmp_path: Path) -> None:
             rows = {r["process"]: r for r in state["processes"]}
             return not rows["w9"]["up"] and rows["w0"]["up"] and rows["w1"]["up"]
 
-        await until(stale, "the closed writer shown down", state)
+        await until(stale, "the closed writer shown down", state, 120)
         dom = Dom(
             (await chromium(f"http://127.0.0.1:{pool.api_port}/", tmp_path, "--dump-dom")).decode()
         )
@@ -125,13 +125,3 @@ async def test_processes_table_shows_every_process(tmp_path: Path) -> None:
             assert await pool.terminate() == 0, pool.tail()
         finally:
             pool.kill_all()
-
-
-async def until(check: Any, what: str, state: dict[str, Any], timeout: float = 120) -> None:
-    """``check`` (an async predicate) polled until true (the API answers over HTTP)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await check():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}; saw {state!r}")
-        await asyncio.sleep(0.2)

@@ -9,14 +9,13 @@ Wall time: about 10 to 40 s per backend."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.integration.harness import wait_for
+from tests.integration.harness import until, wait_for
 from tests.integration.procs_harness import (
     Miner,
     SupervisedPool,
@@ -40,16 +39,6 @@ async def get(port: int, path: str) -> dict[str, Any]:
         body: dict[str, Any] = await resp.json()
         body["_status"] = resp.status
         return body
-
-
-async def until(check: Any, what: str, state: dict[str, Any], timeout: float = 60) -> None:
-    """``check`` (an async predicate) polled until true."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await check():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}; saw {state!r}")
-        await asyncio.sleep(0.2)
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

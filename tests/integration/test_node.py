@@ -27,7 +27,7 @@ from pool.node.rpc import (
     RpcUnavailable,
 )
 from pool.node.templates import TemplateWatcher
-from tests.integration.harness import wait_for
+from tests.integration.harness import until, wait_for
 
 
 async def test_managed_node_is_regtest_with_mature_coins(regtest_node: ManagedNode) -> None:
@@ -105,7 +105,7 @@ async def test_quiet_longpoll_is_neither_logged_nor_counted_as_an_error(
         templates.append(new_block)
 
     watcher = TemplateWatcher(
-        rpc, on_template, refresh_interval=100.0, poll_interval=0.2, longpoll_timeout=0.5
+        rpc, on_template, refresh_interval=100.0, poll_interval=0.2, block_wait=0.5
     )
     with capture_logs() as logs:
         task = asyncio.create_task(watcher.run())
@@ -117,8 +117,85 @@ async def test_quiet_longpoll_is_neither_logged_nor_counted_as_an_error(
                 await task
             await rpc.close()
     assert templates and templates[0] is True  # the watcher did run against the node
+    assert watcher.wait_method == "waitfornewblock"
     assert rpc.errors["unavailable"] == 0
     assert not [e for e in logs if e["event"] == "bitcoind_unavailable"]
+
+
+async def test_a_stopped_pools_wait_for_blocks_leaves_bitcoind_by_itself(
+    bitcoind_binaries: Binaries, tmp_path: Path
+) -> None:
+    """The long-poll is a wait bitcoind ends itself (waitfornewblock, ``block_wait``): a pool
+    that stops mid-wait (its HTTP connection gone) leaves no RPC thread behind for long, unlike
+    the getblocktemplate long-poll (next test). A node of its own: no other test's waits."""
+    node = ManagedNode(tmp_path / "node", binaries=bitcoind_binaries)
+    node_rpc = await node.start()
+    rpc = BitcoinRpc(node.rpc_url, cookie_file=node.cookie_file)
+    state: dict[str, list[str]] = {}
+
+    async def active() -> list[str]:
+        info = await node_rpc.call("getrpcinfo", retry=False, timeout=10.0)
+        state["active"] = [c["method"] for c in info["active_commands"]]
+        return state["active"]
+
+    async def waiting() -> bool:
+        return "waitfornewblock" in await active()
+
+    async def left() -> bool:
+        return "waitfornewblock" not in await active()
+
+    async def on_template(template: Template, new_block: bool) -> None:
+        return None
+
+    watcher = TemplateWatcher(
+        rpc, on_template, refresh_interval=100.0, poll_interval=100.0, block_wait=3.0
+    )
+    task = asyncio.create_task(watcher.run())
+    try:
+        await until(waiting, "the pool's wait inside bitcoind", state, 30)
+        task.cancel()  # the pool stops mid-wait
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await rpc.close()
+        await until(left, "bitcoind ending the wait its client left", state, 30)
+    finally:
+        task.cancel()
+        await rpc.close()
+        await node.stop()
+
+
+async def test_a_block_between_two_waits_is_announced_by_the_next_wait(
+    bitcoind_binaries: Binaries, tmp_path: Path
+) -> None:
+    """The wait names the tip the pool mines on (waitfornewblock's current_tip): a block found
+    while no wait was running is announced at once by the next one, not after ``block_wait``
+    (100 s here, beyond the test's patience) or by another source (poll and refresh are off)."""
+    node = ManagedNode(tmp_path / "node", binaries=bitcoind_binaries)
+    node_rpc = await node.start()
+    rpc = BitcoinRpc(node.rpc_url, cookie_file=node.cookie_file)
+
+    async def on_template(template: Template, new_block: bool) -> None:
+        return None
+
+    watcher = TemplateWatcher(
+        rpc, on_template, refresh_interval=100.0, poll_interval=100.0, block_wait=100.0
+    )
+    task: asyncio.Task[None] | None = None
+    try:
+        await watcher.update(force=True)  # the tip the pool mines on
+        await node_rpc.call("generatetoaddress", 1, "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080")
+        assert not watcher._wake.is_set()
+        task = asyncio.create_task(watcher._longpoll_loop())
+        await wait_for(lambda: watcher._wake.is_set(), 30, "the next wait announcing the block")
+        assert watcher._wake_source == "longpoll"
+        assert watcher.longpoll_timeouts == 0
+    finally:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await rpc.close()
+        await node.stop()
 
 
 async def test_long_polls_given_up_on_do_not_starve_the_managed_nodes_rpc(

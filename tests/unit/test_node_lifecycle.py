@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pool.config import Config, ConfigError, load
+from pool.config import Config, ConfigError, limits_summary, load
 from pool.node.lifecycle import (
     Backoff,
     Leftover,
@@ -182,8 +182,23 @@ def test_resubmit_recent_blocks_is_bounded(value: str, tmp_path: Path) -> None:
         load_str(f"[node]\nresubmit_recent_blocks = {value}\n", tmp_path)
 
 
+@pytest.mark.parametrize("value", ["0", "0.05", "3601", "nan", "inf"])
+def test_block_wait_is_bounded(value: str, tmp_path: Path) -> None:
+    with pytest.raises(
+        ConfigError, match=r"node\.block_wait_seconds must be (0\.1\.\.3600|finite)"
+    ):
+        load_str(f"[node]\nblock_wait_seconds = {value}\n", tmp_path)
+
+
+def test_block_wait_is_read_and_logged_at_start(tmp_path: Path) -> None:
+    config = load_str("[node]\nblock_wait_seconds = 15.5\n", tmp_path)
+    assert config.node.block_wait_seconds == 15.5
+    assert limits_summary(config)["node.block_wait_seconds"] == 15.5
+
+
 def test_node_defaults(tmp_path: Path) -> None:
     node = load_str("", tmp_path).node
+    assert node.block_wait_seconds == 60.0
     assert node.longpoll_timeout_seconds == 3600.0
     assert (node.restart_backoff_seconds, node.restart_backoff_max_seconds) == (1.0, 30.0)
     assert (node.submit_retry_seconds, node.submit_retry_max_seconds) == (0.5, 5.0)

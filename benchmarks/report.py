@@ -31,9 +31,17 @@ def fanout_row(
         + (f", {v['missing']} notifies missing" if v["missing"] else "")
         + note
         + ")"
+        + _own(v.get("pool_fanout_ms"))
     )
     what = f"new block -> clean notify at {_n(int(count))} miners{label}"
     return what, text, FANOUT_TARGETS.get(count, "")
+
+
+def _own(loops: Any) -> str:
+    """The pool's own fan-out loops (its log's ``fanout_ms``), sends included."""
+    if not loops:
+        return ""
+    return f"; the pool's loop over its miners {min(loops):.0f}-{max(loops):.0f} ms"
 
 
 def _pct(share: Any) -> str:

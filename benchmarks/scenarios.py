@@ -31,7 +31,9 @@ worker name of its own (``ADDRESS.bN``, ``.iN``, ...), as separate rigs do.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import json
 import statistics
 import tempfile
 import time
@@ -242,6 +244,7 @@ def fanout_rounds(
                 await gen.send(cmd="grow", to=count)
                 grown = await gen.until("grown", timeout=600)
                 grown.pop("event")
+                log_from = _size(pool.log_path)
                 rounds: list[dict[str, Any]] = []
                 for _ in range(s.fanout_rounds):
                     await asyncio.sleep(1.0)
@@ -253,6 +256,7 @@ def fanout_rounds(
                     event.pop("event")
                     rounds.append(event)
                 out[str(count)] = {"connected": grown, "rounds": rounds, **summarize(rounds)}
+                out[str(count)]["pool_fanout_ms"] = logged_fanouts(pool.log_path, log_from)
             await gen.send(cmd="stop")
             out["loadgen"] = await gen.finish(timeout=120)
             out["loadgen"].pop("rounds", None)
@@ -261,6 +265,33 @@ def fanout_rounds(
         return out
 
     return run
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def logged_fanouts(log_path: Path, offset: int) -> list[float]:
+    """The pool's own time for each clean job's fan-out (``job_published`` ``fanout_ms``: its
+    loop over the connections, every send included) logged after ``offset``: each worker
+    process logs its own."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return []
+    out = []
+    for line in text.splitlines():
+        if '"job_published"' in line and '"fanout_ms"' in line:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                entry = json.loads(line)
+                if entry["clean"]:
+                    out.append(float(entry["fanout_ms"]))
+    return out
 
 
 # A new block reaches the pool through its template watcher's long-poll at once; the periodic

@@ -47,3 +47,25 @@ async def test_send_floor_times_every_round_and_every_line_arrives() -> None:
         assert result["all_received"] is True
     ((what, text, _target),) = send_floor.rows({"60/processes2": result})
     assert "60 sends, 2 processes" in what and "2 rounds" in text
+
+
+def test_fanout_loops_are_read_from_the_pool_log_after_the_offset(tmp_path: Path) -> None:
+    """The bench's ``pool_fanout_ms``: clean jobs' ``fanout_ms`` logged after the offset."""
+    from benchmarks.report import fanout_row
+    from benchmarks.scenarios import logged_fanouts
+
+    log = tmp_path / "pool.log"
+    before = '{"event": "job_published", "clean": true, "miners": 9, "fanout_ms": 99.0}\n'
+    log.write_text(
+        before
+        + '{"event": "job_published", "clean": true, "miners": 10, "fanout_ms": 12.5}\n'
+        + '{"event": "job_published", "clean": false, "miners": 10, "fanout_ms": 7.0}\n'
+        + "not json job_published fanout_ms\n"
+        + '{"event": "job_published", "clean": true, "miners": 10, "fanout_ms": 14.0}\n'
+    )
+    loops = logged_fanouts(log, len(before))
+    assert loops == [12.5, 14.0]
+    assert logged_fanouts(tmp_path / "missing.log", 0) == []
+    summary = {"p50_ms": 1.0, "p99_ms": 2.0, "max_ms": 3.0, "rounds": [{}], "missing": 0}
+    _what, text, _target = fanout_row("10", {**summary, "pool_fanout_ms": loops})
+    assert text.endswith("the pool's loop over its miners 12-14 ms")

@@ -213,8 +213,13 @@ async def test_without_zmq_the_block_reaches_miners_through_the_longpoll(
         client = await RawClient.connect(app.server.bound_ports[0])  # type: ignore[union-attr]
         try:
             await client.handshake(f"{MINE_TO}.longpoll")
-            seen, _logs = await block_through(app, client, "longpoll")
+            seen, logs = await block_through(app, client, "longpoll")
             assert "zmq" not in seen
+            # each clean job's fan-out is timed in its log line (the bench reads it)
+            published = [e for e in logs if e["event"] == "job_published" and e["clean"]]
+            assert published and all(e["miners"] == 1 for e in published), published
+            assert all(0 <= e["fanout_ms"] < 10_000 for e in published), published
+            assert app.watcher.wait_method == "waitfornewblock"
             if app.watcher.zmq is not None:
                 assert not app.watcher.zmq.connected and app.watcher.zmq.messages == 0
         finally:

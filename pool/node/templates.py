@@ -35,6 +35,8 @@ log = structlog.get_logger("pool.node.templates")
 ZMQ_RETRY_SECONDS = 5.0  # a failed ZMQ feed is started again after this
 # waitfornewblock's own timeout ends a quiet wait: the client allows this much more
 BLOCK_WAIT_GRACE_SECONDS = 30.0
+# after announcing a block, the next wait starts once the template follows (or after this)
+UPDATE_WAIT_SECONDS = 10.0
 RPC_METHOD_NOT_FOUND = -32601
 RPC_MISC_ERROR = -1  # what a node without waitfornewblock's current_tip says to two arguments
 
@@ -74,6 +76,7 @@ class TemplateWatcher:
         self.current: Template | None = None
         self._wake = asyncio.Event()
         self._wake_source = "refresh"  # the first source that woke the watcher since its update
+        self._updated = asyncio.Event()  # set after each template fetch, done or failed
         self._best_hash: str | None = None
         self.longpoll_timeouts = 0  # waits that ended quietly (no new block within the timeout)
         self.new_blocks = dict.fromkeys(SOURCES, 0)  # new blocks, by the source that announced
@@ -156,6 +159,8 @@ class TemplateWatcher:
         except (RpcError, TemplateError) as exc:
             log.warning("template_fetch_failed", error=str(exc))
             return False
+        finally:
+            self._updated.set()
 
     async def _poll_loop(self) -> None:
         """Fallback: compare the best block hash every ``poll_interval`` seconds."""
@@ -226,9 +231,14 @@ class TemplateWatcher:
             if block_hash == announced:
                 # announced already and the template still says otherwise (a template fetch
                 # failing, say): not a busy loop of waits that return at once
-                await asyncio.sleep(self.poll_interval)
+                await asyncio.sleep(min(self.poll_interval, 1.0))
             announced = block_hash
+            # the next wait names the new tip: it starts once the template has followed
+            self._updated.clear()
             self.poke("longpoll")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(UPDATE_WAIT_SECONDS):
+                    await self._updated.wait()
 
     async def _gbt_longpoll_loop(self) -> None:
         """getblocktemplate with ``longpollid`` returns when the template changes. On a quiet

@@ -29,6 +29,8 @@ from pool.node.rpc import (
 from pool.node.templates import TemplateWatcher
 from tests.integration.harness import until, wait_for
 
+NOBODY = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"  # a regtest address no wallet holds
+
 
 async def test_managed_node_is_regtest_with_mature_coins(regtest_node: ManagedNode) -> None:
     assert regtest_node.rpc is not None
@@ -183,7 +185,7 @@ async def test_a_block_between_two_waits_is_announced_by_the_next_wait(
     task: asyncio.Task[None] | None = None
     try:
         await watcher.update(force=True)  # the tip the pool mines on
-        await node_rpc.call("generatetoaddress", 1, "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080")
+        await node_rpc.call("generatetoaddress", 1, NOBODY)
         assert not watcher._wake.is_set()
         task = asyncio.create_task(watcher._longpoll_loop())
         await wait_for(lambda: watcher._wake.is_set(), 30, "the next wait announcing the block")
@@ -194,6 +196,39 @@ async def test_a_block_between_two_waits_is_announced_by_the_next_wait(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await rpc.close()
+        await node.stop()
+
+
+async def test_every_block_in_a_row_is_announced_by_the_wait(
+    bitcoind_binaries: Binaries, tmp_path: Path
+) -> None:
+    """Block after block, each reaches the template through the wait alone (no ZMQ, a poll
+    slower than the test): the wait after an announcement names the new tip."""
+    node = ManagedNode(tmp_path / "node", binaries=bitcoind_binaries)
+    node_rpc = await node.start()
+    rpc = BitcoinRpc(node.rpc_url, cookie_file=node.cookie_file)
+    heights: list[int] = []
+
+    async def on_template(template: Template, new_block: bool) -> None:
+        if new_block:
+            heights.append(template.height)
+
+    watcher = TemplateWatcher(
+        rpc, on_template, refresh_interval=100.0, poll_interval=100.0, block_wait=100.0
+    )
+    task = asyncio.create_task(watcher.run())
+    try:
+        await wait_for(lambda: heights == [1], 30, "the first template", lambda: heights)
+        for height in range(2, 6):
+            await node_rpc.call("generatetoaddress", 1, NOBODY)
+            await wait_for(lambda h=height: heights[-1] == h, 30, f"{height}", lambda: heights)
+        assert heights == [1, 2, 3, 4, 5]
+        assert watcher.new_blocks["longpoll"] == 4
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
         await rpc.close()
         await node.stop()
 

@@ -101,13 +101,52 @@ async def test_a_node_without_waitfornewblock_gets_the_getblocktemplate_long_pol
     assert [e["event"] for e in logs].count("waitfornewblock_unavailable") == 1
 
 
+async def failing_updates(watcher: TemplateWatcher, fetches: list[float]) -> None:
+    """What the watcher's main loop does when every template fetch fails: each wake-up is
+    followed by an attempt that leaves the template where it was."""
+    while True:
+        await watcher._wake.wait()
+        watcher._wake.clear()
+        fetches.append(asyncio.get_running_loop().time())
+        watcher._updated.set()
+
+
 async def test_a_block_the_template_does_not_follow_does_not_spin_the_wait() -> None:
     """bitcoind keeps answering at once with a tip the pool's template is not on (its template
     fetches failing, say): the waits are paced by the poll interval, not a busy loop."""
     rpc = ScriptedRpc({"waitfornewblock": [{"hash": NEW}]})
     watcher = watcher_for(rpc)
     watcher.poll_interval = 0.2
+    fetches: list[float] = []
+    updates = asyncio.create_task(failing_updates(watcher, fetches))
     loop = asyncio.get_running_loop()
     started = loop.time()
-    await run_until(watcher, lambda: loop.time() - started > 1.0)
+    try:
+        await run_until(watcher, lambda: loop.time() - started > 1.0)
+    finally:
+        updates.cancel()
     assert 2 <= len(rpc.calls) <= 8  # ~one per 0.2 s, not hundreds
+    assert len(fetches) >= 2  # each return announced
+
+
+async def test_the_next_wait_starts_once_the_template_followed_the_block() -> None:
+    """A wait that announced a block is followed by the next one only after the template
+    fetch it caused: then it names the new tip (no wait returning at once on the old one)."""
+    newer = "cc" * 32
+    rpc = ScriptedRpc({"waitfornewblock": [{"hash": NEW}, {"hash": newer}, {"hash": newer}]})
+    watcher = watcher_for(rpc)
+
+    async def following() -> None:
+        while True:
+            await watcher._wake.wait()
+            watcher._wake.clear()
+            await asyncio.sleep(0.05)  # the template fetch
+            watcher._best_hash = NEW if watcher._best_hash == TIP else newer
+            watcher._updated.set()
+
+    follower = asyncio.create_task(following())
+    try:
+        await run_until(watcher, lambda: watcher._best_hash == newer)
+    finally:
+        follower.cancel()
+    assert [params for _, params, _ in rpc.calls[:2]] == [(60_000, TIP), (60_000, NEW)]

@@ -256,6 +256,7 @@ def fanout_rounds(
                     event.pop("event")
                     rounds.append(event)
                 out[str(count)] = {"connected": grown, "rounds": rounds, **summarize(rounds)}
+                await asyncio.sleep(LOG_FLUSH_WAIT)  # the pool's buffered log lines written
                 out[str(count)]["pool_fanout_ms"] = logged_fanouts(pool.log_path, log_from)
             await gen.send(cmd="stop")
             out["loadgen"] = await gen.finish(timeout=120)
@@ -265,6 +266,9 @@ def fanout_rounds(
         return out
 
     return run
+
+
+LOG_FLUSH_WAIT = 1.0  # the pool flushes its buffered log lines every 0.2 s (pool/logs.py)
 
 
 def _size(path: Path) -> int:

@@ -150,6 +150,7 @@ def validate_node(config: Config, fail: Callable[[str, str], None]) -> None:
     node = config.node
     for name in (
         "longpoll_timeout_seconds",
+        "poll_interval_seconds",
         "restart_backoff_seconds",
         "stop_timeout_seconds",
         "submit_retry_seconds",

@@ -50,7 +50,12 @@ class RpcRefused(RpcError):
 
 
 class RpcAuthError(RpcError):
-    """bitcoind rejected the credentials (HTTP 401/403)."""
+    """bitcoind rejected the credentials (HTTP 401/403; 403 also: a method ``-rpcwhitelist``
+    does not allow this user)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class RpcUnavailable(RpcError):
@@ -182,7 +187,8 @@ class BitcoinRpc:
                             continue  # bitcoind may have restarted with a new cookie
                         raise RpcAuthError(
                             f"bitcoind at {self.display_url} rejected the RPC credentials "
-                            f"(HTTP {resp.status}); check the rpc user/password or cookie file"
+                            f"(HTTP {resp.status}); check the rpc user/password or cookie file",
+                            resp.status,
                         )
                     body = await resp.read()
             except TimeoutError as exc:  # before ClientConnectionError: a read timeout is both

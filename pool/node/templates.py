@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from pool.jobs import Template, TemplateError
-from pool.node.rpc import BitcoinRpc, RpcError, RpcRefused, RpcTimeout
+from pool.node.rpc import BitcoinRpc, RpcAuthError, RpcError, RpcRefused, RpcTimeout
 from pool.node.zmq_feed import HashBlockFeed
 
 log = structlog.get_logger("pool.node.templates")
@@ -44,7 +44,7 @@ GBT_RULES = {"rules": ["segwit"]}
 
 OnTemplate = Callable[[Template, bool], Awaitable[None]]
 
-# What announced a new block: bitcoind's ZMQ feed, the getblocktemplate long-poll, the
+# What announced a new block: bitcoind's ZMQ feed, the long-poll (waitfornewblock), the
 # best-block poll, the pool's own accepted block, the managed node's restart, the periodic
 # refresh, or the pool's start.
 SOURCES = ("zmq", "longpoll", "poll", "submit", "restart", "refresh", "start")
@@ -72,7 +72,7 @@ class TemplateWatcher:
         self.longpoll_timeout = longpoll_timeout
         self.block_wait = block_wait
         self.wait_method = "waitfornewblock"  # or "getblocktemplate" (a node without it)
-        self._current_tip_arg = True  # waitfornewblock takes current_tip (Bitcoin Core 30)
+        self._current_tip_arg = True  # waitfornewblock takes current_tip (newer nodes)
         self.current: Template | None = None
         self._wake = asyncio.Event()
         self._wake_source = "refresh"  # the first source that woke the watcher since its update
@@ -135,7 +135,7 @@ class TemplateWatcher:
         if self.zmq is not None:
             tasks.append(asyncio.create_task(self._zmq_loop(), name="zmq-hashblock"))
         if self.longpoll:
-            tasks.append(asyncio.create_task(self._longpoll_loop(), name="gbt-longpoll"))
+            tasks.append(asyncio.create_task(self._longpoll_loop(), name="block-wait"))
         try:
             while True:
                 wait = max(0.0, self.refresh_interval - (time.monotonic() - last_refresh))
@@ -188,15 +188,17 @@ class TemplateWatcher:
         await self._gbt_longpoll_loop()
 
     async def _wait_loop(self) -> bool:
-        """``waitfornewblock`` until cancelled; False at once if the node does not have it.
-        Passing the tip the pool mines on (``current_tip``) also catches a block that came
-        between two waits."""
+        """``waitfornewblock`` until cancelled; False at once if the node does not have it
+        (or a ``-rpcwhitelist`` keeps it from the pool). Passing the tip the pool mines on
+        (``current_tip``) also catches a block that came between two waits."""
         announced: str | None = None  # the tip the last wait poked for
+        loop = asyncio.get_running_loop()
         while True:
             tip = self._best_hash
             params: list[object] = [max(1, round(self.block_wait * 1000))]
             if self._current_tip_arg and tip is not None:
                 params.append(tip)
+            asked = loop.time()
             try:
                 result = await self.rpc.call(
                     "waitfornewblock",
@@ -206,14 +208,24 @@ class TemplateWatcher:
                     quiet_timeout=True,
                 )
             except RpcTimeout:
-                self.longpoll_timeouts += 1
+                # bitcoind ends a quiet wait itself: no answer by far means a hung or
+                # saturated node (the abandoned call still holds one of its threads)
+                log.warning("block_wait_unanswered", timeout=self.block_wait)
+                await asyncio.sleep(self.poll_interval)
                 continue
             except RpcRefused as exc:
                 if exc.code == RPC_METHOD_NOT_FOUND:
                     return False
-                if exc.code == RPC_MISC_ERROR and len(params) > 1:
-                    self._current_tip_arg = False  # an older node: one argument only
+                if (
+                    exc.code == RPC_MISC_ERROR and len(params) > 1 and "current_tip" not in str(exc)
+                ):  # a node whose waitfornewblock takes one argument answers with its usage
+                    self._current_tip_arg = False
                     continue
+                await asyncio.sleep(self.poll_interval)
+                continue
+            except RpcAuthError as exc:
+                if exc.status == 403:  # not allowed to this user (-rpcwhitelist)
+                    return False
                 await asyncio.sleep(self.poll_interval)
                 continue
             except RpcError:
@@ -223,8 +235,10 @@ class TemplateWatcher:
             if not isinstance(block_hash, str):
                 await asyncio.sleep(self.poll_interval)
                 continue
-            if block_hash == tip:  # bitcoind's timeout: no new block
+            if block_hash == tip:  # no new block: bitcoind's timeout, or its shutdown
                 self.longpoll_timeouts += 1
+                if loop.time() - asked < self.block_wait / 2:  # early: not a busy loop
+                    await asyncio.sleep(self.poll_interval)
                 continue
             if block_hash == self._best_hash:  # another source announced it first
                 continue
@@ -232,13 +246,22 @@ class TemplateWatcher:
                 # announced already and the template still says otherwise (a template fetch
                 # failing, say): not a busy loop of waits that return at once
                 await asyncio.sleep(min(self.poll_interval, 1.0))
+                if block_hash == self._best_hash:
+                    continue
             announced = block_hash
-            # the next wait names the new tip: it starts once the template has followed
-            self._updated.clear()
-            self.poke("longpoll")
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(UPDATE_WAIT_SECONDS):
+            await self._announce(tip)
+
+    async def _announce(self, tip: str | None) -> None:
+        """A new block: wake the watcher, then return once its template has left ``tip``
+        (a fetch that began before the block does not count) or after UPDATE_WAIT_SECONDS
+        (template fetches failing: the next wait would return at once, so this paces it)."""
+        self._updated.clear()
+        self.poke("longpoll")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(UPDATE_WAIT_SECONDS):
+                while self._best_hash == tip:
                     await self._updated.wait()
+                    self._updated.clear()
 
     async def _gbt_longpoll_loop(self) -> None:
         """getblocktemplate with ``longpollid`` returns when the template changes. On a quiet

@@ -8,9 +8,11 @@ import asyncio
 import contextlib
 from typing import Any
 
+import pytest
 from structlog.testing import capture_logs
 
-from pool.node.rpc import RpcRefused
+from pool.node import templates
+from pool.node.rpc import RpcAuthError, RpcRefused, RpcTimeout
 from pool.node.templates import RPC_METHOD_NOT_FOUND, RPC_MISC_ERROR, TemplateWatcher
 from tests.integration.harness import wait_for
 
@@ -111,9 +113,12 @@ async def failing_updates(watcher: TemplateWatcher, fetches: list[float]) -> Non
         watcher._updated.set()
 
 
-async def test_a_block_the_template_does_not_follow_does_not_spin_the_wait() -> None:
+async def test_a_block_the_template_does_not_follow_does_not_spin_the_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """bitcoind keeps answering at once with a tip the pool's template is not on (its template
-    fetches failing, say): the waits are paced by the poll interval, not a busy loop."""
+    fetches failing, say): the waits are paced, not a busy loop."""
+    monkeypatch.setattr(templates, "UPDATE_WAIT_SECONDS", 0.1)
     rpc = ScriptedRpc({"waitfornewblock": [{"hash": NEW}]})
     watcher = watcher_for(rpc)
     watcher.poll_interval = 0.2
@@ -150,3 +155,37 @@ async def test_the_next_wait_starts_once_the_template_followed_the_block() -> No
     finally:
         follower.cancel()
     assert [params for _, params, _ in rpc.calls[:2]] == [(60_000, TIP), (60_000, NEW)]
+
+
+async def test_a_user_not_allowed_waitfornewblock_gets_the_getblocktemplate_long_poll() -> None:
+    """``-rpcwhitelist`` without waitfornewblock: HTTP 403 for that method alone; the
+    getblocktemplate long-poll takes over instead of a credentials error every second."""
+
+    class Current:
+        longpollid = "lp1"
+
+    forbidden = RpcAuthError("rejected (HTTP 403)", 403)
+    rpc = ScriptedRpc({"waitfornewblock": [forbidden], "getblocktemplate": [{"longpollid": "x"}]})
+    watcher = watcher_for(rpc)
+    watcher.current = Current()  # type: ignore[assignment]
+    await run_until(watcher, watcher._wake.is_set)
+    assert watcher.wait_method == "getblocktemplate"
+
+
+async def test_same_tip_answered_early_is_paced_and_an_unanswered_wait_is_logged() -> None:
+    """bitcoind shutting down answers a wait at once with the same tip: the next wait is
+    paced by the poll interval. A wait bitcoind never answers (its own timeout passed long
+    ago: a hung node) is a warning, not a quiet end."""
+    rpc = ScriptedRpc({"waitfornewblock": [{"hash": TIP}]})
+    watcher = watcher_for(rpc, block_wait=60.0)
+    watcher.poll_interval = 0.2
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await run_until(watcher, lambda: loop.time() - started > 1.0)
+    assert 2 <= len(rpc.calls) <= 8
+    hung = ScriptedRpc({"waitfornewblock": [RpcTimeout("no answer"), {"hash": NEW}]})
+    watcher = watcher_for(hung)
+    with capture_logs() as logs:
+        await run_until(watcher, watcher._wake.is_set)
+    assert [e["event"] for e in logs].count("block_wait_unanswered") == 1
+    assert watcher.longpoll_timeouts == 0

@@ -154,6 +154,7 @@ def load_str(text: str, tmp: Path) -> Config:
 
 NODE_KEYS = (
     "longpoll_timeout_seconds",
+    "poll_interval_seconds",
     "restart_backoff_seconds",
     "stop_timeout_seconds",
     "submit_retry_seconds",

@@ -167,6 +167,9 @@ class ManagedNode:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             preexec_fn=preexec,  # the loop's thread forks: the parent-death signal is tied to it
+            # a terminal's Ctrl-C (SIGINT to the foreground group) reaches the pool alone: it
+            # stops the node itself, after its own shutdown, over RPC
+            start_new_session=True,
         )
         return self.process
 

@@ -110,6 +110,7 @@ def test_run_with_managed_node_mines_and_shuts_down_cleanly(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # a process group of its own, as a terminal's job
         env={
             **os.environ,
             "POOL_LOGGING_FORMAT": '"json"',
@@ -159,7 +160,24 @@ def test_run_with_managed_node_mines_and_shuts_down_cleanly(
         with urllib.request.urlopen(f"{base}/", timeout=10) as resp:
             assert b"<html" in resp.read().lower()
     finally:
-        proc.send_signal(signal.SIGTERM)
+        # Ctrl-C at a terminal: SIGINT to the whole foreground group (the pool's own here)
+        os.killpg(proc.pid, signal.SIGINT)
         _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err[-2000:]
-    assert "bitcoind_stopped" in err and "pool_stopped" in err
+    assert "pool_stopped" in err
+    # the node was not hit by the Ctrl-C: the pool stopped it, in order, after its own shutdown
+    stopped = [
+        e
+        for e in map(_json_or_none, err.splitlines())
+        if e and e.get("event") in ("bitcoind_stopped", "bitcoind_unavailable")
+    ]
+    assert [e["event"] for e in stopped] == ["bitcoind_stopped"], stopped
+    assert stopped[0]["returncode"] == 0
+
+
+def _json_or_none(line: str) -> dict[str, object] | None:
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None

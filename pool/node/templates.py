@@ -50,6 +50,20 @@ OnTemplate = Callable[[Template, bool], Awaitable[None]]
 SOURCES = ("zmq", "longpoll", "poll", "submit", "restart", "refresh", "start")
 
 
+def _no_waitfornewblock(exc: RpcError) -> bool:
+    """The node has no waitfornewblock, or its ``-rpcwhitelist`` keeps it from the pool."""
+    if isinstance(exc, RpcRefused):
+        return exc.code == RPC_METHOD_NOT_FOUND
+    return isinstance(exc, RpcAuthError) and exc.status == 403
+
+
+def _usage_answer(exc: RpcError) -> bool:
+    """What a node whose waitfornewblock takes no current_tip says to two arguments."""
+    return (
+        isinstance(exc, RpcRefused) and exc.code == RPC_MISC_ERROR and "current_tip" not in str(exc)
+    )
+
+
 class TemplateWatcher:
     def __init__(
         self,
@@ -213,22 +227,12 @@ class TemplateWatcher:
                 log.warning("block_wait_unanswered", timeout=self.block_wait)
                 await asyncio.sleep(self.poll_interval)
                 continue
-            except RpcRefused as exc:
-                if exc.code == RPC_METHOD_NOT_FOUND:
+            except RpcError as exc:
+                if _no_waitfornewblock(exc):
                     return False
-                if (
-                    exc.code == RPC_MISC_ERROR and len(params) > 1 and "current_tip" not in str(exc)
-                ):  # a node whose waitfornewblock takes one argument answers with its usage
+                if len(params) > 1 and _usage_answer(exc):  # it takes one argument here
                     self._current_tip_arg = False
                     continue
-                await asyncio.sleep(self.poll_interval)
-                continue
-            except RpcAuthError as exc:
-                if exc.status == 403:  # not allowed to this user (-rpcwhitelist)
-                    return False
-                await asyncio.sleep(self.poll_interval)
-                continue
-            except RpcError:
                 await asyncio.sleep(self.poll_interval)
                 continue
             block_hash = result.get("hash") if isinstance(result, dict) else None
